@@ -1,0 +1,505 @@
+# -*- coding: utf-8 -*-
+# Copyright: virt.bootstrap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The safe layer applier: streams image layers into a root directory, bottom layer first.
+
+Every path is resolved one component at a time from a directory fd with O_NOFOLLOW, so no
+entry can reach outside the root or through a symlink planted by an earlier entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import os
+import stat
+import tarfile
+import typing as t
+import urllib.parse
+from dataclasses import dataclass, field
+
+from ansible_collections.virt.bootstrap.plugins.module_utils.compression import (
+    DECOMPRESSION_ERRORS,
+    HashingReader,
+    LimitedReader,
+    SizeBudget,
+    open_decompressed,
+)
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
+    BootstrapError,
+    HostileLayer,
+    LayerError,
+)
+from ansible_collections.virt.bootstrap.plugins.module_utils.image import Layer, new_hasher, verify_digest
+
+WHITEOUT_PREFIX = '.wh.'
+OPAQUE_MARKER = '.wh..wh..opq'
+DEFAULT_MAX_SIZE = 64 << 30
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_COPY_CHUNK = 1 << 20
+_DIR_CACHE_LIMIT = 256
+
+Parts = t.Tuple[str, ...]
+IdMapper = t.Callable[[int, int], t.Tuple[int, int]]
+
+
+def split_entry_name(name: str) -> Parts:
+    """Split a tar name into components, refusing any that could climb out of the root."""
+    if name.startswith('/'):
+        raise HostileLayer('absolute path %r in layer' % name)
+    parts = tuple(part for part in name.split('/') if part not in ('', '.'))
+    if '..' in parts:
+        raise HostileLayer('path %r climbs out with ".."' % name)
+    return parts
+
+
+def _display(parts: Parts) -> str:
+    return '/' + '/'.join(parts)
+
+
+@dataclass
+class ApplyStats:
+    written: int = 0
+    whiteouts: int = 0
+    skipped: t.Dict[str, int] = field(default_factory=dict)
+    owners_not_kept: int = 0
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+
+@dataclass
+class _DirMeta:
+    mode: int
+    mtime_ns: t.Optional[int]
+
+
+class _LayerScope:
+    """What the current layer has written, so its own whiteouts never hide it."""
+
+    def __init__(self) -> None:
+        self.written: t.Set[Parts] = set()
+        self.ancestors: t.Set[Parts] = set()
+
+    def record(self, parts: Parts) -> None:
+        self.written.add(parts)
+        for depth in range(len(parts)):
+            self.ancestors.add(parts[:depth])
+
+    def keeps(self, parts: Parts) -> bool:
+        return parts in self.written or parts in self.ancestors
+
+
+class RootfsBuilder:
+    """Applies layers into `root` (a directory that must exist and be private to us)."""
+
+    def __init__(self, root: str, max_size: int = DEFAULT_MAX_SIZE, id_mapper: t.Optional[IdMapper] = None,
+                 progress: t.Optional[t.Callable[[int], None]] = None) -> None:
+        self._root_fd = os.open(root, _DIR_FLAGS)
+        self._dir_cache: t.Dict[Parts, int] = {}
+        # The root gets 0755 unless a layer has an entry for it.
+        self._dir_meta: t.Dict[Parts, _DirMeta] = {(): _DirMeta(0o755, None)}
+        self._budget = SizeBudget(max_size)
+        self._map_ids = id_mapper or (lambda uid, gid: (uid, gid))
+        self._keep_owners = os.geteuid() == 0
+        self._progress = progress
+        self._scope = _LayerScope()
+        self.stats = ApplyStats()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._forget_dirs()
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
+    def __enter__(self) -> 'RootfsBuilder':
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        self.close()
+
+    def apply_layer(self, layer: Layer, label: str = 'layer') -> None:
+        """Read the layer blob once: verify, decompress by magic and apply entries as they come."""
+        what = '%s %s' % (label, layer.digest or layer.diff_id or '')
+        self._scope = _LayerScope()
+        with layer.open_blob() as blob:
+            raw = HashingReader(blob, new_hasher(layer.digest) if layer.digest else None)
+            try:
+                decompressed, compression = open_decompressed(raw)
+                tar_hasher = new_hasher(layer.diff_id) if layer.diff_id else None
+                tar_stream = LimitedReader(decompressed, self._budget, tar_hasher)
+                self._apply_tar(tar_stream, raw)
+                tar_stream.drain()
+                raw.drain()
+            except BootstrapError as exc:
+                raise type(exc)('%s: %s' % (what.strip(), exc))
+            except (tarfile.TarError,) + DECOMPRESSION_ERRORS as exc:
+                raise LayerError('%s: corrupt or truncated data: %s' % (what.strip(), exc or type(exc).__name__))
+            except Exception as exc:  # zstandard.ZstdError has no common base we can import eagerly
+                if type(exc).__name__ == 'ZstdError':
+                    raise LayerError('%s: corrupt zstd data: %s' % (what.strip(), exc))
+                raise
+        if layer.digest:
+            verify_digest(raw.hasher, layer.digest, what.strip())
+        if tar_hasher is not None and layer.diff_id:
+            verify_digest(tar_hasher, layer.diff_id, '%s (uncompressed)' % what.strip())
+
+    def apply_tar_stream(self, stream: t.BinaryIO) -> None:
+        """Apply an already opened tar stream (any compression) as one more layer."""
+        self.apply_layer(Layer(open_blob=lambda: _Unclosable(stream), digest=None, size=None, media_type='tar'))
+
+    def finish(self) -> None:
+        """Give directories their final modes and mtimes, deepest first, once nothing else changes."""
+        for parts in sorted(self._dir_meta, key=len, reverse=True):
+            meta = self._dir_meta[parts]
+            if len(self._dir_cache) >= _DIR_CACHE_LIMIT:
+                self._forget_dirs()
+            try:
+                fd = self._open_dir(parts, create=False)
+            except (OSError, LayerError):
+                continue
+            os.chmod(fd, meta.mode)
+            if meta.mtime_ns is not None:
+                os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
+        self._dir_meta.clear()
+        self._forget_dirs()
+
+    # -- tar walking -----------------------------------------------------------------------------
+
+    def _apply_tar(self, tar_stream: t.Any, raw: HashingReader) -> None:
+        tar = tarfile.open(fileobj=tar_stream, mode='r|', bufsize=_COPY_CHUNK,
+                           encoding='utf-8', errors='surrogateescape')
+        for member in tar:
+            tar.members = []  # stream mode keeps every header otherwise
+            self._apply_member(tar, member)
+            if self._progress is not None:
+                self._progress(raw.bytes_read)
+
+    def _apply_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        # Fds handed out while one entry is applied stay open until the next entry.
+        if len(self._dir_cache) >= _DIR_CACHE_LIMIT:
+            self._forget_dirs()
+        parts = split_entry_name(member.name)
+        if parts and parts[-1].startswith(WHITEOUT_PREFIX):
+            self._apply_whiteout(parts)
+            return
+        if not parts:
+            self._apply_root_entry(member)
+            return
+        if member.isdir():
+            self._make_dir(parts, member)
+        elif member.islnk():
+            self._make_hardlink(parts, member)
+        else:
+            parent_fd = self._open_dir(parts[:-1], create=True)
+            name = parts[-1]
+            if member.issym():
+                self._replace(parent_fd, parts)
+                os.symlink(member.linkname, name, dir_fd=parent_fd)
+            elif member.isfifo():
+                self._replace(parent_fd, parts)
+                os.mkfifo(name, 0o600, dir_fd=parent_fd)
+            elif member.ischr() or member.isblk():
+                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+                self._replace(parent_fd, parts)
+                try:
+                    os.mknod(name, 0o600 | kind, os.makedev(member.devmajor, member.devminor), dir_fd=parent_fd)
+                except PermissionError:
+                    self.stats.skip('device_node')
+                    return
+            else:
+                self._write_file(tar, member, parent_fd, parts)
+                return
+            self._set_metadata_at(parent_fd, name, member, is_symlink=member.issym())
+        self._scope.record(parts)
+        self.stats.written += 1
+
+    def _apply_root_entry(self, member: tarfile.TarInfo) -> None:
+        if not member.isdir():
+            raise HostileLayer('the entry for the root itself (%r) is not a directory' % member.name)
+        self._set_owner(self._root_fd, None, member)
+        self._set_xattrs(self._root_fd, None, member)
+        self._dir_meta[()] = _DirMeta(member.mode, _mtime_ns(member))
+
+    # -- entry kinds -----------------------------------------------------------------------------
+
+    def _make_dir(self, parts: Parts, member: tarfile.TarInfo) -> None:
+        parent_fd = self._open_dir(parts[:-1], create=True)
+        name = parts[-1]
+        existing = _lstat_at(parent_fd, name)
+        if existing is not None and not stat.S_ISDIR(existing.st_mode):
+            self._remove_at(parent_fd, name, parts, existing)
+            existing = None
+        if existing is None:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        fd = self._open_dir(parts, create=False)
+        self._set_owner(fd, None, member)
+        self._set_xattrs(fd, None, member)
+        self._dir_meta[parts] = _DirMeta(member.mode, _mtime_ns(member))
+        self._scope.record(parts)
+        self.stats.written += 1
+
+    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int, parts: Parts) -> None:
+        name = parts[-1]
+        self._replace(parent_fd, parts)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=parent_fd)
+        try:
+            source = tar.extractfile(member)
+            if source is not None:
+                _copy_to_fd(source, fd)
+            self._set_owner(fd, None, member)
+            os.chmod(fd, member.mode)
+            self._set_xattrs(fd, None, member)
+            mtime = _mtime_ns(member)
+            os.utime(fd, ns=(mtime, mtime))
+        finally:
+            os.close(fd)
+        self._scope.record(parts)
+        self.stats.written += 1
+
+    def _make_hardlink(self, parts: Parts, member: tarfile.TarInfo) -> None:
+        target = split_entry_name(member.linkname)
+        if not target:
+            raise HostileLayer('hard link %s points at the root' % _display(parts))
+        if target == parts:
+            return
+        target_fd = self._open_dir(target[:-1], create=False)
+        target_stat = _lstat_at(target_fd, target[-1])
+        if target_stat is None:
+            raise LayerError('hard link %s: target %s does not exist' % (_display(parts), _display(target)))
+        if stat.S_ISDIR(target_stat.st_mode):
+            raise HostileLayer('hard link %s points at directory %s' % (_display(parts), _display(target)))
+        parent_fd = self._open_dir(parts[:-1], create=True)
+        self._replace(parent_fd, parts)
+        os.link(target[-1], parts[-1], src_dir_fd=target_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
+        self._scope.record(parts)
+        self.stats.written += 1
+
+    # -- whiteouts -------------------------------------------------------------------------------
+
+    def _apply_whiteout(self, parts: Parts) -> None:
+        marker = parts[-1]
+        parent = parts[:-1]
+        if marker != OPAQUE_MARKER and marker.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
+            return  # other aufs metadata (.wh..wh.plnk, ...): never part of the rootfs
+        try:
+            parent_fd = self._open_dir(parent, create=False)
+        except FileNotFoundError:
+            return  # nothing below to hide
+        self.stats.whiteouts += 1
+        if marker == OPAQUE_MARKER:
+            self._prune_children(parent_fd, parent)
+        else:
+            self._prune(parent_fd, parent + (marker[len(WHITEOUT_PREFIX):],))
+
+    def _prune(self, parent_fd: int, parts: Parts) -> None:
+        """Remove what lower layers put at `parts`, keeping everything this layer wrote there."""
+        existing = _lstat_at(parent_fd, parts[-1])
+        if existing is None:
+            return
+        if not self._scope.keeps(parts):
+            self._remove_at(parent_fd, parts[-1], parts, existing)
+        elif stat.S_ISDIR(existing.st_mode):
+            self._prune_children(self._open_dir(parts, create=False), parts)
+
+    def _prune_children(self, dir_fd: int, parts: Parts) -> None:
+        for name in sorted(os.listdir(dir_fd)):
+            self._prune(dir_fd, parts + (name,))
+
+    # -- path resolution -------------------------------------------------------------------------
+
+    def _open_dir(self, parts: Parts, create: bool) -> int:
+        """An fd for directory `parts`, reached without following any symlink."""
+        if not parts:
+            return self._root_fd
+        cached = self._dir_cache.get(parts)
+        if cached is not None:
+            return cached
+        parent_fd = self._open_dir(parts[:-1], create)
+        name = parts[-1]
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+            self._set_owner_at(parent_fd, name, 0, 0)
+            self._dir_meta.setdefault(parts, _DirMeta(0o755, None))
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            existing = _lstat_at(parent_fd, name)
+            if existing is not None and stat.S_ISLNK(existing.st_mode):
+                raise HostileLayer('%s is a symlink; refusing to write through it' % _display(parts))
+            raise LayerError('%s is not a directory' % _display(parts))
+        self._dir_cache[parts] = fd
+        return fd
+
+    def _forget_dirs(self, below: Parts = ()) -> None:
+        """Close cached fds at or below `below` (all of them by default)."""
+        for key in [key for key in self._dir_cache if key[:len(below)] == below]:
+            os.close(self._dir_cache.pop(key))
+
+    def _replace(self, parent_fd: int, parts: Parts) -> None:
+        """Clear the way for a new inode at `parts` (never modify the old one in place)."""
+        existing = _lstat_at(parent_fd, parts[-1])
+        if existing is not None:
+            self._remove_at(parent_fd, parts[-1], parts, existing)
+
+    def _remove_at(self, parent_fd: int, name: str, parts: Parts, existing: os.stat_result) -> None:
+        if stat.S_ISDIR(existing.st_mode):
+            self._forget_dirs(below=parts)
+            remove_tree_at(parent_fd, name)
+            for key in [key for key in self._dir_meta if key[:len(parts)] == parts]:
+                del self._dir_meta[key]
+        else:
+            os.unlink(name, dir_fd=parent_fd)
+
+    # -- metadata --------------------------------------------------------------------------------
+
+    def _set_metadata_at(self, parent_fd: int, name: str, member: tarfile.TarInfo, is_symlink: bool) -> None:
+        uid, gid = self._map_ids(member.uid, member.gid)
+        self._set_owner_at(parent_fd, name, uid, gid, mapped=True)
+        if not is_symlink:
+            os.chmod(name, member.mode, dir_fd=parent_fd)
+        self._set_xattrs(parent_fd, name, member)
+        mtime = _mtime_ns(member)
+        os.utime(name, ns=(mtime, mtime), dir_fd=parent_fd, follow_symlinks=False)
+
+    def _set_owner(self, fd: int, name: t.Optional[str], member: tarfile.TarInfo) -> None:
+        uid, gid = self._map_ids(member.uid, member.gid)
+        if name is None:
+            self._chown(lambda: os.chown(fd, uid, gid), uid, gid)
+        else:
+            self._set_owner_at(fd, name, uid, gid, mapped=True)
+
+    def _set_owner_at(self, parent_fd: int, name: str, uid: int, gid: int, mapped: bool = False) -> None:
+        if not mapped:
+            uid, gid = self._map_ids(uid, gid)
+        self._chown(lambda: os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False), uid, gid)
+
+    def _chown(self, change: t.Callable[[], None], uid: int, gid: int) -> None:
+        if not self._keep_owners:
+            if uid != os.geteuid() or gid != os.getegid():
+                self.stats.owners_not_kept += 1
+            return
+        try:
+            change()
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EINVAL):
+                raise
+            self.stats.owners_not_kept += 1
+
+    def _set_xattrs(self, fd: int, name: t.Optional[str], member: tarfile.TarInfo) -> None:
+        for key, value in _xattrs_of(member):
+            try:
+                if name is None:
+                    os.setxattr(fd, key, value)
+                else:
+                    # No *xattrat() in Python: go through our own fd for the parent, never the name's target.
+                    os.setxattr('/proc/self/fd/%d/%s' % (fd, name), key, value, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                    raise
+                self.stats.skip('xattr')
+
+
+class _Unclosable:
+    def __init__(self, stream: t.BinaryIO) -> None:
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        return self._stream.read(size)
+
+    def __enter__(self) -> '_Unclosable':
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        pass
+
+
+def _xattrs_of(member: tarfile.TarInfo) -> t.Iterator[t.Tuple[str, bytes]]:
+    for key, value in member.pax_headers.items():
+        if key.startswith('SCHILY.xattr.'):
+            yield key[len('SCHILY.xattr.'):], value.encode('utf-8', 'surrogateescape')
+        elif key.startswith('LIBARCHIVE.xattr.'):
+            name = urllib.parse.unquote(key[len('LIBARCHIVE.xattr.'):])
+            yield name, base64.b64decode(value + '=' * (-len(value) % 4))
+
+
+def _mtime_ns(member: tarfile.TarInfo) -> int:
+    return int(member.mtime * 1_000_000_000)
+
+
+def _lstat_at(dir_fd: int, name: str) -> t.Optional[os.stat_result]:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _copy_to_fd(source: t.BinaryIO, fd: int) -> None:
+    while True:
+        chunk = source.read(_COPY_CHUNK)
+        if not chunk:
+            return
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def remove_tree_at(parent_fd: int, name: str) -> None:
+    """Remove `name` below `parent_fd` and everything in it, never following symlinks.
+
+    Directories an unprivileged caller cannot read or write are opened up first.
+    """
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except PermissionError:
+        _chmod_dir_at(parent_fd, name)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        with os.scandir(fd) as entries:
+            children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+        for child, is_dir in children:
+            try:
+                if is_dir:
+                    remove_tree_at(fd, child)
+                else:
+                    os.unlink(child, dir_fd=fd)
+            except PermissionError:
+                os.chmod(fd, 0o700)
+                if is_dir:
+                    remove_tree_at(fd, child)
+                else:
+                    os.unlink(child, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def _chmod_dir_at(parent_fd: int, name: str) -> None:
+    existing = _lstat_at(parent_fd, name)
+    if existing is None or not stat.S_ISDIR(existing.st_mode):
+        raise LayerError('cannot open %s for removal' % name)
+    os.chmod(name, 0o700, dir_fd=parent_fd)
+
+
+def remove_tree(path: str) -> None:
+    """Remove a whole directory tree that may hold hostile content."""
+    parent, name = os.path.split(os.path.abspath(path))
+    parent_fd = os.open(parent, _DIR_FLAGS)
+    try:
+        if _lstat_at(parent_fd, name) is not None:
+            remove_tree_at(parent_fd, name)
+    finally:
+        os.close(parent_fd)

@@ -1,0 +1,82 @@
+# -*- coding: utf-8 -*-
+# Copyright: virt.bootstrap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The state record: what was applied to a dest, so a rerun can tell whether anything moved."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import typing as t
+from dataclasses import asdict, dataclass, field
+
+RECORD_VERSION = 1
+
+
+@dataclass
+class StateRecord:
+    source: str
+    digest: str
+    format: str
+    options_hash: str
+    platform: t.Optional[str] = None
+    index_digest: t.Optional[str] = None
+    layers: t.List[t.Dict[str, t.Any]] = field(default_factory=list)
+    # (st_dev, st_ino) of dest when we made it: a dest replaced behind our back is not intact.
+    dest_identity: t.Optional[t.List[int]] = None
+    version: int = RECORD_VERSION
+
+    def same_result(self, other: 'StateRecord') -> bool:
+        """Whether both records describe the same rootfs content."""
+        return (self.digest, self.format, self.options_hash) == (other.digest, other.format, other.options_hash)
+
+
+def options_hash(shaping_options: t.Mapping[str, t.Any]) -> str:
+    """A stable hash of the options that change what is written (never their secret values)."""
+    encoded = json.dumps(shaping_options, sort_keys=True, separators=(',', ':')).encode('utf-8')
+    return 'sha256:' + hashlib.sha256(encoded).hexdigest()
+
+
+def path_identity(path: str) -> t.Optional[t.List[int]]:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return [info.st_dev, info.st_ino]
+
+
+def load_record(path: str) -> t.Optional[StateRecord]:
+    """The record at `path`, or None when there is none or it is from an unknown version."""
+    try:
+        with open(path, 'rb') as stream:
+            data = json.load(stream)
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None  # unreadable: treat as absent, the next run rewrites it
+    if not isinstance(data, dict) or data.get('version') != RECORD_VERSION:
+        return None
+    known = set(StateRecord.__dataclass_fields__)
+    try:
+        return StateRecord(**{key: value for key, value in data.items() if key in known})
+    except TypeError:
+        return None
+
+
+def save_record(path: str, record: StateRecord) -> None:
+    """Write atomically: a crash leaves either the old record or the new one."""
+    directory = os.path.dirname(path)
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix='.state-')
+    try:
+        with os.fdopen(fd, 'w') as stream:
+            json.dump(asdict(record), stream, indent=2, sort_keys=True)
+            stream.write('\n')
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise

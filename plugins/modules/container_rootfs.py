@@ -1,0 +1,251 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: virt.bootstrap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: container_rootfs
+short_description: Turn a container image into a root filesystem for libvirt LXC guests
+version_added: 0.1.0
+description:
+  - Writes the root filesystem of a container image or rootfs tarball into a directory on the managed host.
+  - Layers are applied bottom-up in one streaming pass each, with OCI whiteouts and opaque directories,
+    numeric owners, modes including setuid/setgid/sticky, mtimes, extended attributes (file capabilities),
+    symlinks, hard links and fifos. No entry is ever written outside O(dest) or through a symlink.
+  - The new rootfs is built beside O(dest) and swapped into place in one step; a failed run leaves the
+    previous rootfs exactly as it was.
+  - A state record kept beside O(dest) (in C(.NAME.virt-bootstrap), out of the guest's reach) holds the digest of
+    what was applied, so a rerun with the same inputs reports no change and extracts nothing.
+author:
+  - virt.bootstrap contributors
+options:
+  src:
+    description:
+      - The image or rootfs to write.
+      - A rootfs tarball on the managed host, as an absolute path or C(file:///path); uncompressed or
+        compressed with gzip, xz, bzip2 or zstd (detected from the content, not the name).
+      - C(docker-archive:/path.tar[:NAME:TAG|:@N]), the output of C(docker save) or skopeo.
+      - C(oci:/path/to/layout[:TAG]), an OCI image layout directory.
+      - C(oci-archive:/path.tar[:TAG]), an OCI image layout in a tar archive.
+      - Required when O(state=present).
+    type: str
+    aliases: [uri]
+  dest:
+    description:
+      - The directory that receives the rootfs. It is created if missing, with its parents.
+      - An existing non-empty directory that this module did not create is refused unless O(force=true).
+    type: path
+    required: true
+  format:
+    description:
+      - How the rootfs is written. V(dir) writes a plain directory tree.
+    type: str
+    choices: [dir]
+    default: dir
+  state:
+    description:
+      - V(present) makes O(dest) hold the rootfs of O(src).
+      - V(absent) removes O(dest) and the state record.
+    type: str
+    choices: [present, absent]
+    default: present
+  platform:
+    description:
+      - The platform to pick from a multi-platform image, as C(os/arch[/variant]), for example C(linux/arm64).
+      - Defaults to the managed host's platform. A single-platform image is used whatever its platform unless
+        this option is set, in which case the image must match it.
+    type: str
+  force:
+    description:
+      - Replace (or with O(state=absent), remove) a non-empty O(dest) that this module did not create.
+    type: bool
+    default: false
+  max_size:
+    description:
+      - The most bytes the layers may expand to, all layers together (for example V(500M), V(20G)).
+      - Protects the host against decompression bombs; raise it for very large images.
+    type: str
+    default: 64G
+attributes:
+  check_mode:
+    support: full
+    details: Resolves the source and compares it with the state record; writes nothing.
+  diff_mode:
+    support: full
+    details: Shows the image digest and source recorded before and after.
+  idempotent:
+    support: full
+    description: Rerunning with the same source content and options reports no change and extracts nothing.
+    details: A source whose content changed (a new digest) is rebuilt.
+  platform:
+    support: full
+    platforms: posix
+    description: Target OS/families that can be operated against.
+notes:
+  - Run as root to keep the owners from the image. Run as another user, every file is owned by that user,
+    file capabilities and device nodes are skipped, and the result carries a warning.
+  - Device nodes are created only where the kernel allows it; libvirt LXC guests get their own C(/dev) anyway.
+  - zstd-compressed layers need the Python package C(zstandard) on the managed host.
+requirements:
+  - python >= 3.9
+seealso:
+  - name: OCI image layer specification
+    description: How layers, whiteouts and opaque directories apply.
+    link: https://github.com/opencontainers/image-spec/blob/main/layer.md
+"""
+
+EXAMPLES = r"""
+- name: Unpack a rootfs tarball into a directory
+  virt.bootstrap.container_rootfs:
+    src: /srv/images/alpine-minirootfs.tar.gz
+    dest: /var/lib/libvirt/filesystems/web1
+
+- name: Unpack the arm64 image of a multi-platform OCI layout
+  virt.bootstrap.container_rootfs:
+    src: oci:/srv/oci/debian:bookworm
+    dest: /var/lib/libvirt/filesystems/builder
+    platform: linux/arm64
+
+- name: Unpack an image saved with docker save, replacing what was there
+  virt.bootstrap.container_rootfs:
+    src: docker-archive:/srv/images/app.tar:app:1.2
+    dest: /var/lib/libvirt/filesystems/app
+    force: true
+
+- name: Remove a rootfs and its state record
+  virt.bootstrap.container_rootfs:
+    dest: /var/lib/libvirt/filesystems/web1
+    state: absent
+"""
+
+RETURN = r"""
+dest:
+  description: The rootfs directory.
+  returned: always
+  type: str
+  sample: /var/lib/libvirt/filesystems/web1
+format:
+  description: How the rootfs is written.
+  returned: always
+  type: str
+  sample: dir
+digest:
+  description:
+    - The digest naming what was applied. For OCI sources the manifest digest, for docker-archive the image ID
+      (config digest), for a tarball the SHA-256 of the file.
+  returned: when O(state=present)
+  type: str
+  sample: sha256:3f1e0c9d2c6c4b0c3e1d3ef4a3b3c6a6e9b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4
+index_digest:
+  description: The digest of the image index the manifest was picked from, for multi-platform images.
+  returned: when O(state=present)
+  type: str
+  sample: sha256:9a1e0c9d2c6c4b0c3e1d3ef4a3b3c6a6e9b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4
+platform:
+  description: The platform of the image applied, when the source says or O(platform) was given.
+  returned: when O(state=present)
+  type: str
+  sample: linux/amd64
+layers:
+  description: The layers applied, bottom first.
+  returned: when O(state=present)
+  type: list
+  elements: dict
+  contains:
+    digest:
+      description: The layer digest (for docker-archive, the digest of the uncompressed tar).
+      type: str
+    size:
+      description: The size of the stored layer in bytes, when known.
+      type: int
+    media_type:
+      description: The layer media type.
+      type: str
+entries_written:
+  description: How many entries (files, directories, links, ...) were written. 0 when nothing changed.
+  returned: always
+  type: int
+  sample: 6768
+entries_skipped:
+  description: How many entries or attributes could not be written here (see RV(skipped)).
+  returned: always
+  type: int
+  sample: 0
+skipped:
+  description: What was skipped, by reason (V(device_node), V(xattr)).
+  returned: always
+  type: dict
+  sample: {device_node: 3}
+msg:
+  description: What the module decided, as a sentence.
+  returned: always
+  type: str
+  sample: build sha256:3f1e... into /var/lib/libvirt/filesystems/web1
+"""
+
+import traceback
+from dataclasses import asdict
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.formatters import human_to_bytes
+
+from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, Result, run
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
+
+
+def _diff(result: Result) -> dict:
+    def describe(record) -> str:
+        if record is None:
+            return ''
+        return 'digest: %s\nsource: %s\nformat: %s\n' % (record.digest, record.source, record.format)
+    return {
+        'before_header': '%s (recorded)' % result.dest,
+        'after_header': '%s (%s)' % (result.dest, result.state),
+        'before': describe(result.before),
+        'after': describe(result.after),
+    }
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            src=dict(type='str', aliases=['uri']),
+            dest=dict(type='path', required=True),
+            format=dict(type='str', default='dir', choices=['dir']),
+            state=dict(type='str', default='present', choices=['present', 'absent']),
+            platform=dict(type='str'),
+            force=dict(type='bool', default=False),
+            max_size=dict(type='str', default='64G'),
+        ),
+        required_if=[('state', 'present', ['src'])],
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        max_size = human_to_bytes(params['max_size'])
+    except ValueError as exc:
+        module.fail_json(msg='max_size: %s' % exc)
+    request = Request(src=params['src'], dest=params['dest'], format=params['format'], state=params['state'],
+                      platform=params['platform'], force=params['force'], max_size=max_size)
+    try:
+        result = run(request, check_mode=module.check_mode)
+    except BootstrapError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg='%s: %s' % (request.dest, exc), exception=traceback.format_exc())
+
+    returned = asdict(result)
+    for internal in ('before', 'after', 'warnings', 'state'):
+        returned.pop(internal)
+    for warning in result.warnings:
+        module.warn(warning)
+    if module._diff:
+        returned['diff'] = _diff(result)
+    module.exit_json(**returned)
+
+
+if __name__ == '__main__':
+    main()
