@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.compression import (
     DECOMPRESSION_ERRORS,
+    ForwardSeeker,
     HashingReader,
     LimitedReader,
     SizeBudget,
@@ -136,7 +137,6 @@ class RootfsBuilder:
                 tar_hasher = new_hasher(layer.diff_id) if layer.diff_id else None
                 tar_stream = LimitedReader(decompressed, self._budget, tar_hasher)
                 self._apply_tar(tar_stream, raw)
-                tar_stream.drain()
                 raw.drain()
             except BootstrapError as exc:
                 raise type(exc)('%s: %s' % (what.strip(), exc))
@@ -174,13 +174,19 @@ class RootfsBuilder:
     # -- tar walking -----------------------------------------------------------------------------
 
     def _apply_tar(self, tar_stream: t.Any, raw: HashingReader) -> None:
-        tar = tarfile.open(fileobj=tar_stream, mode='r|', bufsize=_COPY_CHUNK,
-                           encoding='utf-8', errors='surrogateescape')
-        for member in tar:
-            tar.members = []  # stream mode keeps every header otherwise
+        seeker = ForwardSeeker(tar_stream)
+        tar = tarfile.open(fileobj=seeker, mode='r:', encoding='utf-8', errors='surrogateescape')
+        while True:
+            member = tar.next()
+            if member is None:
+                break
+            tar.members = []  # tarfile keeps every header otherwise
             self._apply_member(tar, member)
             if self._progress is not None:
                 self._progress(raw.bytes_read)
+        # tarfile takes a damaged header for the end of the archive; only zero padding may follow it.
+        if not seeker.rest_is_zeros():
+            raise LayerError('damaged tar header at byte %d of the uncompressed layer' % tar.offset)
 
     def _apply_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         # Fds handed out while one entry is applied stay open until the next entry.
