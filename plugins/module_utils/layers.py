@@ -332,21 +332,14 @@ class RootfsBuilder:
         parent_fd = self._open_dir(parts[:-1], create)
         name = parts[-1]
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            fd = open_child_dir(parent_fd, parts)
         except FileNotFoundError:
             if not create:
                 raise
             os.mkdir(name, 0o700, dir_fd=parent_fd)
             self._set_owner_at(parent_fd, name, 0, 0)
             self._dir_meta.setdefault(parts, _DirMeta(0o755, None))
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                raise
-            existing = _lstat_at(parent_fd, name)
-            if existing is not None and stat.S_ISLNK(existing.st_mode):
-                raise HostileLayer('%s is a symlink; refusing to write through it' % _display(parts))
-            raise LayerError('%s is not a directory' % _display(parts))
+            fd = open_child_dir(parent_fd, parts)
         self._dir_cache[parts] = fd
         return fd
 
@@ -461,6 +454,32 @@ def _copy_to_fd(source: t.BinaryIO, fd: int) -> None:
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view):]
+
+
+def open_child_dir(parent_fd: int, parts: Parts) -> int:
+    """Open directory `parts[-1]` below `parent_fd` (which holds `parts[:-1]`), never through a symlink."""
+    name = parts[-1]
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        existing = _lstat_at(parent_fd, name)
+        if existing is not None and stat.S_ISLNK(existing.st_mode):
+            raise HostileLayer('%s is a symlink; refusing to go through it' % _display(parts))
+        raise LayerError('%s is not a directory' % _display(parts))
+
+
+def open_dir_in_root(root_fd: int, parts: Parts) -> int:
+    """A new fd for existing directory `parts` below `root_fd`; the caller closes it."""
+    fd = os.dup(root_fd)
+    for depth in range(1, len(parts) + 1):
+        try:
+            child = open_child_dir(fd, parts[:depth])
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
 
 
 def remove_tree_at(parent_fd: int, name: str) -> None:
