@@ -9,11 +9,14 @@ import os
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.virt.bootstrap.plugins.module_utils import shadow
 from ansible_collections.virt.bootstrap.plugins.module_utils.destination import Destination
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DestinationError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DestinationError
+from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import IdMap, parse_id_map
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image
 from ansible_collections.virt.bootstrap.plugins.module_utils.layers import DEFAULT_MAX_SIZE, ApplyStats, remove_tree
 from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import parse_platform
+from ansible_collections.virt.bootstrap.plugins.module_utils.progress import Progress, ProgressCallback
 from ansible_collections.virt.bootstrap.plugins.module_utils.sources import open_source, parse_source
 from ansible_collections.virt.bootstrap.plugins.module_utils.state import StateRecord, options_hash, path_identity
 from ansible_collections.virt.bootstrap.plugins.module_utils.writers.dir import write_dir
@@ -30,15 +33,47 @@ class Request:
     platform: t.Optional[str] = None
     force: bool = False
     max_size: int = DEFAULT_MAX_SIZE
+    root_password: t.Optional[str] = field(default=None, repr=False)
+    root_password_hash: t.Optional[str] = field(default=None, repr=False)
+    uid_map: IdMap = field(default_factory=IdMap)
+    gid_map: IdMap = field(default_factory=IdMap)
+    progress_cb: t.Optional[ProgressCallback] = field(default=None, repr=False)
 
     def shaping_options(self) -> t.Dict[str, t.Any]:
-        """Options that change the rootfs written, beyond the image itself."""
-        return {'format': self.format}
+        """Options that change the rootfs written, beyond the image itself.
+
+        Only whether a root password is set counts here: neither it nor its hash is ever stored.
+        """
+        return {
+            'format': self.format,
+            'uid_map': self.uid_map.as_lists(),
+            'gid_map': self.gid_map.as_lists(),
+            'root_password': self.root_password is not None or self.root_password_hash is not None,
+        }
+
+    def validate(self) -> None:
+        if self.format not in FORMATS:
+            raise DestinationError('format %r is not supported; choose one of: %s'
+                                   % (self.format, ', '.join(FORMATS)))
+        if self.root_password is not None and self.root_password_hash is not None:
+            raise BootstrapError('root_password and root_password_hash are mutually exclusive')
+        if self.root_password_hash is not None:
+            shadow.validate_crypt_hash(self.root_password_hash)
+        if (self.uid_map or self.gid_map) and os.geteuid() != 0 and self.state == 'present':
+            raise BootstrapError('uid_map/gid_map need root for the dir format: files owned by other users '
+                                 'cannot be created by uid %d' % os.geteuid())
+
+    def password_is_set_in(self, root: str) -> bool:
+        """Whether the rootfs at `root` already has the requested root password."""
+        current = shadow.read_root_hash(root)
+        if self.root_password_hash is not None:
+            return current == self.root_password_hash
+        return self.root_password is not None and shadow.password_matches(self.root_password, current)
 
 
 @dataclass
 class Plan:
-    action: str  # 'build', 'remove' or 'none'
+    action: str  # 'build', 'password', 'remove' or 'none'
     reason: str
     before: t.Optional[StateRecord]
     after: t.Optional[StateRecord] = None
@@ -66,8 +101,7 @@ class Result:
 
 def run(request: Request, check_mode: bool = False) -> Result:
     """Bring dest to the requested state; in check mode only decide."""
-    if request.format not in FORMATS:
-        raise DestinationError('format %r is not supported; choose one of: %s' % (request.format, ', '.join(FORMATS)))
+    request.validate()
     dest = Destination(request.dest)
     if check_mode:
         plan = decide(request, dest)
@@ -104,6 +138,9 @@ def decide(request: Request, dest: Destination) -> Plan:
     intact = before is not None and before.dest_identity is not None and \
         before.dest_identity == path_identity(dest.path) and os.path.isdir(dest.path)
     if before is not None and intact and before.same_result(after):
+        if before.options_hash and after.options_hash and _wants_password(request) and \
+                not request.password_is_set_in(dest.path):
+            return Plan('password', 'set the root password in %s' % dest.path, before, after, image)
         return Plan('none', '%s already holds %s' % (dest.path, image.digest), before, after, image)
     refusal = dest.refusal(before, request.force)
     if refusal:
@@ -124,13 +161,20 @@ def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[App
     if plan.action == 'remove':
         dest.remove_all()
         return None
+    if plan.action == 'password':
+        _set_password(request, dest.path)
+        return None
     if plan.action != 'build':
         return None
     assert plan.image is not None and plan.after is not None
+    progress = Progress(request.progress_cb)
     build_dir = dest.new_build_dir()
     try:
         new_root = os.path.join(build_dir, 'rootfs')
-        stats = write_dir(plan.image, new_root, request.max_size)
+        stats = write_dir(plan.image, new_root, request.max_size, _id_mapper(request), progress)
+        if _wants_password(request):
+            progress.status('Setting the root password')
+            _set_password(request, new_root)
         plan.after.dest_identity = path_identity(new_root)  # a rename keeps the inode
         dest.save_record(plan.after)
         dest.swap_in(new_root)
@@ -143,7 +187,42 @@ def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[App
             os.unlink(dest.record_path)
         raise
     remove_tree(build_dir)
+    progress.done('Extraction completed successfully!')
     return stats
+
+
+def _wants_password(request: Request) -> bool:
+    return request.root_password is not None or request.root_password_hash is not None
+
+
+def _set_password(request: Request, root: str) -> None:
+    new_hash = request.root_password_hash or shadow.hash_password(t.cast(str, request.root_password))
+    shadow.set_root_hash(root, new_hash)
+
+
+def _id_mapper(request: Request) -> t.Optional[t.Callable[[int, int], t.Tuple[int, int]]]:
+    if not request.uid_map and not request.gid_map:
+        return None
+    uid_map, gid_map = request.uid_map, request.gid_map
+    return lambda uid, gid: (uid_map(uid), gid_map(gid))
+
+
+def bootstrap(uri: str, dest: str, fmt: str = 'dir', username: t.Optional[str] = None,
+              password: t.Optional[str] = None, root_password: t.Optional[str] = None,
+              uid_map: t.Optional[t.Sequence[t.Sequence[int]]] = None,
+              gid_map: t.Optional[t.Sequence[t.Sequence[int]]] = None, not_secure: bool = False,
+              no_cache: bool = False, progress_cb: t.Optional[ProgressCallback] = None,
+              platform: t.Optional[str] = None, force: bool = False) -> Result:
+    """The virt-bootstrap API: write the rootfs of `uri` into `dest`. Raises BootstrapError subclasses.
+
+    `username`, `password`, `not_secure` and `no_cache` concern registry sources and are accepted
+    for compatibility with the original virt-bootstrap signature.
+    """
+    del username, password, not_secure, no_cache
+    request = Request(src=uri, dest=dest, format=fmt, platform=platform, force=force, root_password=root_password,
+                      uid_map=parse_id_map(uid_map, 'uid_map'), gid_map=parse_id_map(gid_map, 'gid_map'),
+                      progress_cb=progress_cb)
+    return run(request)
 
 
 def _result(request: Request, plan: Plan, changed: bool, stats: t.Optional[ApplyStats]) -> Result:

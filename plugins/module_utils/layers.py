@@ -108,7 +108,7 @@ class RootfsBuilder:
         self._budget = SizeBudget(max_size)
         self._map_ids = id_mapper or (lambda uid, gid: (uid, gid))
         self._keep_owners = os.geteuid() == 0
-        self._progress = progress
+        self.progress = progress
         self._scope = _LayerScope()
         self.stats = ApplyStats()
 
@@ -182,8 +182,8 @@ class RootfsBuilder:
                 break
             tar.members = []  # tarfile keeps every header otherwise
             self._apply_member(tar, member)
-            if self._progress is not None:
-                self._progress(raw.bytes_read)
+            if self.progress is not None:
+                self.progress(raw.bytes_read)
         # tarfile takes a damaged header for the end of the archive; only zero padding may follow it.
         if not seeker.rest_is_zeros():
             raise LayerError('damaged tar header at byte %d of the uncompressed layer' % tar.offset)

@@ -63,6 +63,36 @@ options:
       - Replace (or with O(state=absent), remove) a non-empty O(dest) that this module did not create.
     type: bool
     default: false
+  root_password:
+    description:
+      - Set the password of C(root) in the rootfs's C(/etc/shadow), hashed with SHA-512 crypt.
+      - Only the C(root:) entry changes; every other line, the file's mode and owner stay as they were.
+      - The rootfs must have C(/etc/shadow) with a root entry. Neither the password nor its hash is stored in
+        the state record; a rerun checks the hash in the rootfs against the password.
+      - Mutually exclusive with O(root_password_hash).
+    type: str
+  root_password_hash:
+    description:
+      - Like O(root_password), with an already hashed crypt(5) string such as C($6$salt$hash).
+    type: str
+  uid_map:
+    description:
+      - Shift file owners while writing, as C([[start, target, count], ...]) — for example
+        V([[0, 100000, 65536]]) for a guest with a matching C(<idmap>).
+      - Each id is mapped through the first range that holds it (no chaining); ids outside every range stay.
+      - Needs root. Part of what the state record compares: changing a map rebuilds the rootfs.
+    type: list
+    elements: list
+  gid_map:
+    description:
+      - Shift file groups while writing, like O(uid_map).
+    type: list
+    elements: list
+  progress_log:
+    description:
+      - A file to append progress to as JSON lines (C({"status": ..., "value": percent, "time": ...})), for
+        watching a long run with C(tail -f).
+    type: path
   max_size:
     description:
       - The most bytes the layers may expand to, all layers together (for example V(500M), V(20G)).
@@ -114,6 +144,15 @@ EXAMPLES = r"""
     src: docker-archive:/srv/images/app.tar:app:1.2
     dest: /var/lib/libvirt/filesystems/app
     force: true
+
+- name: Unpack an image for an unprivileged guest, with a root password
+  virt.bootstrap.container_rootfs:
+    src: oci-archive:/srv/images/debian.tar:bookworm
+    dest: /var/lib/libvirt/filesystems/db1
+    uid_map: [[0, 100000, 65536]]
+    gid_map: [[0, 100000, 65536]]
+    root_password: "{{ vault_db1_root_password }}"
+    progress_log: /var/log/virt-bootstrap-db1.jsonl
 
 - name: Remove a rootfs and its state record
   virt.bootstrap.container_rootfs:
@@ -194,6 +233,8 @@ from ansible.module_utils.common.text.formatters import human_to_bytes
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, Result, run
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
+from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import parse_id_map
+from ansible_collections.virt.bootstrap.plugins.module_utils.progress import JsonLinesLog
 
 
 def _diff(result: Result) -> dict:
@@ -219,8 +260,14 @@ def main() -> None:
             platform=dict(type='str'),
             force=dict(type='bool', default=False),
             max_size=dict(type='str', default='64G'),
+            root_password=dict(type='str', no_log=True),
+            root_password_hash=dict(type='str', no_log=True),
+            uid_map=dict(type='list', elements='list'),
+            gid_map=dict(type='list', elements='list'),
+            progress_log=dict(type='path'),
         ),
         required_if=[('state', 'present', ['src'])],
+        mutually_exclusive=[('root_password', 'root_password_hash')],
         supports_check_mode=True,
     )
     params = module.params
@@ -228,14 +275,24 @@ def main() -> None:
         max_size = human_to_bytes(params['max_size'])
     except ValueError as exc:
         module.fail_json(msg='max_size: %s' % exc)
-    request = Request(src=params['src'], dest=params['dest'], format=params['format'], state=params['state'],
-                      platform=params['platform'], force=params['force'], max_size=max_size)
+    progress_log = None
     try:
+        request = Request(src=params['src'], dest=params['dest'], format=params['format'], state=params['state'],
+                          platform=params['platform'], force=params['force'], max_size=max_size,
+                          root_password=params['root_password'], root_password_hash=params['root_password_hash'],
+                          uid_map=parse_id_map(params['uid_map'], 'uid_map'),
+                          gid_map=parse_id_map(params['gid_map'], 'gid_map'))
+        if params['progress_log'] and not module.check_mode:
+            progress_log = JsonLinesLog(params['progress_log'])
+            request.progress_cb = progress_log
         result = run(request, check_mode=module.check_mode)
     except BootstrapError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg='%s: %s' % (request.dest, exc), exception=traceback.format_exc())
+        module.fail_json(msg='%s: %s' % (params['dest'], exc), exception=traceback.format_exc())
+    finally:
+        if progress_log is not None:
+            progress_log.close()
 
     returned = asdict(result)
     for internal in ('before', 'after', 'warnings', 'state'):

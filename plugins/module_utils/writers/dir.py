@@ -6,17 +6,23 @@
 from __future__ import annotations
 
 import os
+import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import ApplyStats, RootfsBuilder
+from ansible_collections.virt.bootstrap.plugins.module_utils.layers import ApplyStats, IdMapper, RootfsBuilder
+from ansible_collections.virt.bootstrap.plugins.module_utils.progress import Progress
 
 
-def write_dir(image: Image, root: str, max_size: int) -> ApplyStats:
+def write_dir(image: Image, root: str, max_size: int, id_mapper: t.Optional[IdMapper] = None,
+              progress: t.Optional[Progress] = None) -> ApplyStats:
     """Build the rootfs of `image` in `root`, which must not exist yet (its parent is private)."""
+    progress = progress or Progress(None)
     os.mkdir(root, 0o700)
-    with RootfsBuilder(root, max_size=max_size) as builder:
+    with RootfsBuilder(root, max_size=max_size, id_mapper=id_mapper) as builder:
         count = len(image.layers)
-        for number, layer in enumerate(image.layers, 1):
-            builder.apply_layer(layer, label='layer %d/%d' % (number, count))
+        progress.start_layers([layer.size for layer in image.layers])
+        for index, layer in enumerate(image.layers):
+            builder.progress = progress.layer(index, count, layer.size)
+            builder.apply_layer(layer, label='layer %d/%d' % (index + 1, count))
         builder.finish()
         return builder.stats

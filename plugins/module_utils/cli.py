@@ -1,0 +1,121 @@
+# -*- coding: utf-8 -*-
+# Copyright: virt.bootstrap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The virt-bootstrap command line, on top of bootstrap()."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+import traceback
+import typing as t
+
+from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import bootstrap
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
+from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import IdMapError
+
+PROG = 'virt-bootstrap'
+VERSION = '0.1.0'
+
+
+def _id_range(text: str) -> t.List[int]:
+    fields = text.split(':')
+    if len(fields) != 3:
+        raise argparse.ArgumentTypeError('%r is not START:TARGET:COUNT' % text)
+    try:
+        return [int(field) for field in fields]
+    except ValueError:
+        raise argparse.ArgumentTypeError('%r is not START:TARGET:COUNT with numbers' % text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description='Write the root filesystem of a container image into DEST for a libvirt LXC guest.')
+    parser.add_argument('uri', metavar='URI', help='the source: /path/rootfs.tar[.xz], file:///path, '
+                        'docker-archive:/path.tar, oci:/layout[:tag], oci-archive:/path.tar[:tag]')
+    parser.add_argument('dest', metavar='DEST', help='the directory to write the rootfs into')
+    parser.add_argument('-f', '--format', default='dir', choices=['dir'], help='output format (default: dir)')
+    parser.add_argument('--root-password', metavar='PASSWORD',
+                        help='set the root password; file:PATH reads it from the first line of PATH')
+    parser.add_argument('-u', '--username', help='registry user name (prompts for the password if -p is not given)')
+    parser.add_argument('-p', '--password', help='registry password')
+    parser.add_argument('--not-secure', action='store_true', help='do not verify TLS certificates of registries')
+    parser.add_argument('--no-cache', action='store_true', help='do not keep downloaded layers')
+    parser.add_argument('--uidmap', type=_id_range, action='append', default=[], metavar='START:TARGET:COUNT',
+                        help='map file owner ids (repeatable)')
+    parser.add_argument('--gidmap', type=_id_range, action='append', default=[], metavar='START:TARGET:COUNT',
+                        help='map file group ids (repeatable)')
+    parser.add_argument('--idmap', type=_id_range, action='append', default=[], metavar='START:TARGET:COUNT',
+                        help='map both owner and group ids (repeatable)')
+    parser.add_argument('--platform', help='platform to pick from a multi-platform image, e.g. linux/arm64')
+    parser.add_argument('--force', action='store_true', help='replace a non-empty DEST not made by virt-bootstrap')
+    parser.add_argument('--status-only', action='store_true', help='print status lines only, no progress bar')
+    parser.add_argument('-d', '--debug', action='store_true', help='show debugging output and tracebacks')
+    parser.add_argument('-q', '--quiet', action='store_true', help='only print errors')
+    parser.add_argument('--version', action='version', version='%(prog)s ' + VERSION)
+    return parser
+
+
+def read_root_password(value: t.Optional[str]) -> t.Optional[str]:
+    if value is None or not value.startswith('file:'):
+        return value
+    path = value[len('file:'):]
+    try:
+        with open(path, encoding='utf-8') as stream:
+            return stream.readline().rstrip('\n')
+    except OSError as exc:
+        raise BootstrapError('cannot read the root password from %s: %s' % (path, exc.strerror))
+
+
+class ProgressPrinter:
+    """A bar on a terminal; one line per status change otherwise (or with --status-only)."""
+
+    def __init__(self, stream: t.TextIO, bar: bool) -> None:
+        self._stream = stream
+        self._bar = bar
+        self._last_status = ''
+
+    def __call__(self, event: t.Dict[str, t.Any]) -> None:
+        status, value = event['status'], float(event['value'])
+        if self._bar:
+            filled = int(value / 100 * 30)
+            self._stream.write('\r[%-30s] %5.1f%% %s\x1b[K' % ('#' * filled, value, status))
+            if value >= 100:
+                self._stream.write('\n')
+        elif status != self._last_status:
+            self._stream.write('%s (%.0f%%)\n' % (status, value))
+        self._last_status = status
+        self._stream.flush()
+
+
+def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format='%(message)s')
+    try:
+        password = args.password
+        if args.username and password is None:
+            password = getpass.getpass('Enter password for %s: ' % args.username)
+        uid_map = args.uidmap + args.idmap or None
+        gid_map = args.gidmap + args.idmap or None
+        progress = None
+        if not args.quiet:
+            progress = ProgressPrinter(sys.stdout, bar=sys.stdout.isatty() and not args.status_only)
+        result = bootstrap(args.uri, args.dest, fmt=args.format, username=args.username, password=password,
+                           root_password=read_root_password(args.root_password), uid_map=uid_map, gid_map=gid_map,
+                           not_secure=args.not_secure, no_cache=args.no_cache, progress_cb=progress,
+                           platform=args.platform, force=args.force)
+    except KeyboardInterrupt:
+        sys.stderr.write('\n%s: interrupted\n' % PROG)
+        return 130
+    except (BootstrapError, IdMapError, OSError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        sys.stderr.write('%s: %s\n' % (PROG, exc))
+        return 1
+    if not args.quiet:
+        for warning in result.warnings:
+            sys.stderr.write('%s: warning: %s\n' % (PROG, warning))
+        sys.stdout.write('%s: %s\n' % (PROG, result.msg))
+    return 0

@@ -1,0 +1,156 @@
+# -*- coding: utf-8 -*-
+# Copyright: virt.bootstrap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The root password: hashing, and replacing exactly the root entry of a rootfs's /etc/shadow."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import typing as t
+
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
+from ansible_collections.virt.bootstrap.plugins.module_utils.layers import open_dir_in_root
+
+SHADOW_PARTS = ('etc', 'shadow')
+# crypt(5) hashes: $id$[params$]salt$hash, with the ids glibc and libxcrypt know.
+_CRYPT_HASH_RE = re.compile(r'^\$(1|5|6|y|gy|7|2[abxy]?|sha1|md5)\$[./0-9A-Za-z$=,]+$')
+
+
+class ShadowError(BootstrapError):
+    """The rootfs has no usable /etc/shadow root entry, or a hash is not a crypt hash."""
+
+
+def validate_crypt_hash(value: str) -> str:
+    if not _CRYPT_HASH_RE.match(value or ''):
+        raise ShadowError('root_password_hash is not a crypt(5) hash such as $6$salt$hash')
+    return value
+
+
+def hash_password(password: str) -> str:
+    """SHA-512 crypt through passlib (imported only when a password is set)."""
+    try:
+        from passlib.hash import sha512_crypt
+    except ImportError:
+        raise ShadowError('setting a root password needs the Python package "passlib" on the managed host')
+    return sha512_crypt.hash(password)
+
+
+def password_matches(password: str, crypt_hash: t.Optional[str]) -> bool:
+    """Whether `crypt_hash` (from a shadow entry) is a hash of `password`."""
+    if not crypt_hash or not crypt_hash.startswith('$6$'):
+        return False
+    from passlib.hash import sha512_crypt
+    try:
+        return bool(sha512_crypt.verify(password, crypt_hash))
+    except ValueError:
+        return False
+
+
+def root_hash(content: bytes) -> t.Optional[str]:
+    """The password field of the `root:` entry, or None when there is no such entry."""
+    for line in content.split(b'\n'):
+        fields = line.split(b':')
+        if fields[0] == b'root' and len(fields) > 1:
+            return fields[1].decode('utf-8', 'surrogateescape')
+    return None
+
+
+def with_root_hash(content: bytes, new_hash: str) -> bytes:
+    """`content` with only the root entry's password field replaced; every other byte stays."""
+    lines = content.split(b'\n')
+    for number, line in enumerate(lines):
+        fields = line.split(b':')
+        if fields[0] == b'root' and len(fields) > 1:
+            fields[1] = new_hash.encode('ascii')
+            lines[number] = b':'.join(fields)
+            return b'\n'.join(lines)
+    raise ShadowError('/etc/shadow has no root entry')
+
+
+def read_root_hash(root: str) -> t.Optional[str]:
+    """The root hash in the rootfs at `root`, or None when it cannot be read safely."""
+    try:
+        return root_hash(_read_shadow(root)[0])
+    except (ShadowError, OSError, BootstrapError):
+        return None
+
+
+def set_root_hash(root: str, new_hash: str) -> None:
+    """Replace the root hash in `root`/etc/shadow atomically, keeping mode, owner and other lines.
+
+    Paths are resolved without following symlinks: an image whose /etc or /etc/shadow is a
+    symlink cannot make us touch a file outside the rootfs.
+    """
+    content, etc_fd, info = _read_shadow(root)
+    try:
+        updated = with_root_hash(content, new_hash)
+        temporary = '.shadow.virt-bootstrap'
+        try:
+            os.unlink(temporary, dir_fd=etc_fd)
+        except FileNotFoundError:
+            pass
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o000,
+                     dir_fd=etc_fd)
+        try:
+            try:
+                view = memoryview(updated)
+                while view:
+                    view = view[os.write(fd, view):]
+                if os.geteuid() == 0:
+                    os.chown(fd, info.st_uid, info.st_gid)
+                os.chmod(fd, stat.S_IMODE(info.st_mode))
+                os.utime(fd, ns=(info.st_atime_ns, info.st_mtime_ns))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, 'shadow', src_dir_fd=etc_fd, dst_dir_fd=etc_fd)
+        except BaseException:
+            try:
+                os.unlink(temporary, dir_fd=etc_fd)
+            except FileNotFoundError:
+                pass
+            raise
+    finally:
+        os.close(etc_fd)
+
+
+def _read_shadow(root: str) -> t.Tuple[bytes, int, os.stat_result]:
+    """(content, fd of etc, stat of shadow); the caller closes the fd."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            etc_fd = open_dir_in_root(root_fd, SHADOW_PARTS[:1])
+        except FileNotFoundError:
+            raise ShadowError('the rootfs has no /etc, so no /etc/shadow to set the root password in')
+        except BootstrapError as exc:
+            raise ShadowError('cannot use /etc of the rootfs: %s' % exc)
+    finally:
+        os.close(root_fd)
+    try:
+        try:
+            fd = os.open('shadow', os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=etc_fd)
+        except FileNotFoundError:
+            raise ShadowError('the rootfs has no /etc/shadow to set the root password in')
+        except OSError as exc:
+            raise ShadowError('cannot open /etc/shadow of the rootfs without following links: %s' % exc.strerror)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ShadowError('/etc/shadow of the rootfs is not a regular file')
+            chunks = []
+            while True:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        content = b''.join(chunks)
+        if root_hash(content) is None:
+            raise ShadowError('/etc/shadow of the rootfs has no root entry')
+        return content, etc_fd, info
+    except BaseException:
+        os.close(etc_fd)
+        raise
