@@ -48,13 +48,14 @@ def platform_from_json(data: t.Optional[t.Mapping[str, t.Any]]) -> t.Optional[Pl
     return Platform(str(data.get('os') or 'linux'), str(data['architecture']), str(data.get('variant') or ''))
 
 
+def _variant(platform: Platform) -> str:
+    return platform.variant or _DEFAULT_VARIANTS.get(platform.architecture, '')
+
+
 def matches(candidate: Platform, wanted: Platform) -> bool:
     if (candidate.os, candidate.architecture) != (wanted.os, wanted.architecture):
         return False
-    if not wanted.variant:
-        return True
-    default = _DEFAULT_VARIANTS.get(wanted.architecture, '')
-    return (candidate.variant or default) == wanted.variant
+    return not wanted.variant or _variant(candidate) == wanted.variant
 
 
 T = t.TypeVar('T')
@@ -62,8 +63,13 @@ T = t.TypeVar('T')
 
 def choose(candidates: t.Sequence[t.Tuple[t.Optional[Platform], T]], wanted: Platform, where: str) -> T:
     """Pick the entry for `wanted`; the error names every platform that exists."""
-    for candidate, item in candidates:
-        if candidate is not None and matches(candidate, wanted):
+    matching = [(candidate, item) for candidate, item in candidates
+                if candidate is not None and matches(candidate, wanted)]
+    # No variant asked for means the default one (linux/arm is arm/v7, as docker has it), when there is one.
+    for candidate, item in matching:
+        if _variant(candidate) == _variant(wanted):
             return item
+    if matching:
+        return matching[0][1]
     available = ', '.join(sorted(str(candidate) for candidate, _item in candidates if candidate)) or 'none'
     raise PlatformError('%s has no image for platform %s; available: %s' % (where, wanted, available))

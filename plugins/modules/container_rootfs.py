@@ -80,7 +80,7 @@ options:
       - Shift file owners while writing, as C([[start, target, count], ...]) — for example
         V([[0, 100000, 65536]]) for a guest with a matching C(<idmap>).
       - Each id is mapped through the first range that holds it (no chaining); ids outside every range stay.
-      - Needs root. Part of what the state record compares: changing a map rebuilds the rootfs.
+      - Needs root. The maps are part of what the state record compares, so changing a map rebuilds the rootfs.
     type: list
     elements: list
   gid_map:
@@ -90,8 +90,8 @@ options:
     elements: list
   progress_log:
     description:
-      - A file to append progress to as JSON lines (C({"status": ..., "value": percent, "time": ...})), for
-        watching a long run with C(tail -f).
+      - A file to append progress to, one JSON object per line with the keys C(status), C(value) (percent)
+        and C(time), for watching a long run with C(tail -f).
     type: path
   max_size:
     description:

@@ -74,9 +74,9 @@ class TarBlobs:
                               '%s is not a regular file' % path)
         self.path = path
         try:
-            self._tar = tarfile.open(path, mode='r:*')
-            self._members = {os.path.normpath(member.name).lstrip('/'): member
-                             for member in self._tar.getmembers() if member.isfile()}
+            with tarfile.open(path, mode='r:*') as archive:
+                self._members = {os.path.normpath(member.name).lstrip('/'): member
+                                 for member in archive.getmembers() if member.isfile()}
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise SourceError('%s is not a readable tar archive: %s' % (path, exc))
 
@@ -84,9 +84,12 @@ class TarBlobs:
         member = self._members.get(os.path.normpath(name))
         if member is None:
             raise SourceError('%s: %s is missing from the archive' % (self.path, name))
-        stream = self._tar.extractfile(member)
+        # Each stream reads through its own handle on the archive: layers are read after the
+        # source is closed, and one stream's position never moves another's.
+        archive = tarfile.open(self.path, mode='r:*')
+        stream = archive.extractfile(member)
         assert stream is not None
-        return stream
+        return t.cast(t.BinaryIO, _MemberStream(stream, archive))
 
     def read_file(self, name: str) -> bytes:
         with self.open_file(name) as stream:
@@ -97,7 +100,31 @@ class TarBlobs:
         return member.size if member is not None else None
 
     def close(self) -> None:
-        self._tar.close()
+        pass
+
+
+class _MemberStream:
+    """One archive member, read-only; closing it closes the archive handle it came from."""
+
+    def __init__(self, stream: t.BinaryIO, archive: tarfile.TarFile) -> None:
+        self._stream = stream
+        self._archive = archive
+
+    def read(self, size: int = -1) -> bytes:
+        return self._stream.read(size)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._stream.close()
+        self._archive.close()
+
+    def __enter__(self) -> '_MemberStream':
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        self.close()
 
 
 def _read_limited(stream: t.BinaryIO, what: str) -> bytes:
@@ -284,11 +311,10 @@ class DockerArchive:
     def _select(self, manifest: t.List[t.Any]) -> t.Dict[str, t.Any]:
         entries = [entry for entry in manifest if isinstance(entry, dict) and 'Config' in entry]
         if self._reference.startswith('@'):
-            try:
-                return entries[int(self._reference[1:])]
-            except (ValueError, IndexError):
-                raise SourceError('%s: no image number %s (it holds %d)' % (self._path, self._reference[1:],
-                                                                             len(entries)))
+            number = self._reference[1:]
+            if not number.isdigit() or int(number) >= len(entries):
+                raise SourceError('%s: no image number %s (it holds %d)' % (self._path, number, len(entries)))
+            return entries[int(number)]
         if self._reference:
             wanted = {self._reference, self._reference + ':latest'}
             for entry in entries:
