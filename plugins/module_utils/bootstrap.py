@@ -166,7 +166,8 @@ def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[App
         return None
     if plan.action != 'build':
         return None
-    assert plan.image is not None and plan.after is not None
+    if plan.image is None or plan.after is None:
+        raise BootstrapError('internal error: a build plan without an image')
     progress = Progress(request.progress_cb)
     build_dir = dest.new_build_dir()
     try:

@@ -20,7 +20,7 @@ description:
   - A state record kept beside O(dest) (in C(.NAME.virt-bootstrap), out of the guest's reach) holds the digest of
     what was applied, so a rerun with the same inputs reports no change and extracts nothing.
 author:
-  - virt.bootstrap contributors
+  - virt.bootstrap contributors (!UNKNOWN)
 options:
   src:
     description:
@@ -102,9 +102,11 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Can run in check_mode and return changed status prediction without modifying target.
     details: Resolves the source and compares it with the state record; writes nothing.
   diff_mode:
     support: full
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     details: Shows the image digest and source recorded before and after.
   idempotent:
     support: full
