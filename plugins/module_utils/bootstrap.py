@@ -103,11 +103,16 @@ def run(request: Request, check_mode: bool = False) -> Result:
     """Bring dest to the requested state; in check mode only decide."""
     request.validate()
     dest = Destination(request.dest)
-    if check_mode:
-        plan = decide(request, dest)
+    # Decide before locking: a run with nothing to do (or refused) leaves no bookkeeping behind.
+    plan = decide(request, dest)
+    if check_mode or plan.action == 'none':
+        if not check_mode and dest.has_debris():
+            with dest:
+                pass  # taking the lock clears what a killed run left
         return _result(request, plan, changed=plan.action != 'none', stats=None)
     with dest:
-        plan = decide(request, dest)
+        if dest.load_record() != plan.before:
+            plan = decide(request, dest)  # another run changed dest while we waited for the lock
         stats = carry_out(request, plan, dest)
     return _result(request, plan, changed=plan.action != 'none', stats=stats)
 

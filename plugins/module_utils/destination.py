@@ -23,6 +23,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.layers import remov
 from ansible_collections.virt.bootstrap.plugins.module_utils.state import StateRecord, load_record, save_record
 
 _RENAME_EXCHANGE = 2
+_DEBRIS_PREFIXES = ('build-', 'old-')
 _AT_FDCWD = -100
 
 
@@ -100,10 +101,16 @@ class Destination:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
+    def has_debris(self) -> bool:
+        try:
+            return any(name.startswith(_DEBRIS_PREFIXES) for name in os.listdir(self.meta_dir))
+        except FileNotFoundError:
+            return False
+
     def _remove_debris(self) -> None:
         """Builds left by a run that was killed: we hold the lock, so nobody is using them."""
         for name in os.listdir(self.meta_dir):
-            if name.startswith(('build-', 'old-')):
+            if name.startswith(_DEBRIS_PREFIXES):
                 remove_tree(os.path.join(self.meta_dir, name))
 
     # -- changing dest (lock held) ---------------------------------------------------------------

@@ -220,6 +220,41 @@ skipped:
   returned: always
   type: dict
   sample: {device_node: 3}
+uid:
+  description: Owner id of O(dest), when it exists (added by Ansible for every module returning a path).
+  returned: when O(dest) exists
+  type: int
+  sample: 0
+gid:
+  description: Group id of O(dest), when it exists.
+  returned: when O(dest) exists
+  type: int
+  sample: 0
+owner:
+  description: Owner name of O(dest), when it exists.
+  returned: when O(dest) exists
+  type: str
+  sample: root
+group:
+  description: Group name of O(dest), when it exists.
+  returned: when O(dest) exists
+  type: str
+  sample: root
+mode:
+  description: Permissions of O(dest), when it exists.
+  returned: when O(dest) exists
+  type: str
+  sample: '0755'
+size:
+  description: Size of the O(dest) directory inode, when it exists.
+  returned: when O(dest) exists
+  type: int
+  sample: 4096
+state:
+  description: The file type of O(dest) (V(directory)), or V(absent).
+  returned: always
+  type: str
+  sample: directory
 msg:
   description: What the module decided, as a sentence.
   returned: always

@@ -88,7 +88,9 @@ class TarBlobs:
         # source is closed, and one stream's position never moves another's.
         archive = tarfile.open(self.path, mode='r:*')
         stream = archive.extractfile(member)
-        assert stream is not None
+        if stream is None:
+            archive.close()
+            raise SourceError('%s: %s is not a regular file in the archive' % (self.path, name))
         return t.cast(t.BinaryIO, _MemberStream(stream, archive))
 
     def read_file(self, name: str) -> bytes:
@@ -181,7 +183,7 @@ class OciLayout:
         return self._load_image(chosen, wanted)
 
     def _select_entries(self, entries: t.List[t.Dict[str, t.Any]]) -> t.List[t.Dict[str, t.Any]]:
-        names = [entry.get('annotations', {}).get(REF_NAME_ANNOTATION) for entry in entries]
+        names = [_ref_name(entry) for entry in entries]
         tags = sorted(set(name for name in names if name))
         if self._reference:
             selected = [entry for entry, name in zip(entries, names) if name == self._reference]
@@ -197,8 +199,8 @@ class OciLayout:
     def _expand(self, descriptor: t.Dict[str, t.Any], index_digest: t.Optional[str]) -> t.List[_Candidate]:
         media_type = descriptor.get('mediaType')
         if media_type in INDEX_MEDIA_TYPES:
-            nested_digest = descriptor['digest']
             nested = self._read_json_blob(descriptor)
+            nested_digest = descriptor['digest']
             result: t.List[_Candidate] = []
             for child in _descriptors(nested, 'index %s' % nested_digest):
                 result.extend(self._expand(child, index_digest or nested_digest))
@@ -258,6 +260,12 @@ class OciLayout:
         hasher.update(data)
         verify_digest(hasher, digest, '%s: blob' % self._location)
         return _parse_json(data, '%s: blob %s' % (self._location, digest))
+
+
+def _ref_name(descriptor: t.Dict[str, t.Any]) -> t.Optional[str]:
+    annotations = descriptor.get('annotations')
+    name = annotations.get(REF_NAME_ANNOTATION) if isinstance(annotations, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _descriptors(index: t.Dict[str, t.Any], what: str) -> t.List[t.Dict[str, t.Any]]:
