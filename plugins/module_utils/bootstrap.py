@@ -166,14 +166,16 @@ def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[App
     if plan.action == 'remove':
         dest.remove_all()
         return None
+    progress = Progress(request.progress_cb)
     if plan.action == 'password':
+        progress.status('Setting the root password', 0.0)
         _set_password(request, dest.path)
+        progress.done('Root password set')
         return None
     if plan.action != 'build':
         return None
     if plan.image is None or plan.after is None:
         raise BootstrapError('internal error: a build plan without an image')
-    progress = Progress(request.progress_cb)
     build_dir = dest.new_build_dir()
     try:
         new_root = os.path.join(build_dir, 'rootfs')

@@ -9,6 +9,7 @@ import bz2
 import gzip
 import lzma
 import typing as t
+import zlib
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import LayerError, SizeLimitExceeded
 
@@ -96,6 +97,8 @@ class ForwardSeeker:
         self._buffer_offset = 0
         self._buffer_size = buffer_size
         self._position = 0
+        # What the last read returned: after tarfile reports the end, the block it took for the end.
+        self.last_read = b''
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -124,6 +127,7 @@ class ForwardSeeker:
             self._buffer_offset += size
             data = self._buffer[start:self._buffer_offset]
         self._position += len(data)
+        self.last_read = data
         return data
 
     def tell(self) -> int:
@@ -194,4 +198,58 @@ def open_decompressed(stream: t.Any) -> t.Tuple[t.Any, str]:
     return raw, compression
 
 
-DECOMPRESSION_ERRORS: t.Tuple[t.Type[BaseException], ...] = (EOFError, OSError, lzma.LZMAError, ValueError)
+# zlib.error is what gzip raises for a damaged deflate stream; it is no OSError.
+DECOMPRESSION_ERRORS: t.Tuple[t.Type[BaseException], ...] = (EOFError, OSError, lzma.LZMAError, ValueError, zlib.error)
+
+
+def open_layer_data(stream: t.Any) -> t.Tuple[t.Any, str]:
+    """Like open_decompressed, but damaged compressed data raises LayerError when it is read.
+
+    Errors of `stream` itself pass through as they are: a failing disk or connection is not damaged data.
+    """
+    source = _WatchedReader(stream)
+    decompressed, compression = open_decompressed(source)
+    return _DamageReporter(decompressed, compression, source), compression
+
+
+class _WatchedReader:
+    """Remembers that reading the underlying stream failed, so that failure is not blamed on the data."""
+
+    def __init__(self, stream: t.Any) -> None:
+        self._stream = stream
+        self.failed = False
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def readable(self) -> bool:
+        return True
+
+
+class _DamageReporter:
+    """Reads decompressed data, reporting a decompressor's complaint about its input as LayerError."""
+
+    def __init__(self, stream: t.Any, compression: str, source: _WatchedReader) -> None:
+        self._stream = stream
+        self._compression = compression
+        self._source = source
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except LayerError:
+            raise
+        except Exception as exc:
+            # zstandard.ZstdError has no base class we could name without importing zstandard.
+            damaged = isinstance(exc, DECOMPRESSION_ERRORS) or type(exc).__name__ == 'ZstdError'
+            if self._source.failed or not damaged:
+                raise
+            raise LayerError('corrupt or truncated data (%s): %s' % (self._compression, exc or type(exc).__name__)) \
+                from exc
+
+    def readable(self) -> bool:
+        return True

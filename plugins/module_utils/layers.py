@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import errno
 import os
+import re
 import stat
 import tarfile
 import typing as t
@@ -19,12 +20,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.compression import (
-    DECOMPRESSION_ERRORS,
     ForwardSeeker,
     HashingReader,
     LimitedReader,
     SizeBudget,
-    open_decompressed,
+    open_layer_data,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
     BootstrapError,
@@ -35,11 +35,15 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import Layer,
 
 WHITEOUT_PREFIX = '.wh.'
 OPAQUE_MARKER = '.wh..wh..opq'
+AUFS_META_PREFIX = '.wh..wh.'
 DEFAULT_MAX_SIZE = 64 << 30
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20
 _DIR_CACHE_LIMIT = 256
+# Far deeper than any real tree; keeps the recursive resolution, pruning and removal of directories
+# well inside Python's recursion limit.
+MAX_DEPTH = 256
 
 Parts = t.Tuple[str, ...]
 IdMapper = t.Callable[[int, int], t.Tuple[int, int]]
@@ -52,6 +56,8 @@ def split_entry_name(name: str) -> Parts:
     parts = tuple(part for part in name.split('/') if part not in ('', '.'))
     if '..' in parts:
         raise HostileLayer('path %r climbs out with ".."' % name)
+    if len(parts) > MAX_DEPTH:
+        raise HostileLayer('path %r... is more than %d directories deep' % (name[:100], MAX_DEPTH))
     return parts
 
 
@@ -111,6 +117,9 @@ class RootfsBuilder:
         self.progress = progress
         self._scope = _LayerScope()
         self.stats = ApplyStats()
+        # Like a directory no entry names, the root belongs to the (mapped) root user unless an entry says otherwise.
+        root_uid, root_gid = self._map_ids(0, 0)
+        self._chown(lambda: os.chown(self._root_fd, root_uid, root_gid), root_uid, root_gid)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -133,19 +142,16 @@ class RootfsBuilder:
         with layer.open_blob() as blob:
             raw = HashingReader(blob, new_hasher(layer.digest) if layer.digest else None)
             try:
-                decompressed, compression = open_decompressed(raw)
+                decompressed = open_layer_data(raw)[0]
                 tar_hasher = new_hasher(layer.diff_id) if layer.diff_id else None
                 tar_stream = LimitedReader(decompressed, self._budget, tar_hasher)
                 self._apply_tar(tar_stream, raw)
                 raw.drain()
             except BootstrapError as exc:
-                raise type(exc)('%s: %s' % (what.strip(), exc))
-            except (tarfile.TarError,) + DECOMPRESSION_ERRORS as exc:
-                raise LayerError('%s: corrupt or truncated data: %s' % (what.strip(), exc or type(exc).__name__))
-            except Exception as exc:  # zstandard.ZstdError has no common base we can import eagerly
-                if type(exc).__name__ == 'ZstdError':
-                    raise LayerError('%s: corrupt zstd data: %s' % (what.strip(), exc))
-                raise
+                raise type(exc)('%s: %s' % (what.strip(), exc)) from exc
+            except tarfile.TarError as exc:
+                raise LayerError('%s: corrupt or truncated data (tar): %s' % (what.strip(), exc or type(exc).__name__)) \
+                    from exc
         if layer.digest:
             verify_digest(raw.hasher, layer.digest, what.strip())
         if tar_hasher is not None and layer.diff_id:
@@ -181,11 +187,16 @@ class RootfsBuilder:
             if member is None:
                 break
             tar.members = []  # tarfile keeps every header otherwise
-            self._apply_member(tar, member)
+            try:
+                self._apply_member(tar, member)
+            except (ValueError, OverflowError) as exc:
+                # Header values no system call takes: a NUL in a name, an owner or time out of range.
+                raise LayerError('entry %r cannot be written: %s' % (member.name, exc)) from exc
             if self.progress is not None:
                 self.progress(raw.bytes_read)
-        # tarfile takes a damaged header for the end of the archive; only zero padding may follow it.
-        if not seeker.rest_is_zeros():
+        # tarfile takes a damaged header for the end of the archive: the block it stopped at must be
+        # zeros (or missing, as many writers leave it out), and only zero padding may follow.
+        if seeker.last_read.strip(b'\0') or not seeker.rest_is_zeros():
             raise LayerError('damaged tar header at byte %d of the uncompressed layer' % tar.offset)
 
     def _apply_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
@@ -193,6 +204,8 @@ class RootfsBuilder:
         if len(self._dir_cache) >= _DIR_CACHE_LIMIT:
             self._forget_dirs()
         parts = split_entry_name(member.name)
+        if any(part.startswith(AUFS_META_PREFIX) for part in parts[:-1]):
+            return  # inside aufs metadata (.wh..wh.plnk/...): never part of the rootfs
         if parts and parts[-1].startswith(WHITEOUT_PREFIX):
             self._apply_whiteout(parts)
             return
@@ -201,29 +214,30 @@ class RootfsBuilder:
             return
         if member.isdir():
             self._make_dir(parts, member)
-        elif member.islnk():
+            return
+        if member.islnk():
             self._make_hardlink(parts, member)
-        else:
-            parent_fd = self._open_dir(parts[:-1], create=True)
-            name = parts[-1]
-            if member.issym():
-                self._replace(parent_fd, parts)
-                os.symlink(member.linkname, name, dir_fd=parent_fd)
-            elif member.isfifo():
-                self._replace(parent_fd, parts)
-                os.mkfifo(name, 0o600, dir_fd=parent_fd)
-            elif member.ischr() or member.isblk():
-                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-                self._replace(parent_fd, parts)
-                try:
-                    os.mknod(name, 0o600 | kind, os.makedev(member.devmajor, member.devminor), dir_fd=parent_fd)
-                except PermissionError:
-                    self.stats.skip('device_node')
-                    return
-            else:
-                self._write_file(tar, member, parent_fd, parts)
+            return
+        parent_fd = self._open_dir(parts[:-1], create=True)
+        name = parts[-1]
+        if member.issym():
+            self._replace(parent_fd, parts)
+            os.symlink(member.linkname, name, dir_fd=parent_fd)
+        elif member.isfifo():
+            self._replace(parent_fd, parts)
+            os.mkfifo(name, 0o600, dir_fd=parent_fd)
+        elif member.ischr() or member.isblk():
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            self._replace(parent_fd, parts)
+            try:
+                os.mknod(name, 0o600 | kind, os.makedev(member.devmajor, member.devminor), dir_fd=parent_fd)
+            except PermissionError:
+                self.stats.skip('device_node')
                 return
-            self._set_metadata_at(parent_fd, name, member, is_symlink=member.issym())
+        else:
+            self._write_file(tar, member, parent_fd, parts)
+            return
+        self._set_metadata_at(parent_fd, name, member, is_symlink=member.issym())
         self._scope.record(parts)
         self.stats.written += 1
 
@@ -277,6 +291,10 @@ class RootfsBuilder:
             raise HostileLayer('hard link %s points at the root' % _display(parts))
         if target == parts:
             return
+        if target[:len(parts)] == parts:
+            # Replacing `parts` would remove the target (and the directory fd we hold for it) first.
+            raise LayerError('hard link %s would replace the directory holding its target %s'
+                             % (_display(parts), _display(target)))
         target_fd = self._open_dir(target[:-1], create=False)
         target_stat = _lstat_at(target_fd, target[-1])
         if target_stat is None:
@@ -294,8 +312,11 @@ class RootfsBuilder:
     def _apply_whiteout(self, parts: Parts) -> None:
         marker = parts[-1]
         parent = parts[:-1]
-        if marker != OPAQUE_MARKER and marker.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
+        if marker != OPAQUE_MARKER and marker.startswith(AUFS_META_PREFIX):
             return  # other aufs metadata (.wh..wh.plnk, ...): never part of the rootfs
+        if marker != OPAQUE_MARKER and marker[len(WHITEOUT_PREFIX):] in ('', '.', '..'):
+            # '.wh...' would hide the parent directory, and at the top that is outside the root.
+            raise HostileLayer('whiteout %s does not name an entry it could hide' % _display(parts))
         try:
             parent_fd = self._open_dir(parent, create=False)
         except FileNotFoundError:
@@ -435,8 +456,18 @@ def _xattrs_of(member: tarfile.TarInfo) -> t.Iterator[t.Tuple[str, bytes]]:
             yield name, base64.b64decode(value + '=' * (-len(value) % 4))
 
 
+_PAX_TIME = re.compile(r'(-?)([0-9]+)(?:\.([0-9]*))?', re.ASCII)
+
+
 def _mtime_ns(member: tarfile.TarInfo) -> int:
-    return int(member.mtime * 1_000_000_000)
+    # tarfile parses a PAX mtime into a float, which cannot hold the nanoseconds of today's dates:
+    # read the text.
+    match = _PAX_TIME.fullmatch(member.pax_headers.get('mtime', '').strip())
+    if match is None:
+        return round(member.mtime * 1_000_000_000)
+    sign, seconds, fraction = match.groups()
+    ns = int(seconds) * 1_000_000_000 + int((fraction or '')[:9].ljust(9, '0'))
+    return -ns if sign else ns
 
 
 def _lstat_at(dir_fd: int, name: str) -> t.Optional[os.stat_result]:

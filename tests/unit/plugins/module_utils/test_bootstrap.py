@@ -131,8 +131,6 @@ def test_first_run_builds_the_rootfs_and_its_record_beside_it(site):
     assert stat.S_IMODE(os.stat(site.meta).st_mode) == 0o700
 
 
-@pytest.mark.xfail(strict=True, reason='layers.py _apply_member counts a directory or hard link twice: '
-                                       '_make_dir/_make_hardlink count it, then the fall-through counts it again')
 def test_entries_written_counts_each_entry_once(site):
     entries = dict(V1, **{'bin/sh2': Hardlink('bin/sh')})
     result = site.run(site.tarball(entries))
