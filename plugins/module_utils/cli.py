@@ -14,20 +14,20 @@ import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import bootstrap
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
-from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import IdMapError
+from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import IdMapError, parse_id_map
 
 PROG = 'virt-bootstrap'
 VERSION = '0.1.0'
 
 
 def _id_range(text: str) -> t.List[int]:
-    fields = text.split(':')
-    if len(fields) != 3:
+    """One START:TARGET:COUNT, checked as the engine checks maps (overlaps are checked there)."""
+    if text.count(':') != 2:
         raise argparse.ArgumentTypeError('%r is not START:TARGET:COUNT' % text)
     try:
-        return [int(field) for field in fields]
-    except ValueError:
-        raise argparse.ArgumentTypeError('%r is not START:TARGET:COUNT with numbers' % text)
+        return parse_id_map([text], 'range').as_lists()[0]
+    except IdMapError as exc:
+        raise argparse.ArgumentTypeError('%r: %s' % (text, str(exc).replace('range entry 1: ', '', 1)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def read_root_password(value: t.Optional[str]) -> t.Optional[str]:
     path = value[len('file:'):]
     try:
         with open(path, encoding='utf-8') as stream:
-            return stream.readline().rstrip('\n')
+            return stream.readline().rstrip('\r\n')
     except OSError as exc:
         raise BootstrapError('cannot read the root password from %s: %s' % (path, exc.strerror))
 
@@ -72,14 +72,14 @@ def read_root_password(value: t.Optional[str]) -> t.Optional[str]:
 class ProgressPrinter:
     """A bar on a terminal; one line per status change otherwise (or with --status-only)."""
 
-    def __init__(self, stream: t.TextIO, bar: bool) -> None:
+    def __init__(self, stream: t.TextIO, show_bar: bool) -> None:
         self._stream = stream
-        self._bar = bar
+        self._show_bar = show_bar
         self._last_status = ''
 
     def __call__(self, event: t.Dict[str, t.Any]) -> None:
         status, value = event['status'], float(event['value'])
-        if self._bar:
+        if self._show_bar:
             filled = int(value / 100 * 30)
             self._stream.write('\r[%-30s] %5.1f%% %s\x1b[K' % ('#' * filled, value, status))
             if value >= 100:
@@ -101,7 +101,7 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
         gid_map = args.gidmap + args.idmap or None
         progress = None
         if not args.quiet:
-            progress = ProgressPrinter(sys.stdout, bar=sys.stdout.isatty() and not args.status_only)
+            progress = ProgressPrinter(sys.stdout, show_bar=sys.stdout.isatty() and not args.status_only)
         result = bootstrap(args.uri, args.dest, fmt=args.format, username=args.username, password=password,
                            root_password=read_root_password(args.root_password), uid_map=uid_map, gid_map=gid_map,
                            not_secure=args.not_secure, no_cache=args.no_cache, progress_cb=progress,
@@ -109,13 +109,23 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write('\n%s: interrupted\n' % PROG)
         return 130
-    except (BootstrapError, IdMapError, OSError) as exc:
+    except (BootstrapError, OSError) as exc:
         if args.debug:
             traceback.print_exc()
         sys.stderr.write('%s: %s\n' % (PROG, exc))
+        return 1
+    except Exception as exc:  # a bug, or a library failing in a way we did not foresee
+        if args.debug:
+            traceback.print_exc()
+        sys.stderr.write('%s: unexpected error: %s: %s%s\n' % (
+            PROG, type(exc).__name__, exc, '' if args.debug else ' (run with --debug for details)'))
         return 1
     if not args.quiet:
         for warning in result.warnings:
             sys.stderr.write('%s: warning: %s\n' % (PROG, warning))
         sys.stdout.write('%s: %s\n' % (PROG, result.msg))
     return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

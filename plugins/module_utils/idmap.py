@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import re
 import typing as t
 from dataclasses import dataclass
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
 
 MAX_ID = 2 ** 32 - 2  # (uid_t)-1 means "no change" to chown
+_NUMBER_RE = re.compile(r'\s*-?[0-9]+\s*')
 
 
 class IdMapError(BootstrapError):
@@ -50,29 +52,18 @@ def parse_id_map(value: t.Any, name: str = 'uid_map') -> IdMap:
     if not isinstance(value, (list, tuple)):
         raise IdMapError('%s must be a list of [start, target, count], not %r' % (name, value))
     ranges = []
-    for position, entry in enumerate(value, 1):
-        if isinstance(entry, str):
-            entry = entry.split(':')
+    for position, given in enumerate(value, 1):
+        entry = given.split(':') if isinstance(given, str) else given
         if not isinstance(entry, (list, tuple)) or len(entry) != 3:
-            raise IdMapError('%s entry %d must be [start, target, count], not %r' % (name, position, entry))
-        numbers = []
-        for field_name, field in zip(('start', 'target', 'count'), entry):
-            if isinstance(field, bool):
-                raise IdMapError('%s entry %d: %s must be a number, not %r' % (name, position, field_name, field))
-            try:
-                number = int(field)
-            except (TypeError, ValueError):
-                raise IdMapError('%s entry %d: %s must be a number, not %r' % (name, position, field_name, field))
-            if isinstance(field, float) and number != field:
-                raise IdMapError('%s entry %d: %s must be a whole number, not %r' % (name, position, field_name, field))
-            numbers.append(number)
-        start, target, count = numbers
+            raise IdMapError('%s entry %d must be [start, target, count], not %r' % (name, position, given))
+        start, target, count = [_integer(field, '%s entry %d: %s' % (name, position, field_name))
+                                for field_name, field in zip(('start', 'target', 'count'), entry)]
         if start < 0 or target < 0:
-            raise IdMapError('%s entry %d: ids cannot be negative (%r)' % (name, position, list(entry)))
+            raise IdMapError('%s entry %d: ids cannot be negative (%r)' % (name, position, given))
         if count <= 0:
-            raise IdMapError('%s entry %d: count must be at least 1 (%r)' % (name, position, list(entry)))
+            raise IdMapError('%s entry %d: count must be at least 1 (%r)' % (name, position, given))
         if start + count - 1 > MAX_ID or target + count - 1 > MAX_ID:
-            raise IdMapError('%s entry %d: ids beyond %d (%r)' % (name, position, MAX_ID, list(entry)))
+            raise IdMapError('%s entry %d: ids beyond %d (%r)' % (name, position, MAX_ID, given))
         ranges.append(IdRange(start, target, count))
     for first_index, first in enumerate(ranges):
         for second in ranges[first_index + 1:]:
@@ -80,3 +71,14 @@ def parse_id_map(value: t.Any, name: str = 'uid_map') -> IdMap:
                 raise IdMapError('%s: source ranges %s and %s overlap' % (
                     name, [first.start, first.target, first.count], [second.start, second.target, second.count]))
     return IdMap(ranges)
+
+
+def _integer(field: t.Any, what: str) -> int:
+    """An int, or a string of ASCII digits (templates give strings); never a bool or a float."""
+    if isinstance(field, int) and not isinstance(field, bool):
+        return field
+    if isinstance(field, str) and _NUMBER_RE.fullmatch(field):
+        return int(field)
+    if isinstance(field, float):
+        raise IdMapError('%s must be an integer, not %r' % (what, field))
+    raise IdMapError('%s must be a number, not %r' % (what, field))

@@ -9,6 +9,8 @@ import json
 import time
 import typing as t
 
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
+
 ProgressCallback = t.Callable[[t.Dict[str, t.Any]], None]
 
 
@@ -29,6 +31,7 @@ class Progress:
     def __init__(self, callback: t.Optional[ProgressCallback], min_interval: float = 0.25) -> None:
         self._callback = callback
         self._min_interval = min_interval
+        self._value = 0.0  # the latest value, reported or held back by the throttle
         self._last_value = -1.0
         self._last_time = 0.0
         self._status = ''
@@ -37,7 +40,7 @@ class Progress:
 
     def status(self, status: str, value: t.Optional[float] = None) -> None:
         self._status = status
-        self._emit(self._last_value if value is None else value, force=True)
+        self._emit(self._value if value is None else value, force=True)
 
     def start_layers(self, sizes: t.Sequence[t.Optional[int]]) -> None:
         known = [size for size in sizes if size]
@@ -62,9 +65,9 @@ class Progress:
         return 99.0 * (before + current) / total
 
     def _emit(self, value: float, force: bool = False) -> None:
+        value = self._value = max(value, self._value)
         if self._callback is None:
             return
-        value = max(value, self._last_value, 0.0)
         now = time.monotonic()
         if not force and (now - self._last_time < self._min_interval or value == self._last_value):
             return
@@ -76,7 +79,10 @@ class JsonLinesLog:
     """A progress callback appending one JSON object per line to a file, for `tail -f`."""
 
     def __init__(self, path: str) -> None:
-        self._stream = open(path, 'a', encoding='utf-8')
+        try:
+            self._stream = open(path, 'a', encoding='utf-8')
+        except OSError as exc:
+            raise BootstrapError('cannot open progress_log %s: %s' % (path, exc.strerror))
 
     def __call__(self, event: t.Dict[str, t.Any]) -> None:
         record = dict(event, time=round(time.time(), 3))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -14,8 +15,9 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import Boots
 from ansible_collections.virt.bootstrap.plugins.module_utils.layers import open_dir_in_root
 
 SHADOW_PARTS = ('etc', 'shadow')
-# crypt(5) hashes: $id$[params$]salt$hash, with the ids glibc and libxcrypt know.
-_CRYPT_HASH_RE = re.compile(r'^\$(1|5|6|y|gy|7|2[abxy]?|sha1|md5)\$[./0-9A-Za-z$=,]+$')
+# crypt(5) hashes: $id$[params$]salt$hash, with the ids glibc and libxcrypt know. Nothing that could
+# end the field or the line (':', newline) gets through.
+_CRYPT_HASH_RE = re.compile(r'\$(1|5|6|y|gy|7|2[abxy]?|sha1|md5)\$(?:[./0-9A-Za-z=,]*\$)+[./0-9A-Za-z]+')
 
 
 class ShadowError(BootstrapError):
@@ -23,27 +25,31 @@ class ShadowError(BootstrapError):
 
 
 def validate_crypt_hash(value: str) -> str:
-    if not _CRYPT_HASH_RE.match(value or ''):
+    if not _CRYPT_HASH_RE.fullmatch(value or ''):
         raise ShadowError('root_password_hash is not a crypt(5) hash such as $6$salt$hash')
     return value
 
 
-def hash_password(password: str) -> str:
-    """SHA-512 crypt through passlib (imported only when a password is set)."""
+def _sha512_crypt() -> t.Any:
+    """passlib's SHA-512 crypt, imported only when a password is set."""
     try:
         from passlib.hash import sha512_crypt
     except ImportError:
         raise ShadowError('setting a root password needs the Python package "passlib" on the managed host')
-    return sha512_crypt.hash(password)
+    return sha512_crypt
+
+
+def hash_password(password: str) -> str:
+    """A new salted SHA-512 crypt hash of `password`."""
+    return str(_sha512_crypt().hash(password))
 
 
 def password_matches(password: str, crypt_hash: t.Optional[str]) -> bool:
     """Whether `crypt_hash` (from a shadow entry) is a hash of `password`."""
     if not crypt_hash or not crypt_hash.startswith('$6$'):
         return False
-    from passlib.hash import sha512_crypt
     try:
-        return bool(sha512_crypt.verify(password, crypt_hash))
+        return bool(_sha512_crypt().verify(password, crypt_hash))
     except ValueError:
         return False
 
@@ -85,6 +91,7 @@ def set_root_hash(root: str, new_hash: str) -> None:
     """
     content, etc_fd, info = _read_shadow(root)
     try:
+        etc_info = os.fstat(etc_fd)
         updated = with_root_hash(content, new_hash)
         temporary = '.shadow.virt-bootstrap'
         try:
@@ -106,6 +113,8 @@ def set_root_hash(root: str, new_hash: str) -> None:
             finally:
                 os.close(fd)
             os.rename(temporary, 'shadow', src_dir_fd=etc_fd, dst_dir_fd=etc_fd)
+            # The rootfs keeps the image's /etc mtime, as the applier set it.
+            os.utime(etc_fd, ns=(etc_info.st_atime_ns, etc_info.st_mtime_ns))
         except BaseException:
             try:
                 os.unlink(temporary, dir_fd=etc_fd)
@@ -129,12 +138,7 @@ def _read_shadow(root: str) -> t.Tuple[bytes, int, os.stat_result]:
     finally:
         os.close(root_fd)
     try:
-        try:
-            fd = os.open('shadow', os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=etc_fd)
-        except FileNotFoundError:
-            raise ShadowError('the rootfs has no /etc/shadow to set the root password in')
-        except OSError as exc:
-            raise ShadowError('cannot open /etc/shadow of the rootfs without following links: %s' % exc.strerror)
+        fd = _open_shadow(etc_fd)
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -154,3 +158,34 @@ def _read_shadow(root: str) -> t.Tuple[bytes, int, os.stat_result]:
     except BaseException:
         os.close(etc_fd)
         raise
+
+
+def _open_shadow(etc_fd: int) -> int:
+    """/etc/shadow opened for reading, never through a symlink and never blocking on a fifo."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        return os.open('shadow', flags, dir_fd=etc_fd)
+    except FileNotFoundError:
+        raise ShadowError('the rootfs has no /etc/shadow to set the root password in')
+    except PermissionError:
+        if os.geteuid() == 0:
+            raise ShadowError('cannot open /etc/shadow of the rootfs: permission denied')
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ShadowError('/etc/shadow of the rootfs is a symlink; refusing to follow it')
+        raise ShadowError('cannot open /etc/shadow of the rootfs: %s' % exc.strerror)
+    # Unprivileged, the rootfs is ours but many images ship /etc/shadow as mode 0000: lend ourselves read
+    # access for the time of the open. An O_PATH fd makes the chmod and the open reach the inode checked here.
+    path_fd = os.open('shadow', os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=etc_fd)
+    try:
+        info = os.fstat(path_fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            raise ShadowError('cannot open /etc/shadow of the rootfs: permission denied')
+        inode = '/proc/self/fd/%d' % path_fd
+        os.chmod(inode, stat.S_IMODE(info.st_mode) | stat.S_IRUSR)
+        try:
+            return os.open(inode, flags & ~os.O_NOFOLLOW)
+        finally:
+            os.chmod(inode, stat.S_IMODE(info.st_mode))
+    finally:
+        os.close(path_fd)
