@@ -81,7 +81,7 @@ def test_a_different_root_password_is_a_change_and_check_mode_only_reports_it(ca
     run_module(capsys, {'src': paths['src'], 'dest': paths['dest'], 'root_password': PASSWORD})
     first = root_hash(paths['dest'])
     _code, output, check = run_module(capsys, {'src': paths['src'], 'dest': paths['dest'], 'root_password': 'other'},
-                                  check_mode=True)
+                                      check_mode=True)
     assert check['changed'] is True and root_hash(paths['dest']) == first
     _code, output, result = run_module(capsys, {'src': paths['src'], 'dest': paths['dest'], 'root_password': 'other'})
     assert result['changed'] is True
@@ -153,8 +153,8 @@ def test_progress_log_gets_json_lines_ending_at_100(capsys, paths):
 
 
 def test_progress_log_is_not_written_in_check_mode(capsys, paths):
-    code, _output, result = run_module(capsys, {'src': paths['src'], 'dest': paths['dest'], 'progress_log': paths['log']},
-                                 check_mode=True)
+    code, _output, result = run_module(capsys, {'src': paths['src'], 'dest': paths['dest'],
+                                                'progress_log': paths['log']}, check_mode=True)
     assert code == 0 and result['changed'] is True
     assert not os.path.exists(paths['log'])
 
