@@ -14,6 +14,7 @@ import errno
 import os
 import re
 import stat
+import struct
 import tarfile
 import typing as t
 import urllib.parse
@@ -33,6 +34,12 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Layer, new_hasher, verify_digest
 
+CAPABILITY_XATTR = 'security.capability'
+# struct vfs_ns_cap_data: le32 magic_etc (revision in the top byte), 2 x (permitted, inheritable), le32 rootid.
+_CAP_REVISION_2 = 0x02
+_CAP_REVISION_3 = 0x03
+_CAP_V2_SIZE = 20
+_CAP_V3_SIZE = 24
 WHITEOUT_PREFIX = '.wh.'
 OPAQUE_MARKER = '.wh..wh..opq'
 AUFS_META_PREFIX = '.wh..wh.'
@@ -421,6 +428,8 @@ class RootfsBuilder:
 
     def _set_xattrs(self, fd: int, name: t.Optional[str], member: tarfile.TarInfo) -> None:
         for key, value in _xattrs_of(member):
+            if key == CAPABILITY_XATTR:
+                value = shift_capability_root(value, lambda uid: self._map_ids(uid, 0)[0])
             try:
                 if name is None:
                     os.setxattr(fd, key, value)
@@ -445,6 +454,25 @@ class _Unclosable:
 
     def __exit__(self, *exc_info: t.Any) -> None:
         pass
+
+
+def shift_capability_root(value: bytes, map_uid: t.Callable[[int], int]) -> bytes:
+    """File capabilities for the guest's user namespace: v3 names the uid that is root there.
+
+    A v2 capability only counts for the host's root, so when the map moves root elsewhere it
+    becomes v3 naming the mapped root; a v3 one has its root uid mapped like any owner.
+    """
+    if len(value) == _CAP_V2_SIZE and value[3] == _CAP_REVISION_2:
+        root_uid = map_uid(0)
+        if root_uid == 0:
+            return value
+        magic = struct.unpack_from('<I', value)[0]
+        return struct.pack('<I', (magic & 0x00FFFFFF) | (_CAP_REVISION_3 << 24)) + value[4:] + \
+            struct.pack('<I', root_uid)
+    if len(value) == _CAP_V3_SIZE and value[3] == _CAP_REVISION_3:
+        root_uid = struct.unpack_from('<I', value, _CAP_V2_SIZE)[0]
+        return value[:_CAP_V2_SIZE] + struct.pack('<I', map_uid(root_uid))
+    return value
 
 
 def _xattrs_of(member: tarfile.TarInfo) -> t.Iterator[t.Tuple[str, bytes]]:

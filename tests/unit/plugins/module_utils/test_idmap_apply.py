@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import stat
+import struct
 import tempfile
 import traceback
 import typing as t
@@ -17,6 +18,7 @@ import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, bootstrap, run
 from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import parse_id_map
+from ansible_collections.virt.bootstrap.plugins.module_utils.layers import shift_capability_root
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import (
     CAPABILITY_V2,
     TarBuilder,
@@ -116,11 +118,28 @@ def test_setuid_and_setgid_bits_survive_mapping(mapped, relative, mode, expected
     assert (stat.S_IMODE(info.st_mode), (info.st_uid, info.st_gid)) == (mode, expected_owner)
 
 
-def test_file_capability_survives_mapping(mapped):
-    # chown() drops security.capability too.
+def test_file_capability_survives_mapping_as_v3_naming_the_guest_root(mapped):
+    # chown() drops security.capability too; and a v2 capability only counts for the host's root,
+    # so under a map that moves root to 1000 it must become v3 with rootid 1000 (umoci#261).
     path = mapped.path('bin/ping')
     assert owner(path) == (1000, 1000)
-    assert os.getxattr(path, 'security.capability', follow_symlinks=False) == CAPABILITY_V2
+    value = os.getxattr(path, 'security.capability', follow_symlinks=False)
+    assert value == struct.pack('<I', 0x03000001) + CAPABILITY_V2[4:] + struct.pack('<I', 1000)
+
+
+V3_ROOTID_500 = struct.pack('<IIIIII', 0x03000001, 1 << 13, 0, 0, 0, 500)
+
+
+@pytest.mark.parametrize('value, uid_map, expected', [
+    (CAPABILITY_V2, [[1, 100001, 10]], CAPABILITY_V2),  # root not moved: v2 stays as it is
+    (CAPABILITY_V2, [[0, 100000, 65536]], struct.pack('<I', 0x03000001) + CAPABILITY_V2[4:] + struct.pack('<I', 100000)),
+    (V3_ROOTID_500, [[0, 100000, 65536]], V3_ROOTID_500[:20] + struct.pack('<I', 100500)),
+    (V3_ROOTID_500, [[0, 1000, 10]], V3_ROOTID_500),  # its root uid is outside every range
+    (b'\x00\x00\x00\x01' + b'\x00' * 8, [[0, 100000, 65536]], b'\x00\x00\x00\x01' + b'\x00' * 8),  # v1: as is
+])
+def test_capability_root_follows_the_uid_map(value, uid_map, expected):
+    id_map = parse_id_map(uid_map)
+    assert shift_capability_root(value, id_map) == expected
 
 
 def test_hard_linked_file_is_shifted_once(mapped):
