@@ -328,6 +328,14 @@ class RootfsBuilder:
             parent_fd = self._open_dir(parent, create=False)
         except FileNotFoundError:
             return  # nothing below to hide
+        except HostileLayer:
+            # umoci writes a directory replaced by a symlink as the link, then whiteouts for the old
+            # children: nothing is left below to hide. A symlink from a lower layer is an attack.
+            if any(parent[:depth] in self._scope.written for depth in range(1, len(parent) + 1)):
+                return
+            raise
+        except LayerError:
+            return  # below a file: nothing to hide
         self.stats.whiteouts += 1
         if marker == OPAQUE_MARKER:
             self._prune_children(parent_fd, parent)

@@ -103,6 +103,24 @@ def test_whiteout_of_missing_path_is_not_an_error(root: str) -> None:
     assert listing(root) == ['etc/', 'etc/keep', 'etc/new']
 
 
+def test_whiteouts_below_what_replaced_a_directory_in_the_same_layer_are_ignored(root: str) -> None:
+    # umoci writes `rm -rf srv/data; echo > srv/data` as the file, then a whiteout per old child.
+    lower = TarBuilder().dir('srv').dir('srv/data').file('srv/data/x', b'x').dir('srv/link') \
+        .file('srv/link/y', b'y').tar()
+    upper = TarBuilder().file('srv/data', b'now a file').whiteout('srv/data/x') \
+        .symlink('srv/link', '/elsewhere').whiteout('srv/link/y').opaque('srv/link').tar()
+    apply_layers(root, lower, upper)
+    assert listing(root) == ['srv/', 'srv/data', 'srv/link']
+    assert open(os.path.join(root, 'srv/data'), 'rb').read() == b'now a file'
+    assert os.readlink(os.path.join(root, 'srv/link')) == '/elsewhere'
+
+
+def test_whiteout_below_a_lower_layer_file_is_ignored(root: str) -> None:
+    lower = TarBuilder().dir('srv').file('srv/data', b'file').tar()
+    apply_layers(root, lower, TarBuilder().whiteout('srv/data/x').tar())
+    assert listing(root) == ['srv/', 'srv/data']
+
+
 def test_opaque_whiteout_empties_lower_directory(root: str) -> None:
     lower = TarBuilder().dir('var').dir('var/lib').dir('var/lib/old').file('var/lib/old/db', b'db') \
         .file('var/lib/state', b's').file('var/keep', b'k').tar()
