@@ -1,0 +1,418 @@
+# -*- coding: utf-8 -*-
+# Copyright: virt.bootstrap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Benchmark: our extraction of a multi-layer Debian OCI layout against `umoci unpack` and plain `tar -xzf`.
+
+Run as root from anywhere: `python3 bench/extract.py [--rounds N] [--json] [--profile] [--keep] [--collection DIR]`.
+See bench/README.md for what is measured and how to read the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import typing as t
+from dataclasses import asdict, dataclass, field
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+CACHE_DIR = os.path.join(BENCH_DIR, '.cache')
+IMAGES_DIR = os.path.join(CACHE_DIR, 'images')
+LAYOUT_DIR = os.path.join(IMAGES_DIR, 'oci', 'debian')
+ROOTFS_DIR = os.path.join(IMAGES_DIR, 'rootfs', 'debian')
+TAG = 'multi'
+# Holds ansible_collections/virt/bootstrap -> the repo, so the engine imports under its real name.
+COLLECTIONS_DIR = os.path.join(CACHE_DIR, 'collections')
+RUNS_DIR = os.path.join(CACHE_DIR, 'runs')
+PROFILE_PATH = os.path.join(CACHE_DIR, 'ours.pstats')
+BUILD_SCRIPT = os.path.join(REPO_ROOT, 'tests', 'images', 'build-images.sh')
+
+TOOLS = ('ours', 'umoci', 'tar')
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    digest: str
+    media_type: str
+    size: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: t.List[str]
+    # tar exits 2 after errors it skipped past; for the floor those are expected (see commands_for).
+    ok_exit_codes: t.Tuple[int, ...] = (0,)
+
+
+@dataclass
+class Measurement:
+    """One run of one tool: spawn to exit, then sync, into a directory nothing was ever deleted from."""
+    tool: str
+    round: int
+    wall_s: float
+    sync_s: float
+    user_s: float
+    sys_s: float
+    max_rss_kib: int
+    output: str
+    # Lines the tool printed about entries it could not write, and went on (tar only).
+    tolerated_errors: t.List[str] = field(default_factory=list)
+    # Phases the engine child timed itself (tool 'ours' only).
+    engine: t.Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+
+class BenchError(Exception):
+    pass
+
+
+# -- the image ---------------------------------------------------------------------------------------
+
+
+def build_image() -> None:
+    """Make the Debian image once; the builder keeps what it already made and returns at once."""
+    if os.geteuid() != 0:
+        raise BenchError('run as root: the image build and the extractions keep owners, setuid bits and xattrs')
+    # The builder's summary goes to stderr with its log, so stdout holds only our report.
+    subprocess.run(['bash', BUILD_SCRIPT, IMAGES_DIR, 'debian'], check=True, stdout=sys.stderr)
+
+
+def layer_blobs(layout: str, tag: str) -> t.Tuple[str, t.List[LayerBlob]]:
+    """The manifest digest of `tag` and its layers, bottom first."""
+    with open(os.path.join(layout, 'index.json'), 'rb') as stream:
+        index = json.load(stream)
+    for descriptor in index.get('manifests', []):
+        if descriptor.get('annotations', {}).get('org.opencontainers.image.ref.name') == tag:
+            manifest_digest = descriptor['digest']
+            break
+    else:
+        raise BenchError('no tag %r in %s' % (tag, layout))
+    with open(_blob_path(layout, manifest_digest), 'rb') as stream:
+        manifest = json.load(stream)
+    blobs = [LayerBlob(layer['digest'], layer['mediaType'], layer['size'], _blob_path(layout, layer['digest']))
+             for layer in manifest['layers']]
+    return manifest_digest, blobs
+
+
+def _blob_path(layout: str, digest: str) -> str:
+    algorithm, hexdigest = digest.split(':', 1)
+    return os.path.join(layout, 'blobs', algorithm, hexdigest)
+
+
+def link_collection(collection_root: str) -> None:
+    """Make the engine children import virt.bootstrap from `collection_root`."""
+    link = os.path.join(COLLECTIONS_DIR, 'ansible_collections', 'virt', 'bootstrap')
+    if not os.path.isfile(os.path.join(collection_root, 'plugins', 'module_utils', 'bootstrap.py')):
+        raise BenchError('%s does not hold the virt.bootstrap collection' % collection_root)
+    if os.path.islink(link) and os.path.realpath(link) == os.path.realpath(collection_root):
+        return
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(os.path.abspath(collection_root), link)
+
+
+# -- the commands ------------------------------------------------------------------------------------
+
+
+def commands_for(tool: str, out_dir: str, blobs: t.Sequence[LayerBlob]) -> t.Tuple[str, t.List[Command]]:
+    """Where `tool` writes the rootfs, and the commands that write it (run one after the other)."""
+    if tool == 'ours':
+        dest = os.path.join(out_dir, 'rootfs')
+        return dest, [Command([sys.executable, os.path.abspath(__file__), '--engine-child',
+                               'oci:%s:%s' % (LAYOUT_DIR, TAG), dest])]
+    if tool == 'umoci':
+        bundle = os.path.join(out_dir, 'bundle')
+        return os.path.join(bundle, 'rootfs'), [Command(['umoci', 'unpack', '--image', '%s:%s' % (LAYOUT_DIR, TAG),
+                                                         bundle])]
+    if tool == 'tar':
+        root = os.path.join(out_dir, 'rootfs')
+        os.mkdir(root)
+        # The floor: every layer unpacked in order with no whiteout handling at all. Plain tar cannot put a
+        # file where a lower layer left a non-empty directory; it says so, skips that entry and exits 2.
+        return root, [Command(['tar', '--numeric-owner', '-C', root,
+                               '-xzf' if blob.media_type.endswith('+gzip') else '-xf', blob.path], (0, 2))
+                      for blob in blobs]
+    raise BenchError('unknown tool %r' % tool)
+
+
+def measure(tool: str, round_number: int, blobs: t.Sequence[LayerBlob]) -> Measurement:
+    out_dir = os.path.join(RUNS_DIR, 'r%d-%s' % (round_number, tool))
+    os.makedirs(out_dir)
+    output, commands = commands_for(tool, out_dir, blobs)
+    log_path = os.path.join(out_dir, 'log')
+    stdout_path = os.path.join(out_dir, 'stdout')
+    # Dirty pages left by the previous run are written back now, not inside this run's timing.
+    os.sync()
+    user_s = sys_s = 0.0
+    max_rss_kib = 0
+    start = time.perf_counter()
+    for command in commands:
+        usage = _run_child(command, stdout_path, log_path)
+        user_s += usage.ru_utime
+        sys_s += usage.ru_stime
+        # wait4 reports the largest RSS of the child and of the children it waited for (gzip under tar).
+        max_rss_kib = max(max_rss_kib, usage.ru_maxrss)
+    exited = time.perf_counter()
+    os.sync()
+    end = time.perf_counter()
+    item = Measurement(tool, round_number, end - start, end - exited, user_s, sys_s, max_rss_kib, output)
+    if tool == 'ours':
+        with open(stdout_path, 'rb') as stream:
+            item.engine = json.load(stream)
+    elif tool == 'tar':
+        with open(log_path, 'r', encoding='utf-8', errors='replace') as stream:
+            item.tolerated_errors = [line.rstrip('\n') for line in stream if 'Exiting with failure status' not in line]
+    return item
+
+
+def _run_child(command: Command, stdout_path: str, log_path: str) -> resource.struct_rusage:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND  # no O_CLOEXEC: these become the child's fds 1 and 2
+    pid = os.posix_spawnp(command.argv[0], command.argv, os.environ, file_actions=[
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, stdout_path, flags, 0o600),
+        (os.POSIX_SPAWN_OPEN, 2, log_path, flags, 0o600),
+    ])
+    _pid, status, usage = os.wait4(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code not in command.ok_exit_codes:
+        with open(log_path, 'rb') as stream:
+            tail = stream.read()[-2000:].decode('utf-8', 'replace')
+        raise BenchError('%s exited with %d:\n%s' % (' '.join(command.argv), code, tail))
+    return usage
+
+
+# -- the engine child --------------------------------------------------------------------------------
+
+
+def engine_child(src: str, dest: str, profile_path: t.Optional[str]) -> None:
+    """Run our engine as the module would (fresh dest: build beside it, record, swap) and time its phases."""
+    started = time.perf_counter()
+    sys.path.insert(0, COLLECTIONS_DIR)
+    # pylint: disable=import-outside-toplevel  # imported late so the import time is measured on its own
+    from ansible_collections.virt.bootstrap.plugins.module_utils import bootstrap
+    imported = time.perf_counter()
+
+    # bootstrap.run calls write_dir by this module-level name: wrap it to time the pure extraction.
+    write_dir = getattr(bootstrap, 'write_dir')
+    write_dir_s: t.List[float] = []
+
+    def timed_write_dir(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        begin = time.perf_counter()
+        try:
+            return write_dir(*args, **kwargs)
+        finally:
+            write_dir_s.append(time.perf_counter() - begin)
+
+    setattr(bootstrap, 'write_dir', timed_write_dir)
+    request = bootstrap.Request(src=src, dest=dest)
+    if profile_path:
+        import cProfile  # pylint: disable=import-outside-toplevel
+        profiler = cProfile.Profile()
+        result = profiler.runcall(bootstrap.run, request)
+        profiler.dump_stats(profile_path)
+    else:
+        result = bootstrap.run(request)
+    finished = time.perf_counter()
+    if not result.changed:
+        raise BenchError('the engine reported no change for a fresh dest %s' % dest)
+    json.dump({'import_s': imported - started, 'run_s': finished - imported, 'write_dir_s': sum(write_dir_s),
+               'entries_written': result.entries_written}, sys.stdout)
+
+
+# -- checks and summaries ----------------------------------------------------------------------------
+
+
+def count_entries(root: str) -> int:
+    """Entries below `root` (not counting it), symlinks not followed."""
+    total = 0
+    for _dirpath, dirnames, filenames in os.walk(root):
+        total += len(dirnames) + len(filenames)
+    return total
+
+
+def tree_bytes(root: str) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def check_space(runs: int) -> None:
+    # Every run keeps its tree until the end (deleting between runs would slow the next ones down).
+    needed = int(tree_bytes(ROOTFS_DIR) * 1.5) * len(TOOLS) * runs
+    os.makedirs(RUNS_DIR, exist_ok=True)
+    vfs = os.statvfs(RUNS_DIR)
+    free = vfs.f_bavail * vfs.f_frsize
+    if free < needed:
+        raise BenchError('%s has %d MiB free; %d runs need about %d MiB: use fewer --rounds'
+                         % (RUNS_DIR, free // MIB, runs, needed // MIB))
+
+
+def round_order(round_number: int) -> t.Tuple[str, ...]:
+    """Rotate who goes first, so no tool always runs right after the same other one."""
+    shift = round_number % len(TOOLS)
+    return TOOLS[shift:] + TOOLS[:shift]
+
+
+def summarise(measurements: t.Sequence[Measurement]) -> t.Dict[str, t.Any]:
+    by_tool: t.Dict[str, t.List[Measurement]] = {tool: [] for tool in TOOLS}
+    for item in measurements:
+        by_tool[item.tool].append(item)
+    tools = {tool: {
+        'wall_s': statistics.median(item.wall_s for item in items),
+        'sync_s': statistics.median(item.sync_s for item in items),
+        'cpu_s': statistics.median(item.cpu_s for item in items),
+        'user_s': statistics.median(item.user_s for item in items),
+        'sys_s': statistics.median(item.sys_s for item in items),
+        'max_rss_mib': statistics.median(item.max_rss_kib for item in items) / 1024,
+    } for tool, items in by_tool.items()}
+    engine = {key: statistics.median(item.engine[key] for item in by_tool['ours'])
+              for key in ('import_s', 'run_s', 'write_dir_s')}
+    rounds = sorted({item.round for item in measurements})
+    per_round = {(item.round, item.tool): item for item in measurements}
+    ratios: t.Dict[str, t.Dict[str, float]] = {}
+    for other in ('umoci', 'tar'):
+        ratios['ours/%s' % other] = {metric: statistics.median(
+            getattr(per_round[(number, 'ours')], metric) / getattr(per_round[(number, other)], metric)
+            for number in rounds) for metric in ('wall_s', 'cpu_s', 'user_s', 'max_rss_kib')}
+    return {'tools': tools, 'engine': engine, 'ratios': ratios}
+
+
+def print_report(image: t.Dict[str, t.Any], summary: t.Dict[str, t.Any], measurements: t.Sequence[Measurement],
+                 check: t.Dict[str, int]) -> None:
+    print('image     oci:%s:%s  %s' % (LAYOUT_DIR, TAG, image['manifest_digest']))
+    print('          %d layers, %.1f MiB compressed (%s)' % (
+        len(image['layers']), sum(layer['size'] for layer in image['layers']) / MIB,
+        ' + '.join('%.2f' % (layer['size'] / MIB) for layer in image['layers'])))
+    print('method    %d round(s), tool order rotated each round, a fresh directory per run, outputs deleted at the'
+          ' end;' % image['rounds'])
+    print('          wall = spawn to exit + sync; CPU and peak RSS from wait4 (children included)')
+    print()
+    print('%-8s %10s %8s %12s %8s %8s %14s' % ('tool', 'wall s', 'sync s', 'user+sys s', 'user s', 'sys s',
+                                               'peak RSS MiB'))
+    for tool in TOOLS:
+        row = summary['tools'][tool]
+        print('%-8s %10.2f %8.2f %12.2f %8.2f %8.2f %14.1f'
+              % (tool, row['wall_s'], row['sync_s'], row['cpu_s'], row['user_s'], row['sys_s'], row['max_rss_mib']))
+    engine = summary['engine']
+    print('(medians; ours: import %.2f s, bootstrap.run %.2f s of which write_dir %.2f s)'
+          % (engine['import_s'], engine['run_s'], engine['write_dir_s']))
+    print()
+    print('%-14s %8s %10s %8s %10s   (median of per-round ratios)' % ('ratio', 'wall', 'user+sys', 'user', 'peak RSS'))
+    for name, values in summary['ratios'].items():
+        print('%-14s %8.2f %10.2f %8.2f %10.2f'
+              % (name, values['wall_s'], values['cpu_s'], values['user_s'], values['max_rss_kib']))
+    print()
+    print('wall s per round (%s):' % ', '.join(TOOLS))
+    per_round = {(item.round, item.tool): item for item in measurements}
+    for number in sorted({item.round for item in measurements}):
+        print('  round %d (first: %-5s) %s' % (number, round_order(number)[0], '  '.join(
+            '%6.2f' % per_round[(number, tool)].wall_s for tool in TOOLS)))
+    print()
+    verdict = 'equal' if check['ours'] == check['umoci'] else 'DIFFERENT'
+    print('check     entries: ours %d, umoci %d: %s (tar, which keeps whiteouts and deleted files: %d)'
+          % (check['ours'], check['umoci'], verdict, check['tar']))
+    tar_errors = sorted({line for item in measurements for line in item.tolerated_errors})
+    if tar_errors:
+        print('          tar went on past: %s' % '; '.join(tar_errors))
+
+
+# -- main --------------------------------------------------------------------------------------------
+
+
+def run_profile() -> str:
+    """Profile one more (untimed) run of ours; the 25 functions with the most own time, as text."""
+    dest = os.path.join(RUNS_DIR, 'profile', 'rootfs')
+    os.makedirs(os.path.dirname(dest))
+    subprocess.run([sys.executable, os.path.abspath(__file__), '--engine-child', 'oci:%s:%s' % (LAYOUT_DIR, TAG),
+                    dest, '--profile-out', PROFILE_PATH], check=True, stdout=subprocess.DEVNULL)
+    # pylint: disable=import-outside-toplevel  # only --profile needs them
+    import io
+    import pstats
+    text = io.StringIO()
+    text.write('profile of one more (untimed) run of ours, saved to %s:\n' % os.path.relpath(PROFILE_PATH, os.getcwd()))
+    pstats.Stats(PROFILE_PATH, stream=text).strip_dirs().sort_stats('tottime').print_stats(25)
+    return text.getvalue()
+
+
+def parse_args(argv: t.Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--rounds', type=int, default=5, help='timed rounds of all three tools (default 5)')
+    parser.add_argument('--json', action='store_true', help='print the results as JSON instead of a table')
+    parser.add_argument('--profile', action='store_true',
+                        help='after the timed rounds, profile one more run of ours with cProfile')
+    parser.add_argument('--keep', action='store_true', help='keep the extracted trees in %s' % RUNS_DIR)
+    parser.add_argument('--collection', default=REPO_ROOT, metavar='DIR',
+                        help='the checkout of the collection whose engine is measured (default: %(default)s)')
+    parser.add_argument('--engine-child', nargs=2, metavar=('SRC', 'DEST'), help=argparse.SUPPRESS)
+    parser.add_argument('--profile-out', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error('--rounds must be at least 1')
+    return args
+
+
+def main(argv: t.Sequence[str]) -> int:
+    args = parse_args(argv)
+    if args.engine_child:
+        engine_child(args.engine_child[0], args.engine_child[1], args.profile_out)
+        return 0
+    for tool in ('umoci', 'tar', 'bash'):
+        if shutil.which(tool) is None:
+            raise BenchError('%s is not installed (apt-get install umoci tar)' % tool)
+    build_image()
+    link_collection(args.collection)
+    manifest_digest, blobs = layer_blobs(LAYOUT_DIR, TAG)
+    if os.path.exists(RUNS_DIR):
+        print('extract.py: removing %s, left by an earlier run' % RUNS_DIR, file=sys.stderr)
+        shutil.rmtree(RUNS_DIR)
+    check_space(args.rounds + 1)
+    measurements: t.List[Measurement] = []
+    try:
+        # Round 0 warms the page cache and Python's bytecode cache; it is not reported.
+        for number in range(args.rounds + 1):
+            for tool in round_order(number):
+                item = measure(tool, number, blobs)
+                print('extract.py: round %d %-5s %6.2f s' % (number, tool, item.wall_s), file=sys.stderr)
+                if number:
+                    measurements.append(item)
+        first = {item.tool: item.output for item in measurements if item.round == 1}
+        check = {tool: count_entries(path) for tool, path in first.items()}
+        profile = run_profile() if args.profile else ''
+    finally:
+        if not args.keep:
+            shutil.rmtree(RUNS_DIR, ignore_errors=True)
+    image = {'manifest_digest': manifest_digest, 'rounds': args.rounds,
+             'layers': [{'digest': blob.digest, 'media_type': blob.media_type, 'size': blob.size} for blob in blobs]}
+    summary = summarise(measurements)
+    if args.json:
+        json.dump({'image': image, 'summary': summary, 'check_entries': check,
+                   'runs': [dict(asdict(item), cpu_s=item.cpu_s) for item in measurements]}, sys.stdout, indent=2)
+        print()
+    else:
+        print_report(image, summary, measurements, check)
+    if profile:
+        print('\n' + profile, file=sys.stderr if args.json else sys.stdout)
+    return 0 if check['ours'] == check['umoci'] else 1
+
+
+if __name__ == '__main__':
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (BenchError, subprocess.CalledProcessError) as exc:
+        print('extract.py: %s' % exc, file=sys.stderr)
+        sys.exit(1)
