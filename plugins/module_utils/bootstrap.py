@@ -17,7 +17,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image
 from ansible_collections.virt.bootstrap.plugins.module_utils.layers import DEFAULT_MAX_SIZE, ApplyStats, remove_tree
 from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import parse_platform
 from ansible_collections.virt.bootstrap.plugins.module_utils.progress import Progress, ProgressCallback
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources import open_source, parse_source
+from ansible_collections.virt.bootstrap.plugins.module_utils.sources import Source, open_source, parse_source
+from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
 from ansible_collections.virt.bootstrap.plugins.module_utils.state import StateRecord, options_hash, path_identity
 from ansible_collections.virt.bootstrap.plugins.module_utils.writers.dir import write_dir
 
@@ -38,6 +39,7 @@ class Request:
     uid_map: IdMap = field(default_factory=IdMap)
     gid_map: IdMap = field(default_factory=IdMap)
     progress_cb: t.Optional[ProgressCallback] = field(default=None, repr=False)
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
 
     def shaping_options(self) -> t.Dict[str, t.Any]:
         """Options that change the rootfs written, beyond the image itself.
@@ -95,6 +97,8 @@ class Result:
     entries_skipped: int = 0
     skipped: t.Dict[str, int] = field(default_factory=dict)
     warnings: t.List[str] = field(default_factory=list)
+    # Where registry credentials came from (an auth file path or the options); never the secret.
+    credentials_from: t.Optional[str] = None
     before: t.Optional[StateRecord] = None
     after: t.Optional[StateRecord] = None
 
@@ -103,23 +107,32 @@ def run(request: Request, check_mode: bool = False) -> Result:
     """Bring dest to the requested state; in check mode only decide."""
     request.validate()
     dest = Destination(request.dest)
-    # Decide before locking: a run with nothing to do (or refused) leaves no bookkeeping behind.
-    plan = decide(request, dest)
-    if check_mode or plan.action == 'none':
-        if not check_mode and dest.has_debris():
-            with dest:
-                pass  # taking the lock clears what a killed run left
-        return _result(request, plan, changed=plan.action != 'none', stats=None)
-    with dest:
-        if dest.load_record() != plan.before:
-            plan = decide(request, dest)  # another run changed dest while we waited for the lock
-        stats = carry_out(request, plan, dest)
-    return _result(request, plan, changed=plan.action != 'none', stats=stats)
+    source = None
+    if request.state == 'present':
+        if not request.src:
+            raise DestinationError('src is required when state is present')
+        source = open_source(parse_source(request.src), request.registry)
+    try:
+        # Decide before locking: a run with nothing to do (or refused) leaves no bookkeeping behind.
+        plan = decide(request, dest, source)
+        if check_mode or plan.action == 'none':
+            if not check_mode and dest.has_debris():
+                with dest:
+                    pass  # taking the lock clears what a killed run left
+            return _result(request, plan, source, stats=None)
+        with dest:
+            if dest.load_record() != plan.before:
+                plan = decide(request, dest, source)  # another run changed dest while we waited for the lock
+            stats = carry_out(request, plan, dest)
+        return _result(request, plan, source, stats=stats)
+    finally:
+        if source is not None:
+            source.close()
 
 
-def decide(request: Request, dest: Destination) -> Plan:
+def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> Plan:
     before = dest.load_record()
-    if request.state == 'absent':
+    if request.state == 'absent' or source is None:
         if not dest.exists() and before is None:
             return Plan('none', '%s is absent' % dest.path, before)
         refusal = dest.refusal(before, request.force)
@@ -127,26 +140,22 @@ def decide(request: Request, dest: Destination) -> Plan:
             raise DestinationError(refusal.replace('replace', 'remove'))
         return Plan('remove', 'remove %s' % dest.path, before)
 
-    if not request.src:
-        raise DestinationError('src is required when state is present')
     wanted_platform = parse_platform(request.platform) if request.platform else None
-    source = open_source(parse_source(request.src))
-    try:
-        image = source.resolve(wanted_platform)
-    finally:
-        source.close()
-    after = StateRecord(
-        source=request.src, digest=image.digest, format=request.format,
-        options_hash=options_hash(request.shaping_options()),
-        platform=str(image.platform) if image.platform else None, index_digest=image.index_digest,
-        layers=[layer.describe() for layer in image.layers])
+    wanted_options = options_hash(request.shaping_options())
     intact = before is not None and before.dest_identity is not None and \
         before.dest_identity == path_identity(dest.path) and os.path.isdir(dest.path)
+    probe = getattr(source, 'probe', None)
+    if before is not None and intact and before.options_hash == wanted_options and probe is not None:
+        # A registry says with one manifest request whether the tag still names what we applied.
+        if probe(wanted_platform) == (before.digest, before.index_digest):
+            return _unchanged(request, dest, before)
+    image = source.resolve(wanted_platform)
+    after = StateRecord(
+        source=request.src or '', digest=image.digest, format=request.format, options_hash=wanted_options,
+        platform=str(image.platform) if image.platform else None, index_digest=image.index_digest,
+        layers=[layer.describe() for layer in image.layers])
     if before is not None and intact and before.same_result(after):
-        if before.options_hash and after.options_hash and _wants_password(request) and \
-                not request.password_is_set_in(dest.path):
-            return Plan('password', 'set the root password in %s' % dest.path, before, after, image)
-        return Plan('none', '%s already holds %s' % (dest.path, image.digest), before, after, image)
+        return _unchanged(request, dest, before, image)
     refusal = dest.refusal(before, request.force)
     if refusal:
         raise DestinationError(refusal)
@@ -159,6 +168,12 @@ def decide(request: Request, dest: Destination) -> Plan:
     else:
         reason = 'rebuild %s: options changed' % dest.path
     return Plan('build', reason, before, after, image)
+
+
+def _unchanged(request: Request, dest: Destination, before: StateRecord, image: t.Optional[Image] = None) -> Plan:
+    if _wants_password(request) and not request.password_is_set_in(dest.path):
+        return Plan('password', 'set the root password in %s' % dest.path, before, before, image)
+    return Plan('none', '%s already holds %s' % (dest.path, before.digest), before, before, image)
 
 
 def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[ApplyStats]:
@@ -220,23 +235,27 @@ def bootstrap(uri: str, dest: str, fmt: str = 'dir', username: t.Optional[str] =
               uid_map: t.Optional[t.Sequence[t.Sequence[int]]] = None,
               gid_map: t.Optional[t.Sequence[t.Sequence[int]]] = None, not_secure: bool = False,
               no_cache: bool = False, progress_cb: t.Optional[ProgressCallback] = None,
-              platform: t.Optional[str] = None, force: bool = False) -> Result:
+              platform: t.Optional[str] = None, force: bool = False, auth_file: t.Optional[str] = None,
+              ca_path: t.Optional[str] = None, cache_dir: t.Optional[str] = None) -> Result:
     """The virt-bootstrap API: write the rootfs of `uri` into `dest`. Raises BootstrapError subclasses.
 
-    `username`, `password`, `not_secure` and `no_cache` concern registry sources and are accepted
-    for compatibility with the original virt-bootstrap signature.
+    The positional order is the original virt-bootstrap's; the options after progress_cb are ours.
     """
-    del username, password, not_secure, no_cache
     request = Request(src=uri, dest=dest, format=fmt, platform=platform, force=force, root_password=root_password,
                       uid_map=parse_id_map(uid_map, 'uid_map'), gid_map=parse_id_map(gid_map, 'gid_map'),
-                      progress_cb=progress_cb)
+                      progress_cb=progress_cb,
+                      registry=RegistryOptions(username=username, password=password, auth_file=auth_file,
+                                               not_secure=not_secure, ca_path=ca_path, cache_dir=cache_dir,
+                                               no_cache=no_cache))
     return run(request)
 
 
-def _result(request: Request, plan: Plan, changed: bool, stats: t.Optional[ApplyStats]) -> Result:
+def _result(request: Request, plan: Plan, source: t.Optional[Source], stats: t.Optional[ApplyStats]) -> Result:
     record = plan.after if request.state == 'present' else plan.before
-    result = Result(changed=changed, msg=plan.reason, dest=os.path.normpath(request.dest), format=request.format,
-                    state=request.state, before=plan.before, after=plan.after if request.state == 'present' else None)
+    result = Result(changed=plan.action != 'none', msg=plan.reason, dest=os.path.normpath(request.dest),
+                    format=request.format, state=request.state, before=plan.before,
+                    after=plan.after if request.state == 'present' else None,
+                    credentials_from=getattr(source, 'credentials_origin', None))
     if record is not None and request.state == 'present':
         result.digest = record.digest
         result.index_digest = record.index_digest

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('-p', '--password', help='registry password')
     parser.add_argument('--not-secure', action='store_true', help='do not verify TLS certificates of registries')
     parser.add_argument('--no-cache', action='store_true', help='do not keep downloaded layers')
+    parser.add_argument('--auth-file', help='registry auth file (auth.json / docker config.json) to read')
+    parser.add_argument('--ca-path', help='CA certificates (PEM) to verify the registry with')
+    parser.add_argument('--cache-dir', help='where downloaded layers are kept')
     parser.add_argument('--uidmap', type=_id_range, action='append', default=[], metavar='START:TARGET:COUNT',
                         help='map file owner ids (repeatable)')
     parser.add_argument('--gidmap', type=_id_range, action='append', default=[], metavar='START:TARGET:COUNT',
@@ -105,7 +108,8 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
         result = bootstrap(args.uri, args.dest, fmt=args.format, username=args.username, password=password,
                            root_password=read_root_password(args.root_password), uid_map=uid_map, gid_map=gid_map,
                            not_secure=args.not_secure, no_cache=args.no_cache, progress_cb=progress,
-                           platform=args.platform, force=args.force)
+                           platform=args.platform, force=args.force, auth_file=args.auth_file,
+                           ca_path=args.ca_path, cache_dir=args.cache_dir)
     except KeyboardInterrupt:
         sys.stderr.write('\n%s: interrupted\n' % PROG)
         return 130

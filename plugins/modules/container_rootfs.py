@@ -30,6 +30,9 @@ options:
       - C(docker-archive:/path.tar[:NAME:TAG|:@N]), the output of C(docker save) or skopeo.
       - C(oci:/path/to/layout[:TAG]), an OCI image layout directory.
       - C(oci-archive:/path.tar[:TAG]), an OCI image layout in a tar archive.
+      - C(docker://[REGISTRY[:PORT]/]IMAGE[:TAG][@DIGEST]), an image in a registry, pulled directly over the
+        OCI distribution API (no skopeo or container daemon needed). A registry that is not named is docker.io,
+        so C(docker://debian) is C(docker.io/library/debian:latest).
       - Required when O(state=present).
     type: str
     aliases: [uri]
@@ -61,6 +64,42 @@ options:
   force:
     description:
       - Replace (or with O(state=absent), remove) a non-empty O(dest) that this module did not create.
+    type: bool
+    default: false
+  username:
+    description:
+      - User name for the registry of a C(docker://) source. Requires O(password).
+      - Without it, credentials come from O(auth_file) or the usual auth files, else the pull is anonymous.
+    type: str
+  password:
+    description:
+      - Password (or token) for the registry of a C(docker://) source.
+    type: str
+  auth_file:
+    description:
+      - An auth file (C(auth.json) or C(~/.docker/config.json) format) to take registry credentials from;
+        when given, only this file is read.
+      - By default C(${XDG_RUNTIME_DIR}/containers/auth.json), C(~/.config/containers/auth.json) and
+        C(~/.docker/config.json) are searched in that order. C(credHelpers) and C(credsStore) are honoured.
+      - The result says which file was used in RV(credentials_from), never the secret.
+    type: path
+  not_secure:
+    description:
+      - Do not verify the registry's TLS certificate, and talk plain HTTP to a registry that only speaks that.
+    type: bool
+    default: false
+  ca_path:
+    description:
+      - A PEM file of CA certificates to verify the registry's TLS certificate with.
+    type: path
+  cache_dir:
+    description:
+      - Where downloaded blobs are kept, by digest, for later runs. Only complete, verified blobs enter it.
+      - Defaults to C(/var/cache/virt-bootstrap) for root and C(~/.cache/virt-bootstrap) for other users.
+    type: path
+  no_cache:
+    description:
+      - Download into a temporary cache that is removed at the end of the run.
     type: bool
     default: false
   root_password:
@@ -140,6 +179,19 @@ EXAMPLES = r"""
     src: oci:/srv/oci/debian:bookworm
     dest: /var/lib/libvirt/filesystems/builder
     platform: linux/arm64
+
+- name: Pull an image from a private registry (credentials from the auth file podman login wrote)
+  virt.bootstrap.container_rootfs:
+    src: docker://registry.example.com:5000/team/app:1.2
+    dest: /var/lib/libvirt/filesystems/app
+    ca_path: /etc/pki/registry-ca.pem
+
+- name: Pull a pinned image from Docker Hub with explicit credentials
+  virt.bootstrap.container_rootfs:
+    src: docker://debian@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+    dest: /var/lib/libvirt/filesystems/web2
+    username: "{{ hub_user }}"
+    password: "{{ hub_token }}"
 
 - name: Unpack an image saved with docker save, replacing what was there
   virt.bootstrap.container_rootfs:
@@ -255,6 +307,11 @@ state:
   returned: always
   type: str
   sample: directory
+credentials_from:
+  description: Where the registry credentials came from (an auth file path, or the options); never the secret.
+  returned: when a registry source used credentials
+  type: str
+  sample: /root/.config/containers/auth.json
 msg:
   description: What the module decided, as a sentence.
   returned: always
@@ -272,6 +329,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Re
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
 from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import parse_id_map
 from ansible_collections.virt.bootstrap.plugins.module_utils.progress import JsonLinesLog
+from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
 
 
 def _diff(result: Result) -> dict:
@@ -302,7 +360,15 @@ def main() -> None:
             uid_map=dict(type='list', elements='list'),
             gid_map=dict(type='list', elements='list'),
             progress_log=dict(type='path'),
+            username=dict(type='str'),
+            password=dict(type='str', no_log=True),
+            auth_file=dict(type='path'),
+            not_secure=dict(type='bool', default=False),
+            ca_path=dict(type='path'),
+            cache_dir=dict(type='path'),
+            no_cache=dict(type='bool', default=False),
         ),
+        required_together=[('username', 'password')],
         required_if=[('state', 'present', ['src'])],
         mutually_exclusive=[('root_password', 'root_password_hash')],
         supports_check_mode=True,
@@ -318,7 +384,11 @@ def main() -> None:
                           platform=params['platform'], force=params['force'], max_size=max_size,
                           root_password=params['root_password'], root_password_hash=params['root_password_hash'],
                           uid_map=parse_id_map(params['uid_map'], 'uid_map'),
-                          gid_map=parse_id_map(params['gid_map'], 'gid_map'))
+                          gid_map=parse_id_map(params['gid_map'], 'gid_map'),
+                          registry=RegistryOptions(
+                              username=params['username'], password=params['password'],
+                              auth_file=params['auth_file'], not_secure=params['not_secure'],
+                              ca_path=params['ca_path'], cache_dir=params['cache_dir'], no_cache=params['no_cache']))
         if params['progress_log'] and not module.check_mode:
             progress_log = JsonLinesLog(params['progress_log'])
             request.progress_cb = progress_log
@@ -334,6 +404,8 @@ def main() -> None:
     returned = asdict(result)
     for internal in ('before', 'after', 'warnings', 'state'):
         returned.pop(internal)
+    if returned['credentials_from'] is None:
+        del returned['credentials_from']
     for warning in result.warnings:
         module.warn(warning)
     if module._diff:

@@ -15,7 +15,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image,
 
 LOCAL_ARCHIVE_SCHEMES = ('docker-archive', 'oci', 'oci-archive')
 SUPPORTED_FORMS = '/abs/path/rootfs.tar[.gz|.xz|.bz2|.zst], file:///abs/path, ' + ', '.join(
-    '%s:/path[:ref]' % scheme for scheme in LOCAL_ARCHIVE_SCHEMES)
+    '%s:/path[:ref]' % scheme for scheme in LOCAL_ARCHIVE_SCHEMES) + ', docker://[registry[:port]/]image[:tag][@digest]'
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class SourceRef:
     def __str__(self) -> str:
         if self.kind == 'file':
             return self.path
+        if self.kind == 'docker':
+            return 'docker://' + self.reference
         return '%s:%s%s' % (self.kind, self.path, ':' + self.reference if self.reference else '')
 
 
@@ -62,11 +64,22 @@ def parse_source(uri: str) -> SourceRef:
         if not path.startswith('/'):
             raise SourceError('%s source %r needs an absolute path' % (scheme, uri))
         return SourceRef(scheme, os.path.normpath(path), reference)
+    if scheme == 'docker':
+        from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
+        return SourceRef('docker', '', str(parse_reference(rest)))
     raise SourceError('unsupported source %r (scheme %r); supported: %s' % (uri, scheme, SUPPORTED_FORMS))
 
 
-def open_source(ref: SourceRef) -> Source:
+def open_source(ref: SourceRef, registry_options: t.Any = None) -> Source:
+    """Open the source `ref` names; `registry_options` (RegistryOptions) only matter for docker://."""
     # Imported here so a run only loads the code for the kind of source it uses.
+    if ref.kind == 'docker':
+        from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
+        from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import (
+            RegistryOptions,
+            RegistrySource,
+        )
+        return RegistrySource(parse_reference(ref.reference), registry_options or RegistryOptions())
     if ref.kind == 'file':
         from ansible_collections.virt.bootstrap.plugins.module_utils.sources.file import RootfsTarball
         return RootfsTarball(ref.path)

@@ -249,7 +249,7 @@ BAD_REQUESTS = [
     ({'dest': 'relative/rootfs'}, DestinationError, 'must be an absolute path'),
     ({'dest': '/'}, DestinationError, 'cannot be used'),
     ({'src': None}, DestinationError, 'src is required'),
-    ({'src': 'docker://alpine'}, SourceError, 'unsupported source'),
+    ({'src': 'ftp://example.com/alpine'}, SourceError, 'unsupported source'),
     ({'platform': 'linux//'}, PlatformError, 'not of the form'),
 ]
 
@@ -448,7 +448,7 @@ def test_absent_refuses_a_foreign_non_empty_dest_without_force(site):
     assert site.parent_listing() == []
 
 
-@pytest.mark.parametrize('request_options', [{'src': None}, {'src': 'docker://alpine'}, {'state': 'absent'},
+@pytest.mark.parametrize('request_options', [{'src': None}, {'src': 'ftp://example.com/alpine'}, {'state': 'absent'},
                                              {'src': 'foreign dest'}])
 def test_refused_run_leaves_no_bookkeeping_behind(site, request_options):
     os.mkdir(site.dest)

@@ -90,7 +90,7 @@ def test_parse_source_refuses_relative_and_remote_paths(uri, message):
         parse_source(uri)
 
 
-@pytest.mark.parametrize('uri', ['docker://ubuntu:latest', 'ftp://mirror/rootfs.tar', 'virt-builder://fedora-25',
+@pytest.mark.parametrize('uri', ['ftp://mirror/rootfs.tar', 'virt-builder://fedora-25',
                                  'http://example.com/rootfs.tar'])
 def test_parse_source_unknown_scheme_lists_supported_forms(uri):
     with pytest.raises(SourceError) as caught:

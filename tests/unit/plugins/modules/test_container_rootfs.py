@@ -62,7 +62,7 @@ def paths(tmp_path):
     ({'src': '{src}', 'dest': '{dest}', 'format': 'qcow3'}, 'value of format must be one of: dir'),
     ({'src': '{src}', 'dest': '{dest}', 'state': 'gone'}, 'value of state must be one of: present, absent'),
     ({'src': '{src}', 'dest': '{dest}', 'platform': 'linux/'}, 'not of the form os/arch'),
-    ({'src': 'docker://alpine', 'dest': '{dest}'}, 'unsupported source'),
+    ({'src': 'ftp://example.com/alpine', 'dest': '{dest}'}, 'unsupported source'),
     ({'src': '/nonexistent/rootfs.tar', 'dest': '{dest}'}, '/nonexistent/rootfs.tar does not exist'),
 ])
 @pytest.mark.parametrize('check_mode', [True, False])

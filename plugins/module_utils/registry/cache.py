@@ -1,0 +1,218 @@
+# -*- coding: utf-8 -*-
+# Copyright: virt.bootstrap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The blob cache, and fetching layer blobs into it several at a time while they are applied in order.
+
+A blob enters the cache only once it is complete and hashes to its digest: it is downloaded to a
+private partial file and renamed into place. Two runs fetching one blob each write their own partial
+file; whichever renames last replaces identical content, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+import typing as t
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
+from ansible_collections.virt.bootstrap.plugins.module_utils.image import new_hasher, parse_digest, verify_digest
+
+DOWNLOAD_WORKERS = 3
+STALE_PARTIAL_SECONDS = 24 * 3600
+
+
+def default_cache_dir() -> str:
+    if os.geteuid() == 0:
+        return '/var/cache/virt-bootstrap'
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return os.path.join(base, 'virt-bootstrap')
+
+
+class BlobCache:
+    """Content-addressed files under `root`/blobs/ALGO/HEX; `temporary` ones vanish on close()."""
+
+    def __init__(self, root: t.Optional[str] = None, temporary: bool = False) -> None:
+        if temporary:
+            self.root = tempfile.mkdtemp(prefix='virt-bootstrap-cache-')
+        else:
+            self.root = root or default_cache_dir()
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+        self.temporary = temporary
+        self._partial_dir = os.path.join(self.root, 'partial')
+        os.makedirs(self._partial_dir, mode=0o700, exist_ok=True)
+        self._remove_stale_partials()
+
+    def _remove_stale_partials(self) -> None:
+        """Partial files of runs that were killed; a day old is surely not a download in progress."""
+        cutoff = time.time() - STALE_PARTIAL_SECONDS
+        for name in os.listdir(self._partial_dir):
+            path = os.path.join(self._partial_dir, name)
+            try:
+                if os.lstat(path).st_mtime < cutoff:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def path(self, digest: str) -> str:
+        algorithm, hexdigest = parse_digest(digest)
+        return os.path.join(self.root, 'blobs', algorithm, hexdigest)
+
+    def has(self, digest: str, size: t.Optional[int] = None) -> bool:
+        try:
+            found = os.stat(self.path(digest)).st_size
+        except FileNotFoundError:
+            return False
+        return size is None or found == size
+
+    def new_partial(self, digest: str) -> t.Tuple[int, str]:
+        return tempfile.mkstemp(prefix=parse_digest(digest)[1][:16] + '-', dir=self._partial_dir)
+
+    def commit(self, partial: str, digest: str) -> str:
+        final = self.path(digest)
+        os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+        os.rename(partial, final)
+        return final
+
+    def forget(self, digest: str) -> None:
+        """Drop an entry found to be corrupt, so the next run downloads it again."""
+        try:
+            os.unlink(self.path(digest))
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        if self.temporary:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+class _Transfer:
+    """A blob being written by a download thread and read by the applier at the same time."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.written = 0
+        self.done = False
+        self.error: t.Optional[BaseException] = None
+        self.condition = threading.Condition()
+
+    def advance(self, count: int) -> None:
+        with self.condition:
+            self.written += count
+            self.condition.notify_all()
+
+    def finish(self, error: t.Optional[BaseException] = None) -> None:
+        with self.condition:
+            self.done = True
+            self.error = error
+            self.condition.notify_all()
+
+
+class _FollowingReader:
+    """Reads a partial file as it grows, until its download is done (or failed)."""
+
+    def __init__(self, transfer: _Transfer) -> None:
+        self._transfer = transfer
+        with transfer.condition:  # the path moves into the cache under this condition
+            self._stream = open(transfer.path, 'rb')
+        self._position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        transfer = self._transfer
+        with transfer.condition:
+            while self._position >= transfer.written and not transfer.done:
+                transfer.condition.wait()
+            if transfer.error is not None:
+                raise transfer.error
+            available = transfer.written - self._position
+        if size is None or size < 0 or size > available:
+            size = available
+        data = self._stream.read(size)
+        self._position += len(data)
+        return data
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self) -> '_FollowingReader':
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        self.close()
+
+
+class BlobFetcher:
+    """Downloads an image's layers a few at a time into the cache; opening one waits only for its bytes."""
+
+    def __init__(self, cache: BlobCache, download: t.Callable[..., int], workers: int = DOWNLOAD_WORKERS) -> None:
+        self._cache = cache
+        self._download = download
+        self._workers = workers
+        self._executor: t.Optional[ThreadPoolExecutor] = None
+        self._transfers: t.Dict[str, t.Tuple[_Transfer, Future]] = {}
+        self._cancelled = threading.Event()
+        self.downloaded_bytes = 0
+
+    def prefetch(self, blobs: t.Sequence[t.Tuple[str, t.Optional[int]]]) -> None:
+        """Start downloading what the cache lacks, in this order."""
+        for digest, size in blobs:
+            if digest in self._transfers or self._cache.has(digest, size):
+                continue
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix='blob')
+            fd, partial = self._cache.new_partial(digest)
+            os.close(fd)
+            transfer = _Transfer(partial)
+            self._transfers[digest] = (transfer, self._executor.submit(self._fetch, digest, transfer))
+
+    def open(self, digest: str, size: t.Optional[int]) -> t.Any:
+        if digest not in self._transfers and self._cache.has(digest, size):
+            return open(self._cache.path(digest), 'rb')
+        self.prefetch([(digest, size)])
+        if digest not in self._transfers:
+            return open(self._cache.path(digest), 'rb')
+        return _FollowingReader(self._transfers[digest][0])
+
+    def _fetch(self, digest: str, transfer: _Transfer) -> None:
+        hasher = new_hasher(digest)
+        try:
+            with open(transfer.path, 'r+b') as stream:
+                def write(chunk: bytes) -> None:
+                    stream.write(chunk)
+                    stream.flush()
+                    hasher.update(chunk)
+                    transfer.advance(len(chunk))
+
+                self._download(digest, write, 0, self._cancelled.is_set)
+                self.downloaded_bytes += transfer.written
+                verify_digest(hasher, digest, 'downloaded blob')
+            # Readers keep their open handle on the renamed file.
+            with transfer.condition:
+                transfer.path = self._cache.commit(transfer.path, digest)
+        except BaseException as exc:  # the reader must see every failure, then the file goes
+            transfer.finish(exc if isinstance(exc, BootstrapError) else
+                            BootstrapError('downloading %s failed: %s' % (digest, exc)))
+            _unlink_quietly(transfer.path)
+            return
+        transfer.finish()
+
+    def close(self) -> None:
+        """Stop downloads nobody needs any more and remove their partial files."""
+        self._cancelled.set()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        for transfer, _future in self._transfers.values():
+            if not transfer.done or transfer.error is not None:
+                _unlink_quietly(transfer.path)
+        self._transfers.clear()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

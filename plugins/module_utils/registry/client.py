@@ -1,0 +1,346 @@
+# -*- coding: utf-8 -*-
+# Copyright: virt.bootstrap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A client for the OCI distribution API: auth challenges, manifests, and blobs with retries and resume."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import ssl
+import time
+import typing as t
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    new_hasher,
+    sha256_digest,
+    verify_digest,
+)
+from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth import AuthError, Credentials, parse_challenge
+from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import ImageReference
+
+SCHEMA1_MEDIA_TYPES = frozenset((
+    'application/vnd.docker.distribution.manifest.v1+json',
+    'application/vnd.docker.distribution.manifest.v1+prettyjws',
+))
+MANIFEST_ACCEPT = ', '.join(sorted(INDEX_MEDIA_TYPES | MANIFEST_MEDIA_TYPES))
+MAX_MANIFEST_SIZE = 4 << 20
+USER_AGENT = 'virt.bootstrap'
+_RETRY_STATUS = frozenset((408, 429, 500, 502, 503, 504))
+_TRANSIENT_ERRORS = (ConnectionError, socket.timeout, http.client.IncompleteRead, http.client.RemoteDisconnected,
+                     http.client.BadStatusLine, TimeoutError)
+
+
+class RegistryError(SourceError):
+    """The registry could not be reached or refused a request."""
+
+
+class _NoRedirectAuth(urllib.request.HTTPRedirectHandler):
+    """Follow redirects (blob storage often lives elsewhere) without carrying credentials along."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            for name in list(new.headers):
+                if name.lower() == 'authorization':
+                    del new.headers[name]
+        return new
+
+
+class RegistryClient:
+    """Talks to one repository of one registry; remembers the scheme and the token that worked."""
+
+    def __init__(self, reference: ImageReference, credentials: t.Optional[Credentials] = None,
+                 not_secure: bool = False, ca_path: t.Optional[str] = None, timeout: float = 60.0,
+                 retries: int = 5, backoff: float = 0.5) -> None:
+        self.reference = reference
+        self._credentials = credentials
+        self._not_secure = not_secure
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff
+        self._scheme = 'https'
+        self._authorization: t.Optional[str] = None
+        if not_secure:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            try:
+                context = ssl.create_default_context(cafile=ca_path)
+            except (OSError, ssl.SSLError) as exc:
+                raise RegistryError('ca_path %s cannot be used: %s' % (ca_path, exc))
+        self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirectAuth())
+
+    @property
+    def host(self) -> str:
+        return self.reference.api_host
+
+    # -- manifests -------------------------------------------------------------------------------
+
+    def get_manifest(self, reference: str) -> t.Tuple[bytes, str, str]:
+        """(body, media type, digest) of a manifest or index, by tag or digest."""
+        response = self._request('GET', 'manifests/%s' % reference, {'Accept': MANIFEST_ACCEPT})
+        with response:
+            body = response.read(MAX_MANIFEST_SIZE + 1)
+            header_type = (response.headers.get('Content-Type') or '').split(';')[0].strip()
+            served_digest = response.headers.get('Docker-Content-Digest')
+        if len(body) > MAX_MANIFEST_SIZE:
+            raise RegistryError('%s: the manifest for %s is larger than %d bytes' % (self.host, reference,
+                                                                                    MAX_MANIFEST_SIZE))
+        try:
+            media_type = json.loads(body).get('mediaType') or header_type
+        except (ValueError, AttributeError):
+            raise RegistryError('%s: the manifest for %s is not JSON' % (self.host, reference))
+        if media_type in SCHEMA1_MEDIA_TYPES or header_type in SCHEMA1_MEDIA_TYPES:
+            raise RegistryError('%s serves %s as a Docker schema 1 manifest, which is not supported; push it again '
+                                'with a current tool (skopeo copy --format v2s2)' % (self.host, reference))
+        digest = sha256_digest(body)
+        if reference.startswith('sha'):
+            verify_digest(_rehash(body, reference), reference, '%s: manifest' % self.host)
+            digest = reference
+        elif served_digest and served_digest.startswith('sha256:') and served_digest != digest:
+            raise RegistryError('%s: the manifest for %s hashes to %s but the registry says %s'
+                                % (self.host, reference, digest, served_digest))
+        return body, media_type, digest
+
+    def get_small_blob(self, digest: str, limit: int = MAX_MANIFEST_SIZE) -> bytes:
+        """A config blob, read whole and verified."""
+        with self._request('GET', 'blobs/%s' % digest, {}) as response:
+            body = response.read(limit + 1)
+        if len(body) > limit:
+            raise RegistryError('%s: blob %s is larger than %d bytes' % (self.host, digest, limit))
+        verify_digest(_rehash(body, digest), digest, '%s: blob' % self.host)
+        return body
+
+    # -- blobs -----------------------------------------------------------------------------------
+
+    def download_blob(self, digest: str, write: t.Callable[[bytes], None], offset: int = 0,
+                      cancelled: t.Callable[[], bool] = lambda: False) -> int:
+        """Stream a blob to `write` from `offset` on, resuming with Range after connection loss.
+
+        Returns the total size. Bytes before `offset` are never passed to `write` again, even when the
+        registry ignores Range and sends the blob from its start.
+        """
+        failures = 0
+        while True:
+            if cancelled():
+                raise BootstrapError('download of %s cancelled' % digest)
+            headers = {'Range': 'bytes=%d-' % offset} if offset else {}
+            # Connecting, auth and 429/5xx answers are retried inside _request; here a lost connection
+            # in the middle of the body is resumed from the last byte written.
+            with self._request('GET', 'blobs/%s' % digest, headers) as response:
+                skip = 0
+                length = response.headers.get('Content-Length')
+                expected_end = int(length) if length and length.isdigit() else None
+                if expected_end is not None and response.status == 206:
+                    expected_end += offset
+                if offset and response.status == 206:
+                    if _content_range_start(response.headers.get('Content-Range')) not in (None, offset):
+                        raise RegistryError('%s answered a Range request for %s with the wrong range'
+                                            % (self.host, digest))
+                elif offset:
+                    skip = offset  # the whole blob again: drop what we already have
+                while True:
+                    if cancelled():
+                        raise BootstrapError('download of %s cancelled' % digest)
+                    try:
+                        chunk = response.read(1 << 20)
+                    except _TRANSIENT_ERRORS + (OSError,) as exc:
+                        failures += 1
+                        if failures > self._retries:
+                            raise RegistryError('%s: downloading %s failed %d times, last: %s'
+                                                % (self.host, digest, failures, _reason(exc)))
+                        break
+                    if not chunk:
+                        if expected_end is None or offset >= expected_end:
+                            return offset
+                        # http.client ends quietly when a connection closes early.
+                        failures += 1
+                        if failures > self._retries:
+                            raise RegistryError('%s: downloading %s kept ending early (at byte %d of %d)'
+                                                % (self.host, digest, offset, expected_end))
+                        break
+                    if skip:
+                        dropped = min(skip, len(chunk))
+                        chunk, skip = chunk[dropped:], skip - dropped
+                    if chunk:
+                        write(chunk)
+                        offset += len(chunk)
+            self._sleep(failures, None)
+
+    # -- requests, auth and retries ---------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return '%s://%s/v2/%s/%s' % (self._scheme, self.host, self.reference.repository, path)
+
+    def _request(self, method: str, path: str, headers: t.Dict[str, str], retry: bool = True) -> t.Any:
+        """Send a request, answering auth challenges and retrying 429/5xx and lost connections."""
+        failures = 0
+        challenged = False
+        while True:
+            try:
+                return self._send(method, self._url(path), headers, self._authorization)
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401 and not challenged:
+                    challenged = True
+                    self._answer_challenge(exc.headers.get('WWW-Authenticate') or '')
+                    exc.close()
+                    continue
+                if exc.code in _RETRY_STATUS and failures < self._retries:
+                    failures += 1
+                    retry_after = exc.headers.get('Retry-After')
+                    exc.close()
+                    self._sleep(failures, retry_after)
+                    continue
+                raise self._http_error(exc, path)
+            except urllib.error.URLError as exc:
+                if self._switch_to_http(exc):
+                    continue
+                if not retry or not _is_transient(exc) or failures >= self._retries:
+                    raise self._connection_error(exc)
+                failures += 1
+                self._sleep(failures, None)
+            except _TRANSIENT_ERRORS as exc:
+                if not retry or failures >= self._retries:
+                    raise RegistryError('%s: connection lost: %s' % (self.host, _reason(exc)))
+                failures += 1
+                self._sleep(failures, None)
+
+    def _send(self, method: str, url: str, headers: t.Dict[str, str], authorization: t.Optional[str]) -> t.Any:
+        request = urllib.request.Request(url, method=method, headers=dict(headers, **{'User-Agent': USER_AGENT}))
+        if authorization:
+            request.add_unredirected_header('Authorization', authorization)
+        return self._opener.open(request, timeout=self._timeout)
+
+    def _answer_challenge(self, header: str) -> None:
+        scheme, params = parse_challenge(header)
+        if scheme == 'basic':
+            if self._credentials is None:
+                raise AuthError('%s requires a login for %s: give username and password, or an auth file'
+                                % (self.host, self.reference.repository))
+            self._authorization = 'Basic ' + _basic_token(self._credentials)
+        elif scheme == 'bearer' and params.get('realm'):
+            self._authorization = 'Bearer ' + self._fetch_token(params)
+        else:
+            raise RegistryError('%s asks for an authentication scheme this client does not speak (%s)'
+                                % (self.host, scheme or 'none'))
+
+    def _fetch_token(self, params: t.Dict[str, str]) -> str:
+        query = {'scope': params.get('scope') or 'repository:%s:pull' % self.reference.repository}
+        if params.get('service'):
+            query['service'] = params['service']
+        realm = params['realm']
+        url = realm + ('&' if '?' in realm else '?') + urllib.parse.urlencode(query)
+        if urllib.parse.urlsplit(url).scheme not in ('https', 'http'):
+            raise RegistryError('%s names a token service that is not http(s)' % self.host)
+        authorization = 'Basic ' + _basic_token(self._credentials) if self._credentials is not None else None
+        try:
+            with self._send('GET', url, {}, authorization) as response:
+                answer = json.loads(response.read(1 << 20))
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise self._refused()
+            raise RegistryError('the token service of %s answered HTTP %d' % (self.host, exc.code))
+        except urllib.error.URLError as exc:
+            raise self._connection_error(exc, 'the token service of %s' % self.host)
+        except ValueError:
+            raise RegistryError('the token service of %s did not answer with JSON' % self.host)
+        token = answer.get('token') or answer.get('access_token') if isinstance(answer, dict) else None
+        if not isinstance(token, str) or not token:
+            raise RegistryError('the token service of %s gave no token' % self.host)
+        return token
+
+    def _switch_to_http(self, exc: urllib.error.URLError) -> bool:
+        """With not_secure, a registry that only speaks plain HTTP is used over HTTP."""
+        if not self._not_secure or self._scheme != 'https' or not isinstance(exc.reason, ssl.SSLError):
+            return False
+        self._scheme = 'http'
+        return True
+
+    def _refused(self) -> AuthError:
+        if self._credentials is None:
+            return AuthError('%s refused anonymous access to %s: give username and password, or an auth file'
+                             % (self.host, self.reference.repository))
+        return AuthError('%s refused the credentials from %s for %s' % (self.host, self._credentials.origin,
+                                                                       self.reference.repository))
+
+    def _http_error(self, exc: urllib.error.HTTPError, path: str) -> BootstrapError:
+        codes = _error_codes(exc)
+        exc.close()
+        if exc.code == 401 or exc.code == 403 and 'DENIED' in codes:
+            return self._refused()
+        if exc.code == 404 or 'MANIFEST_UNKNOWN' in codes or 'NAME_UNKNOWN' in codes:
+            if path.startswith('manifests/'):
+                return RegistryError('%s has no image %s:%s' % (self.host, self.reference.repository,
+                                                               path[len('manifests/'):]))
+            return RegistryError('%s has no blob %s in %s' % (self.host, path[len('blobs/'):],
+                                                             self.reference.repository))
+        return RegistryError('%s answered HTTP %d for %s%s' % (self.host, exc.code, path,
+                                                              ' (%s)' % ', '.join(codes) if codes else ''))
+
+    def _connection_error(self, exc: urllib.error.URLError, what: t.Optional[str] = None) -> RegistryError:
+        what = what or self.host
+        reason = exc.reason
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return RegistryError('TLS verification of %s failed: %s; give the CA with ca_path, or set not_secure: '
+                                 'true to skip verification' % (what, reason.verify_message or reason))
+        if isinstance(reason, ssl.SSLError):
+            return RegistryError('TLS with %s failed: %s; if it speaks plain HTTP, set not_secure: true'
+                                 % (what, reason))
+        return RegistryError('%s is unreachable: %s' % (what, _reason(reason)))
+
+    def _sleep(self, failures: int, retry_after: t.Optional[str]) -> None:
+        delay = self._backoff * (2 ** (failures - 1))
+        if retry_after and retry_after.strip().isdigit():
+            delay = max(delay, float(retry_after))
+        time.sleep(min(delay, 30.0))
+
+
+def _rehash(body: bytes, digest: str) -> t.Any:
+    hasher = new_hasher(digest)
+    hasher.update(body)
+    return hasher
+
+
+def _basic_token(credentials: Credentials) -> str:
+    return base64.b64encode(('%s:%s' % (credentials.username, credentials.password)).encode('utf-8')).decode('ascii')
+
+
+def _content_range_start(header: t.Optional[str]) -> t.Optional[int]:
+    if not header or not header.startswith('bytes '):
+        return None
+    try:
+        return int(header[len('bytes '):].split('-', 1)[0])
+    except ValueError:
+        return None
+
+
+def _error_codes(exc: urllib.error.HTTPError) -> t.List[str]:
+    try:
+        body = json.loads(exc.read(1 << 16))
+        return [str(error.get('code')) for error in body.get('errors', []) if isinstance(error, dict)]
+    except (ValueError, AttributeError, OSError, http.client.HTTPException):
+        return []
+
+
+def _is_transient(exc: urllib.error.URLError) -> bool:
+    """Lost or reset connections and timeouts are retried; refused connections, DNS and TLS are not."""
+    reason = exc.reason
+    if isinstance(reason, (ssl.SSLError, socket.gaierror, ConnectionRefusedError)):
+        return False
+    return isinstance(reason, (OSError,) + _TRANSIENT_ERRORS)
+
+
+def _reason(reason: t.Any) -> str:
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason) or type(reason).__name__
