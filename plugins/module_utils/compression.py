@@ -194,8 +194,58 @@ def open_decompressed(stream: t.Any) -> t.Tuple[t.Any, str]:
         except ImportError:
             raise LayerError('a zstd-compressed layer needs the Python package "zstandard" on the managed host '
                              '(Debian/Ubuntu: python3-zstandard; pip: zstandard)')
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), compression
+        return _ZstdReader(raw, zstandard.ZstdDecompressor()), compression
     return raw, compression
+
+
+class _ZstdReader:
+    """zstd frames one after another, decompressed in small steps; a frame cut short is an error.
+
+    zstandard's stream_reader ends quietly at a truncated frame. A zstd block of a few bytes can
+    expand to 128 KiB, so input goes in small pieces to keep each step's output bounded.
+    """
+
+    _STEP = 2048
+
+    def __init__(self, raw: t.Any, context: t.Any) -> None:
+        self._raw = raw
+        self._context = context
+        self._frame: t.Any = None
+        self._input = b''
+        self._output = b''
+        self._output_offset = 0
+        self._finished = False
+
+    def read(self, size: int = -1) -> bytes:
+        while self._output_offset >= len(self._output):
+            if self._finished:
+                return b''
+            self._output, self._output_offset = self._step(), 0
+        end = len(self._output) if size is None or size < 0 else self._output_offset + size
+        data = self._output[self._output_offset:end]
+        self._output_offset += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def _step(self) -> bytes:
+        if not self._input:
+            self._input = self._raw.read(1 << 16)
+            if not self._input:
+                if self._frame is not None:
+                    raise EOFError('zstd data ends in the middle of a frame')
+                self._finished = True
+                return b''
+        piece, self._input = self._input[:self._STEP], self._input[self._STEP:]
+        if self._frame is None:
+            self._frame = self._context.decompressobj()
+        output = self._frame.decompress(piece)
+        if self._frame.eof:
+            # The next frame starts with what this one did not use.
+            self._input = self._frame.unused_data + self._input
+            self._frame = None
+        return output
 
 
 # zlib.error is what gzip raises for a damaged deflate stream; it is no OSError.

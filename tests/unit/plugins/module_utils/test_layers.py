@@ -564,7 +564,7 @@ _SECOND_HEADER = 512 + 100352  # the header of 'g': after f's header and f's dat
     (compress(_big_tar(), 'xz')[:-50], r'corrupt or truncated data \(xz\): Compressed file ended'),
     (compress(_big_tar(), 'bzip2')[:-50], r'corrupt or truncated data \(bzip2\): Compressed file ended'),
     # zstandard reports no truncated frame: what comes out just ends, and the tar reader notices.
-    (compress(_big_tar(), 'zstd')[:-50], r'corrupt or truncated data \(tar\)'),
+    (compress(_big_tar(), 'zstd')[:-50], r'corrupt or truncated data \(zstd\)'),
     (_big_tar()[:50000], r'corrupt or truncated data \(tar\): unexpected end of data'),
     (_big_tar()[:_SECOND_HEADER + 100], 'damaged tar header at byte %d' % _SECOND_HEADER),
     (_big_tar()[:_SECOND_HEADER] + b'garbage!' * 64, 'damaged tar header at byte %d' % _SECOND_HEADER),
@@ -704,3 +704,13 @@ def test_remove_tree_removes_read_only_trees_and_never_follows_links(tmp_path: p
     remove_tree(str(root))
     assert sorted(os.listdir(tmp_path)) == ['outside']
     assert os.listdir(outside) == ['keep']
+
+
+def test_zstd_cut_at_a_tar_header_boundary_is_still_an_error(root: str) -> None:
+    # zstandard's stream_reader ends quietly at a truncated frame; when the cut falls between tar
+    # entries, tar alone cannot tell either.
+    import zstandard
+    tar = TarBuilder().file('a', b'a' * 512).file('b', b'b' * 512).tar()
+    frames = zstandard.ZstdCompressor().compress(tar[:1024]) + zstandard.ZstdCompressor().compress(tar[1024:])
+    with pytest.raises(LayerError, match=r'corrupt or truncated data \(zstd\)'):
+        apply_layers(root, frames[:-3])
