@@ -172,14 +172,20 @@ class SizeBudget:
                 % self.limit)
 
 
-def open_decompressed(stream: t.Any) -> t.Tuple[t.Any, str]:
-    """Wrap a raw blob reader in the decompressor its first bytes call for."""
-    head = b''
-    while len(head) < MAGIC_LENGTH:
-        chunk = stream.read(MAGIC_LENGTH - len(head))
+def read_up_to(stream: t.Any, size: int) -> bytes:
+    """`size` bytes, or fewer only at the end: a reader may return less than asked for at any read."""
+    data = b''
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
         if not chunk:
             break
-        head += chunk
+        data += chunk
+    return data
+
+
+def open_decompressed(stream: t.Any) -> t.Tuple[t.Any, str]:
+    """Wrap a raw blob reader in the decompressor its first bytes call for."""
+    head = read_up_to(stream, MAGIC_LENGTH)
     compression = detect_compression(head)
     raw = _PrefixedReader(head, stream)
     if compression == 'gzip':

@@ -12,6 +12,7 @@ import typing as t
 from ansible_collections.virt.bootstrap.plugins.module_utils.compression import (
     DECOMPRESSION_ERRORS,
     open_decompressed,
+    read_up_to,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image, Layer, Platform, file_digest
@@ -50,7 +51,7 @@ def _check_is_tar(path: str) -> str:
     try:
         with open(path, 'rb') as stream:
             decompressed, compression = open_decompressed(stream)
-            header = _read_up_to(decompressed, tarfile.BLOCKSIZE)
+            header = read_up_to(decompressed, tarfile.BLOCKSIZE)
     except DECOMPRESSION_ERRORS as exc:
         raise SourceError('%s is not a readable archive: %s' % (path, exc))
     except Exception as exc:
@@ -63,13 +64,3 @@ def _check_is_tar(path: str) -> str:
         raise SourceError('%s is not a tar archive (compression: %s)' % (path, compression))
     return compression
 
-
-def _read_up_to(stream: t.Any, size: int) -> bytes:
-    """`size` bytes, or fewer only at the end: a reader may return less than asked for at any read."""
-    data = b''
-    while len(data) < size:
-        chunk = stream.read(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data

@@ -5,17 +5,16 @@
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
 import io
 import json
-import lzma
 import os
 import stat
 import tarfile
 import typing as t
 from dataclasses import dataclass
+
+from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import compress, sha256
 
 MTIME = 1700000000
 
@@ -64,25 +63,6 @@ def make_tar(entries: t.Mapping[str, TarContent]) -> bytes:
                 info.mode = 0o644
                 archive.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
-
-
-def compress(data: bytes, compression: str) -> bytes:
-    if compression == 'none':
-        return data
-    if compression == 'gzip':
-        return gzip.compress(data, mtime=0)
-    if compression == 'xz':
-        return lzma.compress(data)
-    if compression == 'bzip2':
-        return bz2.compress(data)
-    if compression == 'zstd':
-        import zstandard
-        return zstandard.ZstdCompressor().compress(data)
-    raise ValueError(compression)
-
-
-def sha256(data: bytes) -> str:
-    return 'sha256:' + hashlib.sha256(data).hexdigest()
 
 
 def write_file(path: str, data: bytes) -> str:
