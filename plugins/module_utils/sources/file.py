@@ -63,4 +63,3 @@ def _check_is_tar(path: str) -> str:
     except tarfile.HeaderError:
         raise SourceError('%s is not a tar archive (compression: %s)' % (path, compression))
     return compression
-
