@@ -15,7 +15,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import Boots
 from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import IdMap, parse_id_map
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image
 from ansible_collections.virt.bootstrap.plugins.module_utils.layers import DEFAULT_MAX_SIZE, ApplyStats, remove_tree
-from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import parse_platform
+from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import matches, parse_platform
 from ansible_collections.virt.bootstrap.plugins.module_utils.progress import Progress, ProgressCallback
 from ansible_collections.virt.bootstrap.plugins.module_utils.sources import Source, open_source, parse_source
 from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
@@ -145,7 +145,9 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
     intact = before is not None and before.dest_identity is not None and \
         before.dest_identity == path_identity(dest.path) and os.path.isdir(dest.path)
     probe = getattr(source, 'probe', None)
-    if before is not None and intact and before.options_hash == wanted_options and probe is not None:
+    same_platform = wanted_platform is None or (
+        before is not None and before.platform is not None and matches(parse_platform(before.platform), wanted_platform))
+    if before is not None and intact and before.options_hash == wanted_options and same_platform and probe is not None:
         # A registry says with one manifest request whether the tag still names what we applied.
         if probe(wanted_platform) == (before.digest, before.index_digest):
             return _unchanged(request, dest, before)

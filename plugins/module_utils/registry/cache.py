@@ -18,7 +18,7 @@ import time
 import typing as t
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DigestMismatch
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import new_hasher, parse_digest, verify_digest
 
 DOWNLOAD_WORKERS = 3
@@ -117,6 +117,9 @@ class _FollowingReader:
     def __init__(self, transfer: _Transfer) -> None:
         self._transfer = transfer
         with transfer.condition:  # the path moves into the cache under this condition
+            # A download that already failed has removed its partial file: report why it failed.
+            if transfer.error is not None:
+                raise transfer.error
             self._stream = open(transfer.path, 'rb')
         self._position = 0
 
@@ -138,6 +141,51 @@ class _FollowingReader:
         self._stream.close()
 
     def __enter__(self) -> '_FollowingReader':
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        self.close()
+
+
+class _CachedReader:
+    """Reads a cache entry; one that turns out not to hash to its digest is dropped from the cache.
+
+    The reader of the blob verifies the digest and fails the run; dropping the entry lets the next
+    run download it again instead of failing the same way until someone clears the cache.
+    """
+
+    def __init__(self, cache: BlobCache, digest: str) -> None:
+        self._cache = cache
+        self._digest = digest
+        self._hasher = new_hasher(digest)
+        self._checked = False
+        self._stream = open(cache.path(digest), 'rb')
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        if data:
+            self._hasher.update(data)
+        elif size != 0:
+            self._check()
+        return data
+
+    def close(self) -> None:
+        """A reader that stopped early (corrupt data stops decompression) still gets the entry checked."""
+        try:
+            if not self._checked:
+                for chunk in iter(lambda: self._stream.read(1 << 20), b''):
+                    self._hasher.update(chunk)
+                self._check()
+        finally:
+            self._stream.close()
+
+    def _check(self) -> None:
+        if not self._checked:
+            self._checked = True
+            if '%s:%s' % (self._hasher.name, self._hasher.hexdigest()) != self._digest:
+                self._cache.forget(self._digest)
+
+    def __enter__(self) -> '_CachedReader':
         return self
 
     def __exit__(self, *exc_info: t.Any) -> None:
@@ -166,21 +214,25 @@ class BlobFetcher:
             fd, partial = self._cache.new_partial(digest)
             os.close(fd)
             transfer = _Transfer(partial)
-            self._transfers[digest] = (transfer, self._executor.submit(self._fetch, digest, transfer))
+            self._transfers[digest] = (transfer, self._executor.submit(self._fetch, digest, size, transfer))
 
     def open(self, digest: str, size: t.Optional[int]) -> t.Any:
         if digest not in self._transfers and self._cache.has(digest, size):
-            return open(self._cache.path(digest), 'rb')
+            return _CachedReader(self._cache, digest)
         self.prefetch([(digest, size)])
         if digest not in self._transfers:
-            return open(self._cache.path(digest), 'rb')
+            return _CachedReader(self._cache, digest)
         return _FollowingReader(self._transfers[digest][0])
 
-    def _fetch(self, digest: str, transfer: _Transfer) -> None:
+    def _fetch(self, digest: str, size: t.Optional[int], transfer: _Transfer) -> None:
         hasher = new_hasher(digest)
         try:
             with open(transfer.path, 'r+b') as stream:
                 def write(chunk: bytes) -> None:
+                    # More than the manifest says cannot hash right: stop before it fills the disk.
+                    if size is not None and transfer.written + len(chunk) > size:
+                        raise DigestMismatch('downloaded blob %s: more than the %d bytes the manifest gives it'
+                                             % (digest, size))
                     stream.write(chunk)
                     stream.flush()
                     hasher.update(chunk)

@@ -88,14 +88,12 @@ class RegistryClient:
 
     def get_manifest(self, reference: str) -> t.Tuple[bytes, str, str]:
         """(body, media type, digest) of a manifest or index, by tag or digest."""
-        response = self._request('GET', 'manifests/%s' % reference, {'Accept': MANIFEST_ACCEPT})
-        with response:
-            body = response.read(MAX_MANIFEST_SIZE + 1)
-            header_type = (response.headers.get('Content-Type') or '').split(';')[0].strip()
-            served_digest = response.headers.get('Docker-Content-Digest')
+        body, headers = self._get_whole('manifests/%s' % reference, {'Accept': MANIFEST_ACCEPT}, MAX_MANIFEST_SIZE)
+        header_type = (headers.get('Content-Type') or '').split(';')[0].strip()
+        served_digest = headers.get('Docker-Content-Digest')
         if len(body) > MAX_MANIFEST_SIZE:
             raise RegistryError('%s: the manifest for %s is larger than %d bytes' % (self.host, reference,
-                                                                                    MAX_MANIFEST_SIZE))
+                                                                                     MAX_MANIFEST_SIZE))
         try:
             media_type = json.loads(body).get('mediaType') or header_type
         except (ValueError, AttributeError):
@@ -104,7 +102,7 @@ class RegistryClient:
             raise RegistryError('%s serves %s as a Docker schema 1 manifest, which is not supported; push it again '
                                 'with a current tool (skopeo copy --format v2s2)' % (self.host, reference))
         digest = sha256_digest(body)
-        if reference.startswith('sha'):
+        if ':' in reference:  # a digest; tags cannot hold ':' (but may start with 'sha')
             verify_digest(_rehash(body, reference), reference, '%s: manifest' % self.host)
             digest = reference
         elif served_digest and served_digest.startswith('sha256:') and served_digest != digest:
@@ -114,8 +112,7 @@ class RegistryClient:
 
     def get_small_blob(self, digest: str, limit: int = MAX_MANIFEST_SIZE) -> bytes:
         """A config blob, read whole and verified."""
-        with self._request('GET', 'blobs/%s' % digest, {}) as response:
-            body = response.read(limit + 1)
+        body = self._get_whole('blobs/%s' % digest, {}, limit)[0]
         if len(body) > limit:
             raise RegistryError('%s: blob %s is larger than %d bytes' % (self.host, digest, limit))
         verify_digest(_rehash(body, digest), digest, '%s: blob' % self.host)
@@ -153,7 +150,9 @@ class RegistryClient:
                     if cancelled():
                         raise BootstrapError('download of %s cancelled' % digest)
                     try:
-                        chunk = response.read(1 << 20)
+                        # read1: what has arrived, at once. read() would wait for a full chunk, and a reset
+                        # while it waits would lose the bytes it already took from the socket.
+                        chunk = response.read1(1 << 20)
                     except _TRANSIENT_ERRORS + (OSError,) as exc:
                         failures += 1
                         if failures > self._retries:
@@ -181,6 +180,28 @@ class RegistryClient:
 
     def _url(self, path: str) -> str:
         return '%s://%s/v2/%s/%s' % (self._scheme, self.host, self.reference.repository, path)
+
+    def _get_whole(self, path: str, headers: t.Dict[str, str], limit: int) -> t.Tuple[bytes, t.Any]:
+        """(body, headers) of a small document; one cut short by a lost connection is asked for again."""
+        failures = 0
+        while True:
+            with self._request('GET', path, headers) as response:
+                length = response.headers.get('Content-Length')
+                problem = None
+                try:
+                    body = response.read(limit + 1)
+                except _TRANSIENT_ERRORS + (OSError,) as exc:
+                    body, problem = b'', _reason(exc)
+                # http.client ends quietly when a connection closes early.
+                if problem is None and length and length.isdigit() and len(body) < min(int(length), limit + 1):
+                    problem = 'the connection closed after %d of %s bytes' % (len(body), length)
+                response_headers = response.headers
+            if problem is None:
+                return body, response_headers
+            failures += 1
+            if failures > self._retries:
+                raise RegistryError('%s: reading %s failed %d times, last: %s' % (self.host, path, failures, problem))
+            self._sleep(failures, None)
 
     def _request(self, method: str, path: str, headers: t.Dict[str, str], retry: bool = True) -> t.Any:
         """Send a request, answering auth challenges and retrying 429/5xx and lost connections."""
@@ -266,26 +287,33 @@ class RegistryClient:
         self._scheme = 'http'
         return True
 
-    def _refused(self) -> AuthError:
+    def _refused(self, token_denied: bool = False) -> AuthError:
+        """Credentials refused; or, with `token_denied`, accepted by the token service for a token that is denied."""
         if self._credentials is None:
-            return AuthError('%s refused anonymous access to %s: give username and password, or an auth file'
-                             % (self.host, self.reference.repository))
+            return AuthError('%s refused anonymous access to %s: it needs a login (username and password, or an '
+                             'auth file), or does not exist' % (self.host, self.reference.repository))
+        if token_denied:
+            return AuthError('%s denied the credentials from %s access to %s: they may not allow pulling it, or it '
+                             'does not exist' % (self.host, self._credentials.origin, self.reference.repository))
         return AuthError('%s refused the credentials from %s for %s' % (self.host, self._credentials.origin,
-                                                                       self.reference.repository))
+                                                                        self.reference.repository))
 
     def _http_error(self, exc: urllib.error.HTTPError, path: str) -> BootstrapError:
         codes = _error_codes(exc)
         exc.close()
         if exc.code == 401 or exc.code == 403 and 'DENIED' in codes:
-            return self._refused()
+            return self._refused(token_denied=(self._authorization or '').startswith('Bearer '))
         if exc.code == 404 or 'MANIFEST_UNKNOWN' in codes or 'NAME_UNKNOWN' in codes:
+            if path.startswith('manifests/') and 'NAME_UNKNOWN' in codes:
+                return RegistryError('%s has no repository %s' % (self.host, self.reference.repository))
             if path.startswith('manifests/'):
-                return RegistryError('%s has no image %s:%s' % (self.host, self.reference.repository,
-                                                               path[len('manifests/'):]))
+                wanted = path[len('manifests/'):]
+                return RegistryError('%s has no image %s%s%s' % (self.host, self.reference.repository,
+                                                                 '@' if ':' in wanted else ':', wanted))
             return RegistryError('%s has no blob %s in %s' % (self.host, path[len('blobs/'):],
-                                                             self.reference.repository))
+                                                              self.reference.repository))
         return RegistryError('%s answered HTTP %d for %s%s' % (self.host, exc.code, path,
-                                                              ' (%s)' % ', '.join(codes) if codes else ''))
+                                                               ' (%s)' % ', '.join(codes) if codes else ''))
 
     def _connection_error(self, exc: urllib.error.URLError, what: t.Optional[str] = None) -> RegistryError:
         what = what or self.host

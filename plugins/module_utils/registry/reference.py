@@ -56,6 +56,10 @@ def parse_reference(text: str) -> ImageReference:
     digest = None
     if '@' in text:
         text, digest = text.split('@', 1)
+        if '/' not in text and '/' in digest:
+            # user:password@registry/image, as in a URL: never repeat it, it may hold a secret.
+            raise SourceError('docker:// references cannot hold credentials (USER[:PASSWORD]@REGISTRY); give '
+                              'them with username and password, or in an auth file')
         if not _DIGEST_RE.match(digest):
             raise SourceError('image reference %r has a malformed digest %r' % (original, digest))
     tag = None

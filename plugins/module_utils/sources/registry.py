@@ -74,7 +74,7 @@ class RegistrySource:
             body, media_type, _digest = self._client.get_manifest(choice.manifest_digest)
             if media_type not in MANIFEST_MEDIA_TYPES:
                 raise SourceError('%s: %s is a %s, not an image manifest' % (self.reference, choice.manifest_digest,
-                                                                            media_type))
+                                                                             media_type))
         manifest = _json_object(body, '%s: manifest %s' % (self.reference, choice.manifest_digest))
         if manifest.get('schemaVersion') != 2 or not isinstance(manifest.get('layers'), list) or \
                 not isinstance(manifest.get('config'), dict):
@@ -85,7 +85,7 @@ class RegistrySource:
         image_platform = platforms.platform_from_json(config) or choice.platform
         if wanted is not None and image_platform is not None and not platforms.matches(image_platform, wanted):
             raise PlatformError('%s has no image for platform %s; available: %s' % (self.reference, wanted,
-                                                                                   image_platform))
+                                                                                    image_platform))
         layers = [self._layer(descriptor) for descriptor in manifest['layers']]
         self._layer_blobs = [(layer.digest or '', layer.size) for layer in layers]
         return Image(digest=choice.manifest_digest, layers=layers, config=config, platform=image_platform,

@@ -1,0 +1,285 @@
+# -*- coding: utf-8 -*-
+# Copyright: virt.bootstrap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A fault-injecting HTTP proxy in front of a registry (test fixture, stdlib only, one thread per request).
+
+The client talks plain HTTP to 127.0.0.1:PORT as if it were the registry; the proxy forwards each
+request to the upstream registry (http, or https without verification) and can, per path:
+  - answer an HTTP status (500, 429 with Retry-After, 404 NAME_UNKNOWN, ...) the first N times,
+  - cut the connection after K bytes of the body the first N times (close, or reset with RST),
+  - ignore Range (forward without it, so the registry answers 200 with the whole blob),
+  - slow bodies down (a pause before each chunk of 16 KiB), to make downloads overlap or finish in order.
+Every request is recorded (method, path, Range header, status answered, bytes sent) so tests can
+count them: `proxy.count('GET', '/manifests/')`.
+
+    with FaultProxy('http://127.0.0.1:5000') as proxy:
+        proxy.fail('/blobs/', 500, times=2)
+        proxy.cut('/blobs/', after=100000, times=1)
+        ... docker://127.0.0.1:<proxy.port>/name:tag ...
+
+From the shell (runs until killed, prints its port):  python3 fault_proxy.py UPSTREAM_URL
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import socket
+import ssl
+import struct
+import sys
+import threading
+import time
+import typing as t
+import urllib.parse
+from dataclasses import dataclass
+
+HOP_BY_HOP = frozenset(('connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer',
+                        'transfer-encoding', 'upgrade', 'host'))
+CHUNK = 16 * 1024
+
+
+@dataclass
+class Seen:
+    """One request the proxy answered."""
+    method: str
+    path: str
+    range: t.Optional[str]
+    status: int
+    sent: int = 0  # body bytes sent to the client
+    cut: bool = False
+
+
+@dataclass
+class _Fault:
+    path_contains: str
+    times: int  # how many more requests it applies to; -1 for always
+    status: int = 0
+    retry_after: t.Optional[int] = None
+    code: str = 'UNAVAILABLE'
+    cut_after: t.Optional[int] = None
+    reset: bool = False
+
+    def applies(self, path: str) -> bool:
+        return self.times != 0 and self.path_contains in path
+
+
+class FaultProxy:
+    def __init__(self, upstream: str) -> None:
+        parsed = urllib.parse.urlsplit(upstream)
+        self.upstream_scheme = parsed.scheme
+        self.upstream_host = parsed.netloc
+        self.ignore_range = False
+        self.chunk_delay = 0.0
+        self.requests: t.List[Seen] = []
+        self._faults: t.List[_Fault] = []
+        self._lock = threading.Lock()
+        self._server: t.Optional[_Server] = None
+        self._thread: t.Optional[threading.Thread] = None
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    def fail(self, path_contains: str, status: int, times: int = 1, retry_after: t.Optional[int] = None,
+             code: str = 'UNAVAILABLE') -> None:
+        """Answer `status` with a registry error `code` to the next `times` (-1: all) requests for `path_contains`."""
+        with self._lock:
+            self._faults.append(_Fault(path_contains, times, status=status, retry_after=retry_after, code=code))
+
+    def cut(self, path_contains: str, after: int, times: int = 1, reset: bool = False) -> None:
+        """Send only `after` body bytes, then close (or reset) the connection, `times` times (-1: always)."""
+        with self._lock:
+            self._faults.append(_Fault(path_contains, times, cut_after=after, reset=reset))
+
+    def clear(self) -> None:
+        """Forget the faults and the recorded requests."""
+        with self._lock:
+            self._faults.clear()
+            self.requests.clear()
+            self.ignore_range = False
+            self.chunk_delay = 0.0
+
+    # -- what happened ---------------------------------------------------------------------------
+
+    def seen(self, method: t.Optional[str] = None, path_contains: str = '') -> t.List[Seen]:
+        with self._lock:
+            return [entry for entry in self.requests
+                    if (method is None or entry.method == method) and path_contains in entry.path]
+
+    def count(self, method: t.Optional[str] = None, path_contains: str = '') -> int:
+        return len(self.seen(method, path_contains))
+
+    # -- running ---------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError('the proxy is not running')
+        return int(self._server.server_address[1])
+
+    @property
+    def host(self) -> str:
+        return '127.0.0.1:%d' % self.port
+
+    def start(self) -> 'FaultProxy':
+        self._server = _Server(self)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), name='fault-proxy',
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def __enter__(self) -> 'FaultProxy':
+        return self.start()
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        self.stop()
+
+    # -- used by the handler ---------------------------------------------------------------------
+
+    def _take_status_fault(self, path: str) -> t.Optional[_Fault]:
+        return self._take(lambda fault: fault.applies(path) and bool(fault.status))
+
+    def _take_cut(self, path: str, length: t.Optional[int]) -> t.Optional[_Fault]:
+        """A cut for a body longer than its limit: a shorter one would arrive whole, and waste the fault."""
+        return self._take(lambda fault: fault.applies(path) and fault.cut_after is not None
+                          and (length is None or length > fault.cut_after))
+
+    def _take(self, wanted: t.Callable[[_Fault], bool]) -> t.Optional[_Fault]:
+        with self._lock:
+            for fault in self._faults:
+                if wanted(fault):
+                    if fault.times > 0:
+                        fault.times -= 1
+                    return fault
+        return None
+
+    def _record(self, entry: Seen) -> None:
+        with self._lock:
+            self.requests.append(entry)
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self.upstream_scheme == 'https':
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return http.client.HTTPSConnection(self.upstream_host, timeout=30, context=context)
+        return http.client.HTTPConnection(self.upstream_host, timeout=30)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    server: '_Server'
+
+    def do_GET(self) -> None:  # pylint: disable=invalid-name
+        self._proxy()
+
+    def do_HEAD(self) -> None:  # pylint: disable=invalid-name
+        self._proxy()
+
+    def _proxy(self) -> None:
+        proxy = self.server.proxy
+        self.close_connection = True
+        range_header = self.headers.get('Range')
+        fault = proxy._take_status_fault(self.path)  # pylint: disable=protected-access
+        if fault is not None:
+            proxy._record(Seen(self.command, self.path, range_header, fault.status))  # pylint: disable=protected-access
+            self._answer_status(fault)
+            return
+        headers = {name: value for name, value in self.headers.items() if name.lower() not in HOP_BY_HOP}
+        if proxy.ignore_range:
+            headers.pop('Range', None)
+        headers['Host'] = proxy.upstream_host
+        connection = proxy._connect()  # pylint: disable=protected-access
+        try:
+            connection.request(self.command, self.path, headers=headers)
+            response = connection.getresponse()
+            # Recorded before the client can see an answer, so a test never looks before it is there.
+            entry = Seen(self.command, self.path, range_header, response.status)
+            proxy._record(entry)  # pylint: disable=protected-access
+            length = response.getheader('Content-Length')
+            cut = None if self.command == 'HEAD' else proxy._take_cut(  # pylint: disable=protected-access
+                self.path, int(length) if length and length.isdigit() else None)
+            self.send_response(response.status, response.reason)
+            for name, value in response.getheaders():
+                if name.lower() not in HOP_BY_HOP:
+                    self.send_header(name, value)
+            self.send_header('Connection', 'close')
+            self.end_headers()
+            if self.command != 'HEAD':
+                self._copy_body(response, entry, cut)
+        finally:
+            connection.close()
+
+    def _answer_status(self, fault: _Fault) -> None:
+        body = json.dumps({'errors': [{'code': fault.code, 'message': 'injected by the fault proxy'}]}).encode()
+        self.send_response(fault.status)
+        if fault.retry_after is not None:
+            self.send_header('Retry-After', str(fault.retry_after))
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(body)))
+        self.send_header('Connection', 'close')
+        self.end_headers()
+        if self.command != 'HEAD':
+            self.wfile.write(body)
+
+    def _copy_body(self, response: http.client.HTTPResponse, entry: Seen, fault: t.Optional[_Fault]) -> None:
+        limit = fault.cut_after if fault is not None else None
+        delay = self.server.proxy.chunk_delay
+        while True:
+            size = CHUNK if limit is None else min(CHUNK, limit - entry.sent)
+            chunk = response.read(size) if size > 0 else b''
+            if not chunk:
+                break
+            if delay:
+                time.sleep(delay)
+            entry.sent += len(chunk)  # counted first: the client may act on these bytes before we get back here
+            self.wfile.write(chunk)
+            self.wfile.flush()
+        if limit is not None and fault is not None:
+            entry.cut = True
+            self.wfile.flush()
+            if fault.reset:
+                time.sleep(0.1)  # let the client read what was sent: an RST makes the kernel drop unread data
+                # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+            else:
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, format: str, *args: t.Any) -> None:  # pylint: disable=redefined-builtin
+        pass  # requests are recorded in FaultProxy.requests
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        super().__init__(('127.0.0.1', 0), _Handler)
+        self.proxy = proxy
+
+
+def main(argv: t.Sequence[str]) -> int:
+    if len(argv) != 1:
+        sys.stderr.write('usage: fault_proxy.py UPSTREAM_URL\n')
+        return 2
+    proxy = FaultProxy(argv[0]).start()
+    sys.stdout.write('%d\n' % proxy.port)
+    sys.stdout.flush()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        proxy.stop()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,244 @@
+# -*- coding: utf-8 -*-
+# Copyright: virt.bootstrap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Registry credentials from auth files and credential helpers, and WWW-Authenticate challenges."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import textwrap
+
+import pytest
+
+from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth import (
+    AuthError,
+    Credentials,
+    default_auth_files,
+    find_credentials,
+    parse_challenge,
+)
+
+SECRET = 'pa55:w0rd-not-for-logs'
+
+
+def auth_entry(username, password=SECRET):
+    return {'auth': base64.b64encode(('%s:%s' % (username, password)).encode()).decode()}
+
+
+def write_json(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w', encoding='utf-8') as stream:
+        json.dump(value, stream)
+    return str(path)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A HOME of its own with no runtime or config dir set, so only what a test writes is found."""
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    monkeypatch.delenv('XDG_RUNTIME_DIR', raising=False)
+    monkeypatch.delenv('XDG_CONFIG_HOME', raising=False)
+    (tmp_path / 'home').mkdir()
+    return tmp_path / 'home'
+
+
+@pytest.fixture
+def files(home, tmp_path, monkeypatch):
+    """The three default locations, with XDG_RUNTIME_DIR set."""
+    monkeypatch.setenv('XDG_RUNTIME_DIR', str(tmp_path / 'run'))
+    return {
+        'runtime': str(tmp_path / 'run' / 'containers' / 'auth.json'),
+        'config': str(home / '.config' / 'containers' / 'auth.json'),
+        'docker': str(home / '.docker' / 'config.json'),
+    }
+
+
+def test_default_files_are_searched_in_podman_order(files):
+    assert default_auth_files() == [files['runtime'], files['config'], files['docker']]
+
+
+def test_without_a_runtime_dir_the_config_files_remain(home):
+    assert default_auth_files() == [str(home / '.config' / 'containers' / 'auth.json'),
+                                    str(home / '.docker' / 'config.json')]
+
+
+def test_xdg_config_home_moves_the_containers_file(home, tmp_path, monkeypatch):
+    monkeypatch.setenv('XDG_CONFIG_HOME', str(tmp_path / 'xdg'))
+    assert default_auth_files()[0] == str(tmp_path / 'xdg' / 'containers' / 'auth.json')
+
+
+@pytest.mark.parametrize('present, expected', [
+    (('runtime', 'config', 'docker'), 'runtime'),
+    (('config', 'docker'), 'config'),
+    (('docker',), 'docker'),
+])
+def test_the_first_default_file_with_an_entry_wins(files, present, expected):
+    for name in present:
+        write_json(files[name], {'auths': {'reg.example': auth_entry('user-' + name)}})
+    found = find_credentials('reg.example', 'team/app')
+    assert found == Credentials('user-' + expected, SECRET, files[expected])
+
+
+def test_a_default_file_without_an_entry_for_the_registry_is_passed_over(files):
+    write_json(files['runtime'], {'auths': {'other.example': auth_entry('other')}})
+    write_json(files['docker'], {'auths': {'reg.example': auth_entry('docker-user')}})
+    assert find_credentials('reg.example', 'app').origin == files['docker']
+
+
+def test_no_file_and_no_entry_means_anonymous(files):
+    assert find_credentials('reg.example', 'app') is None
+    write_json(files['config'], {'auths': {}})
+    assert find_credentials('reg.example', 'app') is None
+
+
+def test_an_explicit_auth_file_is_the_only_one_read(files, tmp_path):
+    write_json(files['runtime'], {'auths': {'reg.example': auth_entry('default-user')}})
+    explicit = write_json(str(tmp_path / 'explicit.json'), {'auths': {'other.example': auth_entry('x')}})
+    assert find_credentials('reg.example', 'app', explicit) is None
+    explicit = write_json(str(tmp_path / 'explicit.json'), {'auths': {'reg.example': auth_entry('explicit-user')}})
+    assert find_credentials('reg.example', 'app', explicit) == Credentials('explicit-user', SECRET, explicit)
+
+
+def test_a_missing_explicit_auth_file_is_an_error(home, tmp_path):
+    with pytest.raises(AuthError, match='auth_file .*nope.json does not exist'):
+        find_credentials('reg.example', 'app', str(tmp_path / 'nope.json'))
+
+
+@pytest.mark.parametrize('keys, expected', [
+    (['reg.example', 'reg.example/team', 'reg.example/team/app'], 'reg.example/team/app'),
+    (['reg.example', 'reg.example/team'], 'reg.example/team'),
+    (['reg.example', 'reg.example/team/other'], 'reg.example'),
+    (['https://reg.example'], 'https://reg.example'),
+    (['https://reg.example/v2/'], 'https://reg.example/v2/'),
+    (['http://reg.example/'], 'http://reg.example/'),
+])
+def test_the_most_specific_key_wins(tmp_path, keys, expected):
+    path = write_json(str(tmp_path / 'auth.json'), {'auths': {key: auth_entry('user%d' % number)
+                                                              for number, key in enumerate(keys)}})
+    assert find_credentials('reg.example', 'team/app', path).username == 'user%d' % keys.index(expected)
+
+
+@pytest.mark.parametrize('key', ['https://index.docker.io/v1/', 'docker.io', 'index.docker.io',
+                                 'registry-1.docker.io', 'docker.io/library/ubuntu'])
+def test_docker_hub_entries_are_found_under_every_name_they_go_by(tmp_path, key):
+    path = write_json(str(tmp_path / 'config.json'), {'auths': {key: auth_entry('hub')}})
+    assert find_credentials('docker.io', 'library/ubuntu', path).username == 'hub'
+
+
+def test_a_key_for_another_port_does_not_match(tmp_path):
+    path = write_json(str(tmp_path / 'auth.json'), {'auths': {'reg.example:5000': auth_entry('five')}})
+    assert find_credentials('reg.example', 'app', path) is None
+    assert find_credentials('reg.example:5000', 'app', path).username == 'five'
+
+
+@pytest.mark.parametrize('content, message', [
+    ('{not json', 'not valid JSON'),
+    ('["a list"]', 'is not a JSON object'),
+    (json.dumps({'auths': {'reg.example': {'auth': '!!!not base64!!!'}}}), 'not base64 of user:password'),
+])
+def test_unreadable_auth_files_say_which_file(tmp_path, content, message):
+    path = tmp_path / 'auth.json'
+    path.write_text(content)
+    with pytest.raises(AuthError, match=message) as caught:
+        find_credentials('reg.example', 'app', str(path))
+    assert str(path) in str(caught.value)
+
+
+def test_credentials_never_show_the_password_in_their_repr():
+    assert SECRET not in repr(Credentials('user', SECRET, '/root/auth.json'))
+
+
+# -- credential helpers -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def helper(tmp_path, monkeypatch):
+    """docker-credential-test on PATH: answers from a JSON table, logs its argv and stdin (never a secret)."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    log = tmp_path / 'helper.log'
+    table = tmp_path / 'helper-table.json'
+    table.write_text(json.dumps({'reg.example': {'Username': 'helped', 'Secret': SECRET},
+                                 'https://index.docker.io/v1/': {'Username': 'hub-helped', 'Secret': SECRET}}))
+    script = bin_dir / 'docker-credential-test'
+    script.write_text(textwrap.dedent('''\
+        #!/bin/sh
+        server=$(cat)
+        printf '%s %s\\n' "$*" "$server" >> {log}
+        python3 - "$server" <<'EOF'
+        import json, sys
+        entry = json.load(open('{table}')).get(sys.argv[1])
+        if entry is None:
+            print('credentials not found in native keychain')
+            sys.exit(1)
+        print(json.dumps(entry))
+        EOF
+        ''').format(log=log, table=table))
+    script.chmod(0o755)
+    broken = bin_dir / 'docker-credential-broken'
+    broken.write_text('#!/bin/sh\necho "garbage"\n')
+    broken.chmod(0o755)
+    failing = bin_dir / 'docker-credential-failing'
+    failing.write_text('#!/bin/sh\nexit 3\n')
+    failing.chmod(0o755)
+    monkeypatch.setenv('PATH', '%s%s%s' % (bin_dir, os.pathsep, os.environ['PATH']))
+    return log
+
+
+def test_cred_helpers_are_asked_for_their_registry(tmp_path, helper):
+    path = write_json(str(tmp_path / 'config.json'), {'credHelpers': {'reg.example': 'test'},
+                                                      'auths': {'reg.example': auth_entry('not-this-one')}})
+    found = find_credentials('reg.example', 'team/app', path)
+    assert (found.username, found.password) == ('helped', SECRET)
+    assert found.origin == '%s (docker-credential-test)' % path
+    assert helper.read_text() == 'get reg.example\n'  # the secret never goes on a command line
+
+
+def test_creds_store_is_the_fallback_for_registries_without_an_entry(tmp_path, helper):
+    path = write_json(str(tmp_path / 'config.json'), {'credsStore': 'test'})
+    assert find_credentials('docker.io', 'library/ubuntu', path).username == 'hub-helped'
+    # docker login stores Docker Hub's credentials under its v1 URL.
+    assert helper.read_text() == 'get https://index.docker.io/v1/\n'
+
+
+def test_an_auth_entry_wins_over_creds_store(tmp_path, helper):
+    path = write_json(str(tmp_path / 'config.json'), {'credsStore': 'test',
+                                                      'auths': {'reg.example': auth_entry('from-auths')}})
+    assert find_credentials('reg.example', 'app', path).username == 'from-auths'
+    assert not helper.exists()
+
+
+@pytest.mark.parametrize('helpers, message', [
+    ({'other.example': 'test'}, 'has no credentials for other.example'),
+    ({'other.example': 'missing'}, 'docker-credential-missing, which is not installed'),
+    ({'other.example': 'broken'}, 'gave an answer that is not'),
+    ({'other.example': 'failing'}, 'failed \\(exit 3\\)'),
+    ({'other.example': '../../bin/sh'}, 'names an invalid credential helper'),
+])
+def test_credential_helper_failures_are_clear(tmp_path, helper, helpers, message):
+    path = write_json(str(tmp_path / 'config.json'), {'credHelpers': helpers})
+    with pytest.raises(AuthError, match=message):
+        find_credentials('other.example', 'app', path)
+
+
+# -- challenges -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('header, scheme, params', [
+    ('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+     'scope="repository:library/ubuntu:pull"',
+     'bearer', {'realm': 'https://auth.docker.io/token', 'service': 'registry.docker.io',
+                'scope': 'repository:library/ubuntu:pull'}),
+    ('Basic realm="Registry Realm"', 'basic', {'realm': 'Registry Realm'}),
+    ('BEARER Realm="https://x/token", Service="x"', 'bearer', {'realm': 'https://x/token', 'service': 'x'}),
+    ('Bearer realm=https://x/token,service=x', 'bearer', {'realm': 'https://x/token', 'service': 'x'}),
+    ('Bearer realm="https://x/token",scope="repository:a/b:pull,push repository:c:pull"',
+     'bearer', {'realm': 'https://x/token', 'scope': 'repository:a/b:pull,push repository:c:pull'}),
+    ('Bearer realm="https://x/token",error="invalid_token"', 'bearer',
+     {'realm': 'https://x/token', 'error': 'invalid_token'}),
+    ('Basic realm="say \\"hi\\""', 'basic', {'realm': 'say "hi"'}),
+    ('  Basic  ', 'basic', {}),
+    ('', '', {}),
+])
+def test_challenges_parse_into_scheme_and_parameters(header, scheme, params):
+    assert parse_challenge(header) == (scheme, params)

@@ -1,0 +1,251 @@
+# -*- coding: utf-8 -*-
+# Copyright: virt.bootstrap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Retries, resume, the blob cache and idempotency, through a fault-injecting proxy in front of a real registry."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+
+import pytest
+
+from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, Result, run
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import LayerError
+from ansible_collections.virt.bootstrap.plugins.module_utils.registry import cache as cache_module
+from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryError
+from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
+from ansible_collections.virt.bootstrap.tests.registry import push as pusher
+from ansible_collections.virt.bootstrap.tests.registry.fault_proxy import FaultProxy
+from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry_support import (
+    BASE_TREE,
+    files_below,
+    layer_digests,
+    rootfs_tree,
+    unique_name,
+    unverified_cache_files,
+)
+
+CUT_AT = 300 * 1024
+
+
+@pytest.fixture
+def proxy(http_registry):
+    with FaultProxy('http://' + http_registry.registry.host) as running:
+        yield running
+
+
+@pytest.fixture
+def big_layer(http_registry):
+    """The digest of app:base's last layer, the only blob big enough to be cut at CUT_AT."""
+    return layer_digests(http_registry.layout, 'base')[-1]
+
+
+def pull(proxy, tmp_path, name, dest='rootfs', check_mode=False, platform=None, **registry_options) -> Result:
+    registry_options.setdefault('cache_dir', str(tmp_path / 'cache'))
+    registry_options.setdefault('not_secure', True)
+    request = Request(src='docker://%s/%s' % (proxy.host, name), dest=str(tmp_path / dest), platform=platform,
+                      registry=RegistryOptions(**registry_options))
+    return run(request, check_mode=check_mode)
+
+
+# -- retries --------------------------------------------------------------------------------------------------------
+
+def test_5xx_answers_are_retried_with_backoff(tmp_path, proxy, sleeps):
+    proxy.fail('/manifests/', 500, times=2)
+    proxy.fail('/blobs/', 503, times=1)
+    result = pull(proxy, tmp_path, 'app:base')
+    assert result.changed
+    assert [seen.status for seen in proxy.seen('GET', '/manifests/')] == [500, 500, 200]
+    assert sorted(sleeps) == [0.5, 0.5, 1.0]  # 0.5 s doubling per failure of one request
+    assert rootfs_tree(str(tmp_path / 'rootfs')) == BASE_TREE
+
+
+def test_429_waits_as_long_as_retry_after_says(tmp_path, proxy, sleeps):
+    proxy.fail('/blobs/', 429, times=1, retry_after=7)
+    pull(proxy, tmp_path, 'app:base')
+    assert sleeps == [7.0]
+    assert [seen.status for seen in proxy.seen('GET', '/blobs/')].count(429) == 1
+
+
+def test_a_registry_that_keeps_failing_is_given_up_on(tmp_path, proxy, sleeps):
+    proxy.fail('/manifests/', 503, times=-1)
+    with pytest.raises(RegistryError) as caught:
+        pull(proxy, tmp_path, 'app:base')
+    assert str(caught.value) == '%s answered HTTP 503 for manifests/base (UNAVAILABLE)' % proxy.host
+    assert proxy.count('GET', '/manifests/') == 6  # the first try and 5 retries
+    assert len(sleeps) == 5
+    assert not os.path.lexists(tmp_path / 'rootfs')
+
+
+def test_name_unknown_names_the_repository(tmp_path, proxy):
+    proxy.fail('/manifests/', 404, times=1, code='NAME_UNKNOWN')
+    with pytest.raises(RegistryError, match='^%s has no repository app$' % proxy.host):
+        pull(proxy, tmp_path, 'app:base')
+
+
+@pytest.mark.parametrize('what', ['/manifests/', '/blobs/'])
+def test_a_manifest_or_config_cut_short_is_read_again(tmp_path, proxy, sleeps, what):
+    proxy.cut(what, after=100, times=1)
+    result = pull(proxy, tmp_path, 'app:base')
+    assert result.changed
+    assert [seen.cut for seen in proxy.seen('GET', what)][:2] == [True, False]
+
+
+# -- resume and the cache -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('reset', [False, True], ids=['closed', 'reset'])
+def test_a_blob_cut_mid_body_resumes_with_range(tmp_path, proxy, sleeps, big_layer, reset):
+    proxy.cut(big_layer, after=CUT_AT, times=2, reset=reset)
+    pull(proxy, tmp_path, 'app:base')
+    requests = proxy.seen('GET', big_layer)
+    assert [seen.cut for seen in requests] == [True, True, False]
+    assert requests[0].range is None
+    # Each retry asks for what is missing, and the registry answers with just that.
+    assert [seen.range for seen in requests[1:]] == ['bytes=%d-' % requests[0].sent,
+                                                     'bytes=%d-' % (requests[0].sent + requests[1].sent)]
+    assert [seen.status for seen in requests] == [200, 206, 206]
+    assert rootfs_tree(str(tmp_path / 'rootfs')) == BASE_TREE
+    assert unverified_cache_files(str(tmp_path / 'cache')) == []
+    assert os.path.exists(tmp_path / 'cache' / 'blobs' / 'sha256' / big_layer.split(':')[1])
+
+
+def test_a_registry_that_ignores_range_sends_the_whole_blob_again(tmp_path, proxy, sleeps, big_layer):
+    proxy.ignore_range = True
+    proxy.cut(big_layer, after=CUT_AT, times=1)
+    pull(proxy, tmp_path, 'app:base')
+    requests = proxy.seen('GET', big_layer)
+    assert [(seen.range, seen.status) for seen in requests] == [(None, 200), ('bytes=%d-' % CUT_AT, 200)]
+    # What was already written is skipped, not written twice: the tree and the cache are exact.
+    assert rootfs_tree(str(tmp_path / 'rootfs')) == BASE_TREE
+    assert unverified_cache_files(str(tmp_path / 'cache')) == []
+
+
+def test_a_blob_that_keeps_failing_leaves_no_cache_entry_and_no_partial_file(tmp_path, proxy, sleeps, big_layer):
+    proxy.cut(big_layer, after=CUT_AT, times=1)
+    proxy.cut(big_layer, after=0, times=-1)  # then no progress at all
+    with pytest.raises(RegistryError) as caught:
+        pull(proxy, tmp_path, 'app:base')
+    assert big_layer in str(caught.value)
+    assert 'kept ending early' in str(caught.value)
+    assert not os.path.lexists(tmp_path / 'rootfs')
+    assert not os.path.exists(tmp_path / 'cache' / 'blobs' / 'sha256' / big_layer.split(':')[1])
+    assert files_below(str(tmp_path / 'cache' / 'partial')) == []
+    assert unverified_cache_files(str(tmp_path / 'cache')) == []
+
+
+def test_a_layer_that_fails_before_its_turn_is_reported_by_name(tmp_path, proxy, big_layer):
+    """The last layer fails at once while the first ones still download (slowly): the error names it."""
+    proxy.chunk_delay = 0.1
+    proxy.fail(big_layer, 404, times=-1, code='BLOB_UNKNOWN')
+    with pytest.raises(RegistryError, match='has no blob %s in app' % big_layer):
+        pull(proxy, tmp_path, 'app:base')
+    assert files_below(str(tmp_path / 'cache' / 'partial')) == []
+
+
+def test_a_corrupt_cache_entry_is_dropped_and_downloaded_again(tmp_path, proxy, big_layer):
+    pull(proxy, tmp_path, 'app:base', dest='first')
+    entry = tmp_path / 'cache' / 'blobs' / 'sha256' / big_layer.split(':')[1]
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 0xff  # same size: only its content can tell
+    entry.write_bytes(bytes(data))
+    with pytest.raises(LayerError, match=big_layer):  # the gzip CRC or the digest: whichever notices first
+        pull(proxy, tmp_path, 'app:base', dest='second')
+    assert not entry.exists()
+    proxy.clear()
+    pull(proxy, tmp_path, 'app:base', dest='second')
+    assert proxy.count('GET', big_layer) == 1
+    assert rootfs_tree(str(tmp_path / 'second')) == BASE_TREE
+
+
+def test_no_cache_leaves_no_cache_dir(tmp_path, proxy, monkeypatch):
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path / 'tmp'))
+    monkeypatch.setattr(cache_module, 'default_cache_dir', lambda: str(tmp_path / 'default-cache'))
+    (tmp_path / 'tmp').mkdir()
+    result = pull(proxy, tmp_path, 'app:base', no_cache=True, cache_dir=None)
+    assert result.changed
+    assert os.listdir(tmp_path / 'tmp') == []
+    assert not os.path.exists(tmp_path / 'default-cache')
+    # Every blob was downloaded: nothing could have come from a cache.
+    assert proxy.count('GET', '/blobs/') == 4
+
+
+def _pull_in_a_process(proxy_host: str, dest: str, cache_dir: str) -> None:
+    run(Request(src='docker://%s/app:base' % proxy_host, dest=dest,
+                registry=RegistryOptions(not_secure=True, cache_dir=cache_dir)))
+
+
+def test_concurrent_runs_share_one_cache_dir(tmp_path, proxy, http_registry):
+    proxy.chunk_delay = 0.01  # about 1 s for the big layer: both runs download it at the same time
+    context = multiprocessing.get_context('fork')
+    runs = [context.Process(target=_pull_in_a_process, args=(proxy.host, str(tmp_path / name), str(tmp_path / 'cache')))
+            for name in ('one', 'two')]
+    for process in runs:
+        process.start()
+    for process in runs:
+        process.join(60)
+    assert [process.exitcode for process in runs] == [0, 0]
+    assert rootfs_tree(str(tmp_path / 'one')) == rootfs_tree(str(tmp_path / 'two')) == BASE_TREE
+    assert unverified_cache_files(str(tmp_path / 'cache')) == []
+    assert len(files_below(str(tmp_path / 'cache' / 'blobs'))) == 3
+    assert proxy.count('GET', layer_digests(http_registry.layout, 'base')[-1]) == 2
+
+
+# -- idempotency ----------------------------------------------------------------------------------------------------
+
+def test_an_unchanged_rerun_makes_one_manifest_request_and_no_blob_request(tmp_path, proxy):
+    first = pull(proxy, tmp_path, 'app:base')
+    proxy.clear()
+    rerun = pull(proxy, tmp_path, 'app:base')
+    assert not rerun.changed
+    assert rerun.msg == '%s already holds %s' % (tmp_path / 'rootfs', first.digest)
+    assert rerun.entries_written == 0
+    assert [(seen.method, seen.path) for seen in proxy.requests] == [('GET', '/v2/app/manifests/base')]
+    proxy.clear()
+    check = pull(proxy, tmp_path, 'app:base', check_mode=True)
+    assert not check.changed and check.digest == first.digest
+    assert proxy.count() == 1
+
+
+def test_an_unchanged_rerun_of_an_index_asks_for_the_index_only(tmp_path, proxy):
+    first = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
+    proxy.clear()
+    rerun = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
+    assert not rerun.changed
+    assert (rerun.digest, rerun.index_digest) == (first.digest, first.index_digest)
+    assert [seen.path for seen in proxy.requests] == ['/v2/app/manifests/multi']
+
+
+def test_another_platform_of_the_same_index_rebuilds(tmp_path, proxy):
+    first = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
+    other = pull(proxy, tmp_path, 'app:multi', platform='linux/amd64')
+    assert other.changed and other.index_digest == first.index_digest and other.digest != first.digest
+    assert (tmp_path / 'rootfs' / 'etc' / 'arch').read_text() == 'amd64\n'
+
+
+def test_a_moved_tag_rebuilds_and_shows_both_digests(tmp_path, proxy, http_registry):
+    registry = http_registry.registry
+    name = unique_name('moving') + ':stable'
+    old = pusher.push('oci:%s:base' % http_registry.layout, registry.host, name)['digest']
+    first = pull(proxy, tmp_path, name)
+    assert first.digest == old
+    new = pusher.push('oci:%s:other' % http_registry.layout, registry.host, name)['digest']
+    proxy.clear()
+    check = pull(proxy, tmp_path, name, check_mode=True)
+    assert check.changed and check.entries_written == 0
+    assert (check.before.digest, check.after.digest) == (old, new)
+    assert proxy.count('GET', '/blobs/') == 1  # the config only: check mode downloads no layer
+    assert (tmp_path / 'rootfs' / 'etc' / 'os-release').read_bytes() == b'ID=registry-test\n'
+    proxy.clear()
+    moved = pull(proxy, tmp_path, name)
+    assert moved.changed
+    assert moved.msg == 'replace %s with %s in %s' % (old, new, tmp_path / 'rootfs')
+    assert (moved.before.digest, moved.after.digest, moved.digest) == (old, new, new)
+    assert (tmp_path / 'rootfs' / 'etc' / 'os-release').read_bytes() == b'ID=registry-test-moved\n'
+    assert not (tmp_path / 'rootfs' / 'srv').exists()
+    # The tag was resolved once; the shared bottom layer came from the cache.
+    assert proxy.count('GET', '/manifests/') == 1
+    shared_layer, new_layer = layer_digests(http_registry.layout, 'other')
+    fetched = [seen.path.rsplit('/', 1)[1] for seen in proxy.seen('GET', '/blobs/')]
+    assert len(fetched) == 2 and new_layer in fetched and shared_layer not in fetched  # the config and new_layer
