@@ -128,6 +128,17 @@ class RegistryClient:
         registry ignores Range and sends the blob from its start.
         """
         failures = 0
+        offset_at_failure = offset
+
+        def count_failure(problem: str) -> None:
+            nonlocal failures, offset_at_failure
+            # Only failures in a row count: a long download over a flaky link still moves on.
+            failures = 1 if offset > offset_at_failure else failures + 1
+            offset_at_failure = offset
+            if failures > self._retries:
+                raise RegistryError('%s: downloading %s failed %d times in a row at byte %d, last: %s'
+                                    % (self.host, digest, failures, offset, problem))
+
         while True:
             if cancelled():
                 raise BootstrapError('download of %s cancelled' % digest)
@@ -154,19 +165,13 @@ class RegistryClient:
                         # while it waits would lose the bytes it already took from the socket.
                         chunk = response.read1(1 << 20)
                     except _TRANSIENT_ERRORS + (OSError,) as exc:
-                        failures += 1
-                        if failures > self._retries:
-                            raise RegistryError('%s: downloading %s failed %d times, last: %s'
-                                                % (self.host, digest, failures, _reason(exc)))
+                        count_failure(_reason(exc))
                         break
                     if not chunk:
                         if expected_end is None or offset >= expected_end:
                             return offset
                         # http.client ends quietly when a connection closes early.
-                        failures += 1
-                        if failures > self._retries:
-                            raise RegistryError('%s: downloading %s kept ending early (at byte %d of %d)'
-                                                % (self.host, digest, offset, expected_end))
+                        count_failure('the connection closed at byte %d of %d' % (offset, expected_end))
                         break
                     if skip:
                         dropped = min(skip, len(chunk))

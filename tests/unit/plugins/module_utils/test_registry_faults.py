@@ -128,11 +128,20 @@ def test_a_blob_that_keeps_failing_leaves_no_cache_entry_and_no_partial_file(tmp
     with pytest.raises(RegistryError) as caught:
         pull(proxy, tmp_path, 'app:base')
     assert big_layer in str(caught.value)
-    assert 'kept ending early' in str(caught.value)
+    assert 'failed 6 times in a row at byte %d' % CUT_AT in str(caught.value)
     assert not os.path.lexists(tmp_path / 'rootfs')
     assert not os.path.exists(tmp_path / 'cache' / 'blobs' / 'sha256' / big_layer.split(':')[1])
     assert files_below(str(tmp_path / 'cache' / 'partial')) == []
     assert unverified_cache_files(str(tmp_path / 'cache')) == []
+
+
+def test_only_failures_in_a_row_count_against_the_retries(tmp_path, proxy, sleeps, big_layer):
+    # Seven cuts, more than the five retries, but each after some progress: the download goes through.
+    proxy.cut(big_layer, after=32 * 1024, times=7)
+    pull(proxy, tmp_path, 'app:base')
+    requests = proxy.seen('GET', big_layer)
+    assert [seen.cut for seen in requests] == [True] * 7 + [False]
+    assert rootfs_tree(str(tmp_path / 'rootfs')) == BASE_TREE
 
 
 def test_a_layer_that_fails_before_its_turn_is_reported_by_name(tmp_path, proxy, big_layer):
