@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import typing as t
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Request:
     gid_map: IdMap = field(default_factory=IdMap)
     progress_cb: t.Optional[ProgressCallback] = field(default=None, repr=False)
     registry: RegistryOptions = field(default_factory=RegistryOptions)
+    device_nodes: bool = False
 
     def shaping_options(self) -> t.Dict[str, t.Any]:
         """Options that change the rootfs written, beyond the image itself.
@@ -51,6 +53,7 @@ class Request:
             'uid_map': self.uid_map.as_lists(),
             'gid_map': self.gid_map.as_lists(),
             'root_password': self.root_password is not None or self.root_password_hash is not None,
+            'device_nodes': self.device_nodes,
         }
 
     def validate(self) -> None:
@@ -113,12 +116,14 @@ def run(request: Request, check_mode: bool = False) -> Result:
             raise DestinationError('src is required when state is present')
         source = open_source(parse_source(request.src), request.registry)
     try:
+        if not check_mode and dest.has_debris():
+            with dest:
+                pass  # taking the lock clears what a killed run left (and puts back a parked rootfs)
         # Decide before locking: a run with nothing to do (or refused) leaves no bookkeeping behind.
         plan = decide(request, dest, source)
         if check_mode or plan.action == 'none':
-            if not check_mode and dest.has_debris():
-                with dest:
-                    pass  # taking the lock clears what a killed run left
+            if not check_mode:
+                Progress(request.progress_cb).done('Nothing to do: %s' % plan.reason)
             return _result(request, plan, source, stats=None)
         with dest:
             if dest.load_record() != plan.before:
@@ -155,7 +160,7 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
     after = StateRecord(
         source=request.src or '', digest=image.digest, format=request.format, options_hash=wanted_options,
         platform=str(image.platform) if image.platform else None, index_digest=image.index_digest,
-        layers=[layer.describe() for layer in image.layers])
+        layers=[layer.describe() for layer in image.layers], options=request.shaping_options())
     if before is not None and intact and before.same_result(after):
         return _unchanged(request, dest, before, image)
     refusal = dest.refusal(before, request.force)
@@ -196,7 +201,8 @@ def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[App
     build_dir = dest.new_build_dir()
     try:
         new_root = os.path.join(build_dir, 'rootfs')
-        stats = write_dir(plan.image, new_root, request.max_size, _id_mapper(request), progress)
+        stats = write_dir(plan.image, new_root, request.max_size, _id_mapper(request), progress,
+                          device_nodes=request.device_nodes)
         if _wants_password(request):
             progress.status('Setting the root password')
             _set_password(request, new_root)
@@ -204,12 +210,15 @@ def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[App
         dest.save_record(plan.after)
         dest.swap_in(new_root)
     except BaseException:
-        remove_tree(build_dir)
+        # Cleaning up must not hide why the build failed: a failing cleanup leaves debris for the next run.
+        with contextlib.suppress(OSError):
+            remove_tree(build_dir)
         # The record must not claim a build that never reached dest.
-        if plan.before is not None:
-            dest.save_record(plan.before)
-        elif os.path.exists(dest.record_path):
-            os.unlink(dest.record_path)
+        with contextlib.suppress(OSError):
+            if plan.before is not None:
+                dest.save_record(plan.before)
+            elif os.path.exists(dest.record_path):
+                os.unlink(dest.record_path)
         raise
     remove_tree(build_dir)
     progress.done('Extraction completed successfully!')
@@ -238,14 +247,14 @@ def bootstrap(uri: str, dest: str, fmt: str = 'dir', username: t.Optional[str] =
               gid_map: t.Optional[t.Sequence[t.Sequence[int]]] = None, not_secure: bool = False,
               no_cache: bool = False, progress_cb: t.Optional[ProgressCallback] = None,
               platform: t.Optional[str] = None, force: bool = False, auth_file: t.Optional[str] = None,
-              ca_path: t.Optional[str] = None, cache_dir: t.Optional[str] = None) -> Result:
+              ca_path: t.Optional[str] = None, cache_dir: t.Optional[str] = None, device_nodes: bool = False) -> Result:
     """The virt-bootstrap API: write the rootfs of `uri` into `dest`. Raises BootstrapError subclasses.
 
     The positional order is the original virt-bootstrap's; the options after progress_cb are ours.
     """
     request = Request(src=uri, dest=dest, format=fmt, platform=platform, force=force, root_password=root_password,
                       uid_map=parse_id_map(uid_map, 'uid_map'), gid_map=parse_id_map(gid_map, 'gid_map'),
-                      progress_cb=progress_cb,
+                      progress_cb=progress_cb, device_nodes=device_nodes,
                       registry=RegistryOptions(username=username, password=password, auth_file=auth_file,
                                                not_secure=not_secure, ca_path=ca_path, cache_dir=cache_dir,
                                                no_cache=no_cache))

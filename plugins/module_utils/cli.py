@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import logging
+import os
 import sys
 import traceback
 import typing as t
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description='Write the root filesystem of a container image into DEST for a libvirt LXC guest.')
     parser.add_argument('uri', metavar='URI', help='the source: /path/rootfs.tar[.xz], file:///path, '
-                        'docker-archive:/path.tar, oci:/layout[:tag], oci-archive:/path.tar[:tag]')
+                        'docker-archive:/path.tar, oci:/layout[:tag], oci-archive:/path.tar[:tag], '
+                        'docker://[registry/]image[:tag][@digest]')
     parser.add_argument('dest', metavar='DEST', help='the directory to write the rootfs into')
     parser.add_argument('-f', '--format', default='dir', choices=['dir'], help='output format (default: dir)')
     parser.add_argument('--root-password', metavar='PASSWORD',
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='map both owner and group ids (repeatable)')
     parser.add_argument('--platform', help='platform to pick from a multi-platform image, e.g. linux/arm64')
     parser.add_argument('--force', action='store_true', help='replace a non-empty DEST not made by virt-bootstrap')
+    parser.add_argument('--device-nodes', action='store_true', help='create the device nodes the image carries')
     parser.add_argument('--status-only', action='store_true', help='print status lines only, no progress bar')
     parser.add_argument('-d', '--debug', action='store_true', help='show debugging output and tracebacks')
     parser.add_argument('-q', '--quiet', action='store_true', help='only print errors')
@@ -95,7 +97,6 @@ class ProgressPrinter:
 
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format='%(message)s')
     try:
         password = args.password
         if args.username and password is None:
@@ -105,11 +106,13 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
         progress = None
         if not args.quiet:
             progress = ProgressPrinter(sys.stdout, show_bar=sys.stdout.isatty() and not args.status_only)
-        result = bootstrap(args.uri, args.dest, fmt=args.format, username=args.username, password=password,
+        # Relative paths are the caller's, as with the original tool; the engine wants absolute ones.
+        uri = os.path.abspath(args.uri) if '://' not in args.uri and ':' not in args.uri.split('/')[0] else args.uri
+        result = bootstrap(uri, os.path.abspath(args.dest), fmt=args.format, username=args.username, password=password,
                            root_password=read_root_password(args.root_password), uid_map=uid_map, gid_map=gid_map,
                            not_secure=args.not_secure, no_cache=args.no_cache, progress_cb=progress,
                            platform=args.platform, force=args.force, auth_file=args.auth_file,
-                           ca_path=args.ca_path, cache_dir=args.cache_dir)
+                           ca_path=args.ca_path, cache_dir=args.cache_dir, device_nodes=args.device_nodes)
     except KeyboardInterrupt:
         sys.stderr.write('\n%s: interrupted\n' % PROG)
         return 130

@@ -11,7 +11,7 @@ import lzma
 import typing as t
 import zlib
 
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import LayerError, SizeLimitExceeded
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import HostileLayer, LayerError, SizeLimitExceeded
 
 _MAGIC = (
     (b'\x1f\x8b', 'gzip'),
@@ -91,8 +91,10 @@ class ForwardSeeker:
     tarfile only ever seeks forward when members are read in order; a backward seek is a bug.
     """
 
-    def __init__(self, stream: t.Any, buffer_size: int = 1 << 20) -> None:
+    def __init__(self, stream: t.Any, buffer_size: int = 1 << 20, max_read: t.Optional[int] = None) -> None:
         self._stream = stream
+        # tarfile reads a long name or a PAX header in one read; a hostile one could fill the memory.
+        self._max_read = max_read
         self._buffer = b''
         self._buffer_offset = 0
         self._buffer_size = buffer_size
@@ -101,6 +103,9 @@ class ForwardSeeker:
         self.last_read = b''
 
     def read(self, size: int = -1) -> bytes:
+        if self._max_read is not None and (size is None or size < 0 or size > self._max_read):
+            raise HostileLayer('a tar header asks for %s bytes at once (a long name or PAX record); more than %d '
+                               'is no real archive' % ('all' if size is None or size < 0 else size, self._max_read))
         if size is None or size < 0:
             data = self._buffer[self._buffer_offset:] + self._stream.read()
             self._buffer, self._buffer_offset = b'', 0

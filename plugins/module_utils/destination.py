@@ -15,12 +15,18 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import stat
 import tempfile
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DestinationError
 from ansible_collections.virt.bootstrap.plugins.module_utils.layers import remove_tree
-from ansible_collections.virt.bootstrap.plugins.module_utils.state import StateRecord, load_record, save_record
+from ansible_collections.virt.bootstrap.plugins.module_utils.state import (
+    StateRecord,
+    load_record,
+    path_identity,
+    save_record,
+)
 
 _RENAME_EXCHANGE = 2
 _DEBRIS_PREFIXES = ('build-', 'old-')
@@ -52,8 +58,14 @@ class Destination:
         return os.path.isdir(self.path) and not os.path.islink(self.path) and not os.listdir(self.path)
 
     def refusal(self, record: t.Optional[StateRecord], force: bool) -> t.Optional[str]:
-        """Why dest must not be replaced, or None when we may."""
-        if not self.exists() or force or record is not None:
+        """Why dest must not be replaced, or None when we may.
+
+        A record makes dest ours only while dest is still the directory we put there: one made
+        again by someone else behind our back is theirs.
+        """
+        if not self.exists() or force:
+            return None
+        if record is not None and record.dest_identity == path_identity(self.path):
             return None
         if os.path.islink(self.path) or not os.path.isdir(self.path):
             return '%s exists and is not a directory; set force: true to replace it' % self.path
@@ -78,7 +90,7 @@ class Destination:
             try:
                 os.mkdir(self.meta_dir, 0o700)
             except FileExistsError:
-                pass
+                self._check_meta_dir()
             lock_path = os.path.join(self.meta_dir, 'lock')
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -107,9 +119,23 @@ class Destination:
         except FileNotFoundError:
             return False
 
+    def _check_meta_dir(self) -> None:
+        """Our bookkeeping must be a private directory of ours, not something planted beside dest."""
+        info = os.lstat(self.meta_dir)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            raise DestinationError('%s is not a private directory of uid %d; remove it (it holds only the state '
+                                   'of this module)' % (self.meta_dir, os.geteuid()))
+
     def _remove_debris(self) -> None:
-        """Builds left by a run that was killed: we hold the lock, so nobody is using them."""
-        for name in os.listdir(self.meta_dir):
+        """Builds left by a run that was killed: we hold the lock, so nobody is using them.
+
+        A run killed between the two renames of the fallback swap left the old rootfs parked and
+        dest missing: that one is put back, not removed.
+        """
+        for name in sorted(os.listdir(self.meta_dir)):
+            parked = os.path.join(self.meta_dir, name, 'old')
+            if name.startswith('old-') and os.path.isdir(parked) and not os.path.lexists(self.path):
+                os.rename(parked, self.path)
             if name.startswith(_DEBRIS_PREFIXES):
                 remove_tree(os.path.join(self.meta_dir, name))
 

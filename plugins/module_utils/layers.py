@@ -35,6 +35,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Layer, new_hasher, verify_digest
 
 CAPABILITY_XATTR = 'security.capability'
+_ALLOWED_XATTR_PREFIXES = ('user.',)
+_ALLOWED_XATTRS = frozenset((CAPABILITY_XATTR, 'system.posix_acl_access', 'system.posix_acl_default'))
 # struct vfs_ns_cap_data: le32 magic_etc (revision in the top byte), 2 x (permitted, inheritable), le32 rootid.
 _CAP_REVISION_2 = 0x02
 _CAP_REVISION_3 = 0x03
@@ -48,6 +50,9 @@ DEFAULT_MAX_SIZE = 64 << 30
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20
 _DIR_CACHE_LIMIT = 256
+# File data is read in _COPY_CHUNK pieces; only extended headers are read whole.
+MAX_HEADER_READ = 8 << 20
+_DISPLAY_LIMIT = 300
 # Far deeper than any real tree; keeps the recursive resolution, pruning and removal of directories
 # well inside Python's recursion limit.
 MAX_DEPTH = 256
@@ -59,17 +64,24 @@ IdMapper = t.Callable[[int, int], t.Tuple[int, int]]
 def split_entry_name(name: str) -> Parts:
     """Split a tar name into components, refusing any that could climb out of the root."""
     if name.startswith('/'):
-        raise HostileLayer('absolute path %r in layer' % name)
+        raise HostileLayer('absolute path %s in layer' % _shown(name))
     parts = tuple(part for part in name.split('/') if part not in ('', '.'))
     if '..' in parts:
-        raise HostileLayer('path %r climbs out with ".."' % name)
+        raise HostileLayer('path %s climbs out with ".."' % _shown(name))
     if len(parts) > MAX_DEPTH:
-        raise HostileLayer('path %r... is more than %d directories deep' % (name[:100], MAX_DEPTH))
+        raise HostileLayer('path %s is more than %d directories deep' % (_shown(name), MAX_DEPTH))
     return parts
 
 
+def _shown(name: str) -> str:
+    """A tar name for a message, quoted, and cut when a hostile one is huge."""
+    return repr(name if len(name) <= _DISPLAY_LIMIT else name[:_DISPLAY_LIMIT] + '...')
+
+
 def _display(parts: Parts) -> str:
-    return '/' + '/'.join(parts)
+    """A path for a message; hostile names can be huge, so long ones are cut."""
+    text = '/' + '/'.join(parts)
+    return text if len(text) <= _DISPLAY_LIMIT else text[:_DISPLAY_LIMIT] + '...'
 
 
 @dataclass
@@ -113,8 +125,11 @@ class RootfsBuilder:
     """Applies layers into `root` (a directory that must exist and be private to us)."""
 
     def __init__(self, root: str, max_size: int = DEFAULT_MAX_SIZE, id_mapper: t.Optional[IdMapper] = None,
-                 progress: t.Optional[t.Callable[[int], None]] = None) -> None:
+                 progress: t.Optional[t.Callable[[int], None]] = None, device_nodes: bool = False) -> None:
         self._root_fd = os.open(root, _DIR_FLAGS)
+        # Off by default: a device node with the image's mode (say a 0666 disk) is reachable by every
+        # host user who can reach the rootfs, and libvirt gives LXC guests a /dev of their own.
+        self._device_nodes = device_nodes
         self._dir_cache: t.Dict[Parts, int] = {}
         # The root gets 0755 unless a layer has an entry for it.
         self._dir_meta: t.Dict[Parts, _DirMeta] = {(): _DirMeta(0o755, None)}
@@ -187,7 +202,7 @@ class RootfsBuilder:
     # -- tar walking -----------------------------------------------------------------------------
 
     def _apply_tar(self, tar_stream: t.Any, raw: HashingReader) -> None:
-        seeker = ForwardSeeker(tar_stream)
+        seeker = ForwardSeeker(tar_stream, max_read=MAX_HEADER_READ)
         tar = tarfile.open(fileobj=seeker, mode='r:', encoding='utf-8', errors='surrogateescape')
         while True:
             member = tar.next()
@@ -198,7 +213,12 @@ class RootfsBuilder:
                 self._apply_member(tar, member)
             except (ValueError, OverflowError) as exc:
                 # Header values no system call takes: a NUL in a name, an owner or time out of range.
-                raise LayerError('entry %r cannot be written: %s' % (member.name, exc)) from exc
+                raise LayerError('entry %s cannot be written: %s' % (_shown(member.name), exc)) from exc
+            except OSError as exc:
+                if exc.filename is None:
+                    raise  # not about a path: the source or the disk failed, not this entry
+                # The system's message would repeat the name, which a hostile layer can make huge.
+                raise LayerError('entry %s cannot be written: %s' % (_shown(member.name), exc.strerror)) from exc
             if self.progress is not None:
                 self.progress(raw.bytes_read)
         # tarfile takes a damaged header for the end of the archive: the block it stopped at must be
@@ -234,6 +254,9 @@ class RootfsBuilder:
             self._replace(parent_fd, parts)
             os.mkfifo(name, 0o600, dir_fd=parent_fd)
         elif member.ischr() or member.isblk():
+            if not self._device_nodes:
+                self.stats.skip('device_node')
+                return
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
             self._replace(parent_fd, parts)
             try:
@@ -250,7 +273,7 @@ class RootfsBuilder:
 
     def _apply_root_entry(self, member: tarfile.TarInfo) -> None:
         if not member.isdir():
-            raise HostileLayer('the entry for the root itself (%r) is not a directory' % member.name)
+            raise HostileLayer('the entry for the root itself (%s) is not a directory' % _shown(member.name))
         self._set_owner(self._root_fd, None, member)
         self._set_xattrs(self._root_fd, None, member)
         self._dir_meta[()] = _DirMeta(member.mode, _mtime_ns(member))
@@ -279,6 +302,9 @@ class RootfsBuilder:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=parent_fd)
         try:
+            if member.issparse():
+                # The holes are written out as zeros, which the stream budget never sees.
+                self._budget.spend(member.size)
             source = tar.extractfile(member)
             if source is not None:
                 _copy_to_fd(source, fd)
@@ -355,6 +381,7 @@ class RootfsBuilder:
     def _prune_children(self, dir_fd: int, parts: Parts) -> None:
         for name in sorted(os.listdir(dir_fd)):
             self._prune(dir_fd, parts + (name,))
+            self._forget_dirs(below=parts + (name,))  # done with that subtree: keep the fd cache small
 
     # -- path resolution -------------------------------------------------------------------------
 
@@ -436,6 +463,9 @@ class RootfsBuilder:
 
     def _set_xattrs(self, fd: int, name: t.Optional[str], member: tarfile.TarInfo) -> None:
         for key, value in _xattrs_of(member):
+            if not xattr_allowed(key):
+                self.stats.skip('xattr_not_allowed')
+                continue
             if key == CAPABILITY_XATTR:
                 value = shift_capability_root(value, lambda uid: self._map_ids(uid, 0)[0])
             try:
@@ -481,6 +511,15 @@ def shift_capability_root(value: bytes, map_uid: t.Callable[[int], int]) -> byte
         root_uid = struct.unpack_from('<I', value, _CAP_V2_SIZE)[0]
         return value[:_CAP_V2_SIZE] + struct.pack('<I', map_uid(root_uid))
     return value
+
+
+def xattr_allowed(name: str) -> bool:
+    """Extended attributes an image may carry into the rootfs.
+
+    Others (trusted.*, security.selinux, security.ima, ...) would let an image label or sign files
+    for the host's security modules, or for an overlay filesystem that later reads this tree.
+    """
+    return name.startswith(_ALLOWED_XATTR_PREFIXES) or name in _ALLOWED_XATTRS
 
 
 def _xattrs_of(member: tarfile.TarInfo) -> t.Iterator[t.Tuple[str, bytes]]:

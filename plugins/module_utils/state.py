@@ -24,6 +24,8 @@ class StateRecord:
     platform: t.Optional[str] = None
     index_digest: t.Optional[str] = None
     layers: t.List[t.Dict[str, t.Any]] = field(default_factory=list)
+    # The options behind options_hash (never secrets: only whether a root password is set), for diffs.
+    options: t.Dict[str, t.Any] = field(default_factory=dict)
     # (st_dev, st_ino) of dest when we made it: a dest replaced behind our back is not intact.
     dest_identity: t.Optional[t.List[int]] = None
     version: int = RECORD_VERSION

@@ -132,6 +132,14 @@ options:
       - A file to append progress to, one JSON object per line with the keys C(status), C(value) (percent)
         and C(time), for watching a long run with C(tail -f).
     type: path
+  device_nodes:
+    description:
+      - Create the device nodes an image carries (where the kernel allows it).
+      - Off by default, and they are skipped and counted in RV(skipped). libvirt gives LXC guests a C(/dev) of
+        their own, and a device node with the image's mode (a world-writable disk, say) would be open to every
+        host user who can reach the rootfs.
+    type: bool
+    default: false
   max_size:
     description:
       - The most bytes the layers may expand to, all layers together (for example V(500M), V(20G)).
@@ -158,7 +166,7 @@ attributes:
 notes:
   - Run as root to keep the owners from the image. Run as another user, every file is owned by that user,
     file capabilities and device nodes are skipped, and the result carries a warning.
-  - Device nodes are created only where the kernel allows it; libvirt LXC guests get their own C(/dev) anyway.
+  - Device nodes are skipped unless O(device_nodes=true); libvirt LXC guests get their own C(/dev) anyway.
   - zstd-compressed layers need the Python package C(zstandard) on the managed host.
 requirements:
   - python >= 3.9
@@ -268,7 +276,10 @@ entries_skipped:
   type: int
   sample: 0
 skipped:
-  description: What was skipped, by reason (V(device_node), V(xattr)).
+  description:
+    - What was skipped, by reason. V(device_node) (see O(device_nodes)), V(xattr) (an extended attribute the
+      system refused, such as a file capability for a non-root caller), V(xattr_not_allowed) (an attribute
+      outside C(user.*), C(security.capability) and POSIX ACLs, which images may not set).
   returned: always
   type: dict
   sample: {device_node: 3}
@@ -332,11 +343,23 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.progress import Jso
 from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
 
 
+def _shorten(text: object, limit: int = 300) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
 def _diff(result: Result) -> dict:
     def describe(record) -> str:
         if record is None:
             return ''
-        return 'digest: %s\nsource: %s\nformat: %s\n' % (record.digest, record.source, record.format)
+        lines = ['digest: %s' % record.digest, 'source: %s' % record.source, 'format: %s' % record.format,
+                 'platform: %s' % (record.platform or '-')]
+        if record.index_digest:
+            lines.append('index_digest: %s' % record.index_digest)
+        for key in sorted(record.options):
+            if key != 'format':
+                lines.append('%s: %s' % (key, record.options[key]))
+        return '\n'.join(lines) + '\n'
     return {
         'before_header': '%s (recorded)' % result.dest,
         'after_header': '%s (%s)' % (result.dest, result.state),
@@ -367,6 +390,7 @@ def main() -> None:
             ca_path=dict(type='path'),
             cache_dir=dict(type='path'),
             no_cache=dict(type='bool', default=False),
+            device_nodes=dict(type='bool', default=False),
         ),
         required_together=[('username', 'password')],
         required_if=[('state', 'present', ['src'])],
@@ -384,7 +408,7 @@ def main() -> None:
                           platform=params['platform'], force=params['force'], max_size=max_size,
                           root_password=params['root_password'], root_password_hash=params['root_password_hash'],
                           uid_map=parse_id_map(params['uid_map'], 'uid_map'),
-                          gid_map=parse_id_map(params['gid_map'], 'gid_map'),
+                          gid_map=parse_id_map(params['gid_map'], 'gid_map'), device_nodes=params['device_nodes'],
                           registry=RegistryOptions(
                               username=params['username'], password=params['password'],
                               auth_file=params['auth_file'], not_secure=params['not_secure'],
@@ -396,7 +420,12 @@ def main() -> None:
     except BootstrapError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg='%s: %s' % (params['dest'], exc), exception=traceback.format_exc())
+        # str(exc) would repeat file names, which a hostile image can make huge.
+        where = ' (%s)' % _shorten(exc.filename) if exc.filename else ''
+        module.fail_json(msg='%s%s' % (exc.strerror or exc, where), exception=traceback.format_exc())
+    except Exception as exc:  # an error we did not foresee: report it rather than a bare module failure
+        module.fail_json(msg='unexpected error: %s: %s' % (type(exc).__name__, _shorten(str(exc))),
+                         exception=traceback.format_exc())
     finally:
         if progress_log is not None:
             progress_log.close()

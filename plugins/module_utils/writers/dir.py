@@ -14,11 +14,11 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.progress import Pro
 
 
 def write_dir(image: Image, root: str, max_size: int, id_mapper: t.Optional[IdMapper] = None,
-              progress: t.Optional[Progress] = None) -> ApplyStats:
+              progress: t.Optional[Progress] = None, device_nodes: bool = False) -> ApplyStats:
     """Build the rootfs of `image` in `root`, which must not exist yet (its parent is private)."""
     progress = progress or Progress(None)
     os.mkdir(root, 0o700)
-    with RootfsBuilder(root, max_size=max_size, id_mapper=id_mapper) as builder:
+    with RootfsBuilder(root, max_size=max_size, id_mapper=id_mapper, device_nodes=device_nodes) as builder:
         count = len(image.layers)
         progress.start_layers([layer.size for layer in image.layers])
         for index, layer in enumerate(image.layers):

@@ -77,6 +77,9 @@ class TarBuilder:
     def chardev(self, name: str, major: int, minor: int, mode: int = 0o666, **kwargs: t.Any) -> 'TarBuilder':
         return self.add(name, tarfile.CHRTYPE, mode=mode, devmajor=major, devminor=minor, **kwargs)
 
+    def blockdev(self, name: str, major: int, minor: int, mode: int = 0o660, **kwargs: t.Any) -> 'TarBuilder':
+        return self.add(name, tarfile.BLKTYPE, mode=mode, devmajor=major, devminor=minor, **kwargs)
+
     def whiteout(self, path: str) -> 'TarBuilder':
         """The marker that hides `path` of lower layers."""
         parent, separator, name = path.rpartition('/')
@@ -118,9 +121,9 @@ def blob_layer(blob: bytes, digest: t.Optional[str] = None, diff_id: t.Optional[
 
 
 def apply_layers(root: str, *blobs: bytes, max_size: t.Optional[int] = None,
-                 id_mapper: t.Optional[IdMapper] = None) -> ApplyStats:
+                 id_mapper: t.Optional[IdMapper] = None, device_nodes: bool = False) -> ApplyStats:
     """Apply each blob (its digest checked) as one layer, bottom first, then finish the tree."""
-    options: t.Dict[str, t.Any] = {'id_mapper': id_mapper}
+    options: t.Dict[str, t.Any] = {'id_mapper': id_mapper, 'device_nodes': device_nodes}
     if max_size is not None:
         options['max_size'] = max_size
     with RootfsBuilder(root, **options) as builder:

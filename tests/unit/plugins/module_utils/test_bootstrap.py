@@ -205,6 +205,20 @@ def test_dest_replaced_behind_our_back_is_rebuilt(site):
     assert rootfs_content(site.dest) == V1
 
 
+def test_dest_replaced_behind_our_back_with_content_is_not_ours_any_more(site):
+    # The record names the directory we made; one made again by someone else holds their data.
+    src = site.tarball(V1)
+    site.run(src)
+    os.rename(site.dest, str(site.outside / 'moved'))
+    os.mkdir(site.dest)
+    write_file(os.path.join(site.dest, 'precious'), b'keep me')
+    with pytest.raises(DestinationError, match='not empty and was not made by this module; set force: true'):
+        site.run(src)
+    assert rootfs_content(site.dest) == {'precious': b'keep me'}
+    assert site.run(src, force=True).changed
+    assert rootfs_content(site.dest) == V1
+
+
 def test_foreign_non_empty_dest_is_refused_without_force(site):
     src = site.tarball(V1)
     os.mkdir(site.dest)
@@ -408,6 +422,27 @@ def test_debris_of_a_killed_run_is_cleared_by_the_next_run(site):
     os.mkdir(os.path.join(site.meta, 'old-killed'))
     assert not site.run(src).changed
     site.assert_no_debris()
+
+
+def test_a_rootfs_parked_by_a_run_killed_mid_swap_is_put_back(site):
+    # Without RENAME_EXCHANGE the swap is two renames; a kill between them leaves dest missing and
+    # the old rootfs parked in old-*: the next run must restore it, never delete it as debris.
+    src = site.tarball(V1)
+    site.run(src)
+    os.mkdir(os.path.join(site.meta, 'old-killed'))
+    os.rename(site.dest, os.path.join(site.meta, 'old-killed', 'old'))
+    result = site.run(src)
+    assert not result.changed
+    assert rootfs_content(site.dest) == V1
+    site.assert_no_debris()
+
+
+def test_a_planted_bookkeeping_directory_is_refused(site):
+    src = site.tarball(V1)
+    os.symlink(str(site.outside), site.meta)
+    with pytest.raises(DestinationError, match='is not a private directory'):
+        site.run(src)
+    assert os.listdir(str(site.outside)) == []
 
 
 # -- state: absent -----------------------------------------------------------------------------------------------

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gzip
 import io
 import json
 import os
 import pathlib
+import resource
 import shutil
 import stat
+import subprocess
+import tarfile
 import tempfile
 import traceback
 import typing as t
@@ -20,7 +24,7 @@ import zlib
 
 import pytest
 
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DigestMismatch, LayerError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DigestMismatch, HostileLayer, LayerError, SizeLimitExceeded
 from ansible_collections.virt.bootstrap.plugins.module_utils.layers import RootfsBuilder, remove_tree
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import (
     CAPABILITY_V2,
@@ -339,7 +343,7 @@ def test_fifo_is_created(root: str) -> None:
 def test_char_device_is_created_as_root(root: str) -> None:
     if os.geteuid() != 0 or not _mknod_permitted(root):
         pytest.skip('creating device nodes is not permitted here')
-    stats = apply_layers(root, TarBuilder().dir('dev').chardev('dev/null', 1, 3, mode=0o666).tar())
+    stats = apply_layers(root, TarBuilder().dir('dev').chardev('dev/null', 1, 3, mode=0o666).tar(), device_nodes=True)
     info = os.lstat(os.path.join(root, 'dev/null'))
     assert stat.S_ISCHR(info.st_mode)
     assert (os.major(info.st_rdev), os.minor(info.st_rdev), stat.S_IMODE(info.st_mode)) == (1, 3, 0o666)
@@ -350,9 +354,65 @@ def test_device_node_is_skipped_and_counted_when_mknod_is_not_permitted(
         root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, 'mknod', _refuse)
     layer = TarBuilder().dir('dev').chardev('dev/null', 1, 3).chardev('dev/zero', 1, 5).file('dev/keep', b'k').tar()
+    stats = apply_layers(root, layer, device_nodes=True)
+    assert stats.skipped == {'device_node': 2}
+    assert listing(root) == ['dev/', 'dev/keep']
+
+
+def test_device_nodes_are_skipped_unless_asked_for(root: str) -> None:
+    # A 0666 disk node would give every host user who reaches the rootfs the raw disk.
+    layer = TarBuilder().dir('dev').blockdev('dev/sda', 8, 0, mode=0o666).chardev('dev/mem', 1, 1, mode=0o666) \
+        .file('dev/keep', b'k').tar()
     stats = apply_layers(root, layer)
     assert stats.skipped == {'device_node': 2}
     assert listing(root) == ['dev/', 'dev/keep']
+
+
+def test_sparse_files_count_at_their_full_size_against_max_size(root: str, tmp_path: pathlib.Path) -> None:
+    sparse = tmp_path / 'sparse'
+    with open(sparse, 'wb') as stream:
+        stream.truncate(64 << 20)
+        stream.write(b'x')
+    archive = tmp_path / 'sparse.tar'
+    subprocess.run(['tar', '--sparse', '--format=pax', '-C', str(tmp_path), '-cf', str(archive), 'sparse'], check=True)
+    blob = archive.read_bytes()
+    assert len(blob) < 1 << 20
+    with pytest.raises(SizeLimitExceeded):
+        apply_layers(root, blob, max_size=8 << 20)
+
+
+def test_a_huge_long_name_header_is_refused_before_it_is_read(root: str) -> None:
+    # GNU tar's long-name entry ('L'): tarfile would read its whole body into memory at once.
+    name = b'a' * (20 << 20)
+    header = tarfile.TarInfo('././@LongLink')
+    header.type = tarfile.GNUTYPE_LONGNAME
+    header.size = len(name) + 1
+    blob = header.tobuf(format=tarfile.GNU_FORMAT) + name + b'\0' * (512 - len(name) % 512) + b'\0' * 1024
+    with pytest.raises(HostileLayer, match='asks for .* bytes at once') as caught:
+        apply_layers(root, gzip.compress(blob))
+    assert len(str(caught.value)) < 400
+
+
+def test_extended_attributes_outside_the_allowed_namespaces_are_skipped(root: str) -> None:
+    pax = {'SCHILY.xattr.user.note': 'kept', 'SCHILY.xattr.trusted.overlay.opaque': 'y',
+           'SCHILY.xattr.security.selinux': 'system_u:object_r:shadow_t:s0'}
+    stats = apply_layers(root, TarBuilder().file('f', b'x', pax=pax).tar())
+    assert os.listxattr(os.path.join(root, 'f')) == ['user.note']
+    assert stats.skipped == {'xattr_not_allowed': 2}
+
+
+def test_a_wide_opaque_directory_does_not_run_out_of_file_descriptors(root: str) -> None:
+    lower = TarBuilder().dir('d')
+    for number in range(1500):
+        lower.dir('d/%d' % number).file('d/%d/f' % number, b'')
+    upper = TarBuilder().file('d/%d/new' % 7, b'n').opaque('d').tar()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    try:
+        apply_layers(root, lower.tar(), upper)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert listing(root) == ['d/', 'd/7/', 'd/7/new']
 
 
 # -- owners ----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tarfile
 import typing as t
 from unittest import mock
 
@@ -165,3 +166,26 @@ def test_progress_log_that_cannot_be_opened_fails_clearly(capsys, paths, tmp_pat
     assert code == 1
     assert result['msg'].startswith('cannot open progress_log %s' % log)
     assert not os.path.lexists(paths['dest'])
+
+
+def test_diff_shows_a_changed_uid_map(capsys, paths):
+    run_module(capsys, {'src': paths['src'], 'dest': paths['dest']})
+    args = {'src': paths['src'], 'dest': paths['dest'], 'uid_map': [[0, 100000, 65536]], '_ansible_diff': True}
+    _code, _output, result = run_module(capsys, args, check_mode=True)
+    assert result['changed'] is True
+    assert 'uid_map: []' in result['diff']['before']
+    assert 'uid_map: [[0, 100000, 65536]]' in result['diff']['after']
+    assert result['diff']['before'] != result['diff']['after']
+
+
+def test_device_nodes_are_skipped_unless_the_option_asks_for_them(capsys, tmp_path):
+    layer = TarBuilder().dir('.').dir('dev').add('dev/null', tarfile.CHRTYPE, mode=0o666, devmajor=1, devminor=3).tar()
+    src = str(tmp_path / 'dev.tar')
+    with open(src, 'wb') as stream:
+        stream.write(layer)
+    _code, _output, result = run_module(capsys, {'src': src, 'dest': str(tmp_path / 'guest')})
+    assert result['skipped'] == {'device_node': 1} and result['entries_skipped'] == 1
+    assert not os.path.lexists(str(tmp_path / 'guest' / 'dev' / 'null'))
+    _code, _output, result = run_module(capsys, {'src': src, 'dest': str(tmp_path / 'guest'), 'device_nodes': True})
+    assert result['changed'] is True
+    assert os.path.exists(str(tmp_path / 'guest' / 'dev' / 'null')) or result['skipped'] == {'device_node': 1}
