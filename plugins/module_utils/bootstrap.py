@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import typing as t
 from dataclasses import dataclass, field
@@ -114,7 +115,11 @@ def run(request: Request, check_mode: bool = False) -> Result:
     if request.state == 'present':
         if not request.src:
             raise DestinationError('src is required when state is present')
-        source = open_source(parse_source(request.src), request.registry)
+        registry = request.registry
+        if registry.max_download_size is None:
+            # Compressed layers bigger than max_size cannot expand to less: refuse before downloading.
+            registry = dataclasses.replace(registry, max_download_size=request.max_size)
+        source = open_source(parse_source(request.src), registry)
     try:
         if not check_mode and dest.has_debris():
             with dest:
@@ -123,7 +128,7 @@ def run(request: Request, check_mode: bool = False) -> Result:
         plan = decide(request, dest, source)
         if check_mode or plan.action == 'none':
             if not check_mode:
-                Progress(request.progress_cb).done('Nothing to do: %s' % plan.reason)
+                Progress(request.progress_cb).done('Nothing to do')
             return _result(request, plan, source, stats=None)
         with dest:
             if dest.load_record() != plan.before:

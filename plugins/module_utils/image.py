@@ -1,11 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The Image every source produces and every writer consumes, and digest helpers."""
+"""The Image every source produces and every writer consumes, digest helpers, and reading image metadata."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import typing as t
 from dataclasses import dataclass, field
@@ -22,6 +23,13 @@ MEDIA_TAR = 'application/x-tar'
 
 INDEX_MEDIA_TYPES = frozenset((MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST))
 MANIFEST_MEDIA_TYPES = frozenset((MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST))
+# Refused wherever they are met, with a hint to convert the image.
+SCHEMA1_MEDIA_TYPES = frozenset((
+    'application/vnd.docker.distribution.manifest.v1+json',
+    'application/vnd.docker.distribution.manifest.v1+prettyjws',
+))
+# Manifests, indexes and configs are small; a bigger one is not an image we should parse (containerd's limit).
+MAX_METADATA_SIZE = 4 << 20
 
 # Layer media types we can apply; anything else (foreign, encrypted) is refused by name.
 LAYER_MEDIA_TYPES = frozenset((
@@ -37,9 +45,14 @@ LAYER_MEDIA_TYPES = frozenset((
 _DIGEST_RE = re.compile(r'^sha256:[0-9a-f]{64}$|^sha512:[0-9a-f]{128}$')
 
 
+def is_digest(value: t.Any) -> bool:
+    """Whether `value` is a sha256 or sha512 digest, the only kinds we can verify."""
+    return isinstance(value, str) and _DIGEST_RE.match(value) is not None
+
+
 def parse_digest(digest: str) -> t.Tuple[str, str]:
     """Split 'algo:hex' after checking it is a digest we can verify."""
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+    if not is_digest(digest):
         raise SourceError('not a valid sha256/sha512 digest: %r' % (digest,))
     algorithm, hexdigest = digest.split(':', 1)
     return algorithm, hexdigest
@@ -102,3 +115,63 @@ class Image:
     config: t.Dict[str, t.Any] = field(default_factory=dict)
     platform: t.Optional[Platform] = None
     index_digest: t.Optional[str] = None
+
+
+# -- reading image metadata ----------------------------------------------------------------------------------------
+# Manifests, indexes and configs come from archives and registries we do not control: every shape is
+# checked here, so a malformed one is a SourceError that says what is wrong, never a traceback.
+
+
+class Descriptor(t.NamedTuple):
+    """What an OCI descriptor (or a Docker one) says of the content it points to."""
+    digest: str
+    size: int
+    media_type: str
+    platform: t.Optional[Platform]
+
+
+def parse_json_object(data: bytes, what: str) -> t.Dict[str, t.Any]:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise SourceError('%s is not valid JSON: %s' % (what, exc))
+    if not isinstance(value, dict):
+        raise SourceError('%s is not a JSON object' % what)
+    return value
+
+
+def descriptor(value: t.Any, what: str) -> Descriptor:
+    """Check a descriptor: a digest we can verify, a size (the OCI spec requires one), a media type."""
+    if not isinstance(value, dict):
+        raise SourceError('%s is not a descriptor (a JSON object)' % what)
+    digest = value.get('digest')
+    if digest is None:
+        raise SourceError('%s has no digest' % what)
+    if not is_digest(digest):
+        raise SourceError('%s has digest %r, not a valid sha256/sha512 digest' % (what, digest))
+    size = value.get('size')
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise SourceError('%s (%s) has %s, not a size in bytes' % (
+            what, digest, 'no size' if size is None else 'size %r' % (size,)))
+    media_type = value.get('mediaType', '')
+    if not isinstance(media_type, str):
+        raise SourceError('%s (%s) has media type %r, not a string' % (what, digest, media_type))
+    platform = value.get('platform')
+    if platform is not None and not isinstance(platform, dict):
+        raise SourceError('%s (%s) has platform %r, not an object' % (what, digest, platform))
+    return Descriptor(digest, size, media_type, platform_from_json(platform, '%s (%s) platform' % (what, digest)))
+
+
+def platform_from_json(data: t.Optional[t.Mapping[str, t.Any]], what: str) -> t.Optional[Platform]:
+    """The platform an image config (or a descriptor's platform object) names, if it names one."""
+    if not data:
+        return None
+    fields = {}
+    for key in ('os', 'architecture', 'variant'):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise SourceError('%s has %s %r, not a string' % (what, key, value))
+        fields[key] = value or ''
+    if not fields['architecture']:
+        return None
+    return Platform(fields['os'] or 'linux', fields['architecture'], fields['variant'])

@@ -42,12 +42,6 @@ def host_platform() -> Platform:
     return Platform('linux', arch, variant)
 
 
-def platform_from_json(data: t.Optional[t.Mapping[str, t.Any]]) -> t.Optional[Platform]:
-    if not data or not data.get('architecture'):
-        return None
-    return Platform(str(data.get('os') or 'linux'), str(data['architecture']), str(data.get('variant') or ''))
-
-
 def _variant(platform: Platform) -> str:
     return platform.variant or _DEFAULT_VARIANTS.get(platform.architecture, '')
 
@@ -73,3 +67,9 @@ def choose(candidates: t.Sequence[t.Tuple[t.Optional[Platform], T]], wanted: Pla
         return matching[0][1]
     available = ', '.join(sorted(str(candidate) for candidate, _item in candidates if candidate)) or 'none'
     raise PlatformError('%s has no image for platform %s; available: %s' % (where, wanted, available))
+
+
+def require_match(actual: t.Optional[Platform], wanted: t.Optional[Platform], where: str) -> None:
+    """An explicitly wanted platform must be the image's own, when the image says what its own is."""
+    if wanted is not None and actual is not None and not matches(actual, wanted):
+        raise PlatformError('%s has no image for platform %s; available: %s' % (where, wanted, actual))

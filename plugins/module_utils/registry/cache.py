@@ -202,7 +202,6 @@ class BlobFetcher:
         self._executor: t.Optional[ThreadPoolExecutor] = None
         self._transfers: t.Dict[str, t.Tuple[_Transfer, Future]] = {}
         self._cancelled = threading.Event()
-        self.downloaded_bytes = 0
 
     def prefetch(self, blobs: t.Sequence[t.Tuple[str, t.Optional[int]]]) -> None:
         """Start downloading what the cache lacks, in this order."""
@@ -239,7 +238,6 @@ class BlobFetcher:
                     transfer.advance(len(chunk))
 
                 self._download(digest, write, 0, self._cancelled.is_set)
-                self.downloaded_bytes += transfer.written
                 verify_digest(hasher, digest, 'downloaded blob')
             # Readers keep their open handle on the renamed file.
             with transfer.condition:

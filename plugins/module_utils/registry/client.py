@@ -20,19 +20,17 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import Boots
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
+    MAX_METADATA_SIZE,
+    SCHEMA1_MEDIA_TYPES,
     new_hasher,
+    parse_json_object,
     sha256_digest,
     verify_digest,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth import AuthError, Credentials, parse_challenge
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import ImageReference
 
-SCHEMA1_MEDIA_TYPES = frozenset((
-    'application/vnd.docker.distribution.manifest.v1+json',
-    'application/vnd.docker.distribution.manifest.v1+prettyjws',
-))
 MANIFEST_ACCEPT = ', '.join(sorted(INDEX_MEDIA_TYPES | MANIFEST_MEDIA_TYPES))
-MAX_MANIFEST_SIZE = 4 << 20
 USER_AGENT = 'virt.bootstrap'
 _RETRY_STATUS = frozenset((408, 429, 500, 502, 503, 504))
 _TRANSIENT_ERRORS = (ConnectionError, socket.timeout, http.client.IncompleteRead, http.client.RemoteDisconnected,
@@ -88,16 +86,15 @@ class RegistryClient:
 
     def get_manifest(self, reference: str) -> t.Tuple[bytes, str, str]:
         """(body, media type, digest) of a manifest or index, by tag or digest."""
-        body, headers = self._get_whole('manifests/%s' % reference, {'Accept': MANIFEST_ACCEPT}, MAX_MANIFEST_SIZE)
+        body, headers = self._get_whole('manifests/%s' % reference, {'Accept': MANIFEST_ACCEPT}, MAX_METADATA_SIZE)
         header_type = (headers.get('Content-Type') or '').split(';')[0].strip()
         served_digest = headers.get('Docker-Content-Digest')
-        if len(body) > MAX_MANIFEST_SIZE:
-            raise RegistryError('%s: the manifest for %s is larger than %d bytes' % (self.host, reference,
-                                                                                     MAX_MANIFEST_SIZE))
-        try:
-            media_type = json.loads(body).get('mediaType') or header_type
-        except (ValueError, AttributeError):
-            raise RegistryError('%s: the manifest for %s is not JSON' % (self.host, reference))
+        what = '%s: the manifest for %s' % (self.host, reference)
+        if len(body) > MAX_METADATA_SIZE:
+            raise RegistryError('%s is larger than %d bytes' % (what, MAX_METADATA_SIZE))
+        media_type = parse_json_object(body, what).get('mediaType') or header_type
+        if not isinstance(media_type, str):
+            raise RegistryError('%s has media type %r, not a string' % (what, media_type))
         if media_type in SCHEMA1_MEDIA_TYPES or header_type in SCHEMA1_MEDIA_TYPES:
             raise RegistryError('%s serves %s as a Docker schema 1 manifest, which is not supported; push it again '
                                 'with a current tool (skopeo copy --format v2s2)' % (self.host, reference))
@@ -110,7 +107,7 @@ class RegistryClient:
                                 % (self.host, reference, digest, served_digest))
         return body, media_type, digest
 
-    def get_small_blob(self, digest: str, limit: int = MAX_MANIFEST_SIZE) -> bytes:
+    def get_small_blob(self, digest: str, limit: int = MAX_METADATA_SIZE) -> bytes:
         """A config blob, read whole and verified."""
         body = self._get_whole('blobs/%s' % digest, {}, limit)[0]
         if len(body) > limit:
@@ -266,8 +263,15 @@ class RegistryClient:
             query['service'] = params['service']
         realm = params['realm']
         url = realm + ('&' if '?' in realm else '?') + urllib.parse.urlencode(query)
-        if urllib.parse.urlsplit(url).scheme not in ('https', 'http'):
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ('https', 'http'):
             raise RegistryError('%s names a token service that is not http(s)' % self.host)
+        # Credentials go in the clear only where the user accepted plain HTTP (not_secure), or where the
+        # registry itself is spoken to in the clear anyway.
+        if parsed.scheme == 'http' and self._credentials is not None and not (self._not_secure or self._scheme == 'http'):
+            raise RegistryError('%s names a token service over plain HTTP (http://%s): the credentials from %s are '
+                                'not sent unencrypted; set not_secure: true to allow it'
+                                % (self.host, parsed.netloc.rpartition('@')[2], self._credentials.origin))
         authorization = 'Basic ' + _basic_token(self._credentials) if self._credentials is not None else None
         try:
             with self._send('GET', url, {}, authorization) as response:

@@ -10,6 +10,7 @@ import typing as t
 from dataclasses import dataclass
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils.image import is_digest
 
 DEFAULT_REGISTRY = 'docker.io'
 # Where docker.io's API really lives.
@@ -17,7 +18,8 @@ DOCKER_HUB_API_HOST = 'registry-1.docker.io'
 
 _COMPONENT_RE = re.compile(r'^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$')
 _TAG_RE = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$')
-_DIGEST_RE = re.compile(r'^sha256:[0-9a-f]{64}$|^sha512:[0-9a-f]{128}$')
+# What a digest someone got wrong looks like (algorithm:hex), as opposed to USER[:PASSWORD]@HOST.
+_DIGEST_LIKE_RE = re.compile(r'^[A-Za-z0-9]+:[0-9A-Fa-f]+$')
 _HOST_RE = re.compile(r'^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*'
                       r'|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?$')
 
@@ -56,12 +58,14 @@ def parse_reference(text: str) -> ImageReference:
     digest = None
     if '@' in text:
         text, digest = text.split('@', 1)
-        if '/' not in text and '/' in digest:
-            # user:password@registry/image, as in a URL: never repeat it, it may hold a secret.
-            raise SourceError('docker:// references cannot hold credentials (USER[:PASSWORD]@REGISTRY); give '
-                              'them with username and password, or in an auth file')
-        if not _DIGEST_RE.match(digest):
-            raise SourceError('image reference %r has a malformed digest %r' % (original, digest))
+        if not is_digest(digest):
+            if not _DIGEST_LIKE_RE.match(digest):
+                # Most likely USER[:PASSWORD]@REGISTRY, as in a URL: repeat none of it, it may hold a secret.
+                raise SourceError("what follows '@' in a docker:// reference must be a digest (sha256:...); "
+                                  'credentials (USER[:PASSWORD]@REGISTRY) cannot be part of it: give them with '
+                                  'username and password, or in an auth file')
+            raise SourceError('image reference has a malformed digest %r (sha256: and 64 lower-case hex digits, '
+                              'or sha512: and 128)' % digest)
     tag = None
     slash = text.rfind('/')
     colon = text.rfind(':')

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 import typing as t
 import urllib.parse
 from dataclasses import dataclass
@@ -16,6 +17,10 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image,
 LOCAL_ARCHIVE_SCHEMES = ('docker-archive', 'oci', 'oci-archive')
 SUPPORTED_FORMS = '/abs/path/rootfs.tar[.gz|.xz|.bz2|.zst], file:///abs/path, ' + ', '.join(
     '%s:/path[:ref]' % scheme for scheme in LOCAL_ARCHIVE_SCHEMES) + ', docker://[registry[:port]/]image[:tag][@digest]'
+# USER[:PASSWORD]@ after scheme://, up to the last '@' (a password typed by hand may hold '/' or '@'
+# unescaped); and after a bare scheme: (user:password@host/...), up to the last '@' before a '/'.
+_URL_USERINFO_RE = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*://)(?!/).*@', re.DOTALL)
+_BARE_USERINFO_RE = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*:)(?!//)[^/]*@')
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,11 @@ class Source(t.Protocol):
         ...
 
 
+def without_userinfo(uri: str) -> str:
+    """`uri` as it may be shown in a message: without any USER[:PASSWORD]@ in front of a host."""
+    return _BARE_USERINFO_RE.sub(r'\1', _URL_USERINFO_RE.sub(r'\1', uri))
+
+
 def parse_source(uri: str) -> SourceRef:
     """Parse a source URI without touching the filesystem."""
     if not uri:
@@ -50,24 +60,29 @@ def parse_source(uri: str) -> SourceRef:
     scheme, sep, rest = uri.partition(':')
     if not sep:
         raise SourceError('source %r is neither an absolute path nor a URI; supported: %s' % (uri, SUPPORTED_FORMS))
+    shown = without_userinfo(uri)
     if scheme == 'file':
         parsed = urllib.parse.urlsplit(uri)
         if parsed.netloc not in ('', 'localhost'):
-            raise SourceError('file URI %r names host %r; only local files are supported' % (uri, parsed.netloc))
+            raise SourceError('file URI %r names host %r; only local files are supported'
+                              % (shown, parsed.netloc.rpartition('@')[2]))
         path = urllib.parse.unquote(parsed.path)
         if not path.startswith('/'):
-            raise SourceError('file URI %r must hold an absolute path (file:///path)' % uri)
+            raise SourceError('file URI %r must hold an absolute path (file:///path)' % shown)
         return SourceRef('file', os.path.normpath(path))
     if scheme in LOCAL_ARCHIVE_SCHEMES:
         # As in skopeo: the path ends at the first ':'; what follows is the reference.
         path, _sep, reference = rest.partition(':')
         if not path.startswith('/'):
-            raise SourceError('%s source %r needs an absolute path' % (scheme, uri))
+            raise SourceError('%s source %r needs an absolute path' % (scheme, shown))
+        if path.startswith('//') and not path.startswith('///'):
+            raise SourceError('%s source %r names a host; only local paths are supported (%s:/path)'
+                              % (scheme, shown, scheme))
         return SourceRef(scheme, os.path.normpath(path), reference)
     if scheme == 'docker':
         from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
         return SourceRef('docker', '', str(parse_reference(rest)))
-    raise SourceError('unsupported source %r (scheme %r); supported: %s' % (uri, scheme, SUPPORTED_FORMS))
+    raise SourceError('unsupported source %r (scheme %r); supported: %s' % (shown, scheme, SUPPORTED_FORMS))
 
 
 def open_source(ref: SourceRef, registry_options: t.Any = None) -> Source:

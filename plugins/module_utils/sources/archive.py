@@ -11,24 +11,29 @@ import tarfile
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import PlatformError, SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     INDEX_MEDIA_TYPES,
     LAYER_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
+    MAX_METADATA_SIZE,
     MEDIA_TAR,
+    SCHEMA1_MEDIA_TYPES,
+    Descriptor,
     Image,
     Layer,
     Platform,
+    descriptor,
+    is_digest,
     new_hasher,
     parse_digest,
+    parse_json_object,
+    platform_from_json,
     sha256_digest,
     verify_digest,
 )
 
 REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
-# Manifests, indexes and configs are small; a bigger one is not an image we should parse.
-MAX_METADATA_SIZE = 8 << 20
 
 
 class Blobs(t.Protocol):
@@ -136,25 +141,19 @@ def _read_limited(stream: t.BinaryIO, what: str) -> bytes:
     return data
 
 
-def _parse_json(data: bytes, what: str) -> t.Dict[str, t.Any]:
-    try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise SourceError('%s is not valid JSON: %s' % (what, exc))
-    if not isinstance(value, dict):
-        raise SourceError('%s is not a JSON object' % what)
-    return value
-
-
 def _blob_name(digest: str) -> str:
     algorithm, hexdigest = parse_digest(digest)
     return 'blobs/%s/%s' % (algorithm, hexdigest)
 
 
 class _Candidate(t.NamedTuple):
-    descriptor: t.Dict[str, t.Any]
-    platform: t.Optional[Platform]
+    descriptor: Descriptor
     index_digest: t.Optional[str]
+
+
+class _Manifest(t.NamedTuple):
+    config: Descriptor
+    layers: t.List[Descriptor]
 
 
 class OciLayout:
@@ -169,24 +168,24 @@ class OciLayout:
         self._blobs.close()
 
     def resolve(self, wanted: t.Optional[Platform]) -> Image:
-        layout = _parse_json(self._blobs.read_file('oci-layout'), '%s: oci-layout' % self._location)
+        layout = parse_json_object(self._blobs.read_file('oci-layout'), '%s: oci-layout' % self._location)
         if 'imageLayoutVersion' not in layout:
             raise SourceError('%s is not an OCI image layout (oci-layout has no imageLayoutVersion)' % self._location)
-        index = _parse_json(self._blobs.read_file('index.json'), '%s: index.json' % self._location)
-        entries = self._select_entries(_descriptors(index, '%s: index.json' % self._location))
+        what = '%s: index.json' % self._location
+        index = parse_json_object(self._blobs.read_file('index.json'), what)
         candidates: t.List[_Candidate] = []
-        for entry in entries:
-            candidates.extend(self._expand(entry, None))
+        for number, entry in self._select_entries(_manifest_list(index, what)):
+            candidates.extend(self._expand(descriptor(entry, '%s manifests[%d]' % (what, number)), None))
         if not candidates:
             raise SourceError('%s holds no image manifest' % self._location)
         chosen = self._choose(candidates, wanted)
         return self._load_image(chosen, wanted)
 
-    def _select_entries(self, entries: t.List[t.Dict[str, t.Any]]) -> t.List[t.Dict[str, t.Any]]:
-        names = [_ref_name(entry) for entry in entries]
-        tags = sorted(set(name for name in names if name))
+    def _select_entries(self, entries: t.List[t.Dict[str, t.Any]]) -> t.List[t.Tuple[int, t.Dict[str, t.Any]]]:
+        numbered = [(number, entry, _ref_name(entry)) for number, entry in enumerate(entries)]
+        tags = sorted(set(name for _number, _entry, name in numbered if name))
         if self._reference:
-            selected = [entry for entry, name in zip(entries, names) if name == self._reference]
+            selected = [(number, entry) for number, entry, name in numbered if name == self._reference]
             if not selected:
                 raise SourceError('%s has no image tagged %r; tags: %s'
                                   % (self._location, self._reference, ', '.join(tags) or 'none'))
@@ -194,21 +193,20 @@ class OciLayout:
         if len(tags) > 1:
             raise SourceError('%s holds several images (%s); name one as %s:TAG'
                               % (self._location, ', '.join(tags), self._location))
-        return entries
+        return [(number, entry) for number, entry, _name in numbered]
 
-    def _expand(self, descriptor: t.Dict[str, t.Any], index_digest: t.Optional[str]) -> t.List[_Candidate]:
-        media_type = descriptor.get('mediaType')
-        if media_type in INDEX_MEDIA_TYPES:
-            nested = self._read_json_blob(descriptor)
-            nested_digest = descriptor['digest']
+    def _expand(self, found: Descriptor, index_digest: t.Optional[str]) -> t.List[_Candidate]:
+        if found.media_type in INDEX_MEDIA_TYPES:
+            what = '%s: index %s' % (self._location, found.digest)
+            nested = self._read_json_blob(found)
             result: t.List[_Candidate] = []
-            for child in _descriptors(nested, 'index %s' % nested_digest):
-                result.extend(self._expand(child, index_digest or nested_digest))
+            for number, child in enumerate(_manifest_list(nested, what)):
+                result.extend(self._expand(descriptor(child, '%s manifests[%d]' % (what, number)),
+                                           index_digest or found.digest))
             return result
-        if media_type in MANIFEST_MEDIA_TYPES:
-            return [_Candidate(descriptor, platforms.platform_from_json(descriptor.get('platform')), index_digest)]
-        if media_type == 'application/vnd.docker.distribution.manifest.v1+json' or \
-                media_type == 'application/vnd.docker.distribution.manifest.v1+prettyjws':
+        if found.media_type in MANIFEST_MEDIA_TYPES:
+            return [_Candidate(found, index_digest)]
+        if found.media_type in SCHEMA1_MEDIA_TYPES:
             raise SourceError('%s: Docker schema 1 manifests are not supported; convert the image with '
                               'skopeo copy --format v2s2' % self._location)
         return []  # artifacts, signatures, attestations: not images
@@ -217,67 +215,74 @@ class OciLayout:
         if len(candidates) == 1:
             return candidates[0]
         target = wanted or platforms.host_platform()
-        pairs = [(candidate.platform or self._config_platform(candidate), candidate) for candidate in candidates]
+        pairs = [(candidate.descriptor.platform or self._config_platform(candidate), candidate)
+                 for candidate in candidates]
         return platforms.choose(pairs, target, self._location)
 
     def _config_platform(self, candidate: _Candidate) -> t.Optional[Platform]:
-        manifest = self._read_json_blob(candidate.descriptor)
-        config = self._read_json_blob(manifest.get('config') or {})
-        return platforms.platform_from_json(config)
+        config = self._read_json_blob(self._read_manifest(candidate.descriptor).config)
+        return platform_from_json(config, '%s: config %s' % (self._location, candidate.descriptor.digest))
+
+    def _read_manifest(self, found: Descriptor) -> _Manifest:
+        manifest = self._read_json_blob(found)
+        what = '%s: manifest %s' % (self._location, found.digest)
+        if manifest.get('schemaVersion') != 2 or not isinstance(manifest.get('layers'), list):
+            raise SourceError('%s is not a schema 2 image manifest' % what)
+        if 'config' not in manifest:
+            raise SourceError('%s has no config' % what)
+        return _Manifest(descriptor(manifest['config'], '%s config' % what),
+                         [descriptor(layer, '%s layers[%d]' % (what, number))
+                          for number, layer in enumerate(manifest['layers'])])
 
     def _load_image(self, chosen: _Candidate, wanted: t.Optional[Platform]) -> Image:
-        manifest_digest = chosen.descriptor['digest']
-        manifest = self._read_json_blob(chosen.descriptor)
-        if manifest.get('schemaVersion') != 2 or not isinstance(manifest.get('layers'), list):
-            raise SourceError('%s: manifest %s is not a schema 2 image manifest' % (self._location, manifest_digest))
-        config_descriptor = manifest.get('config')
-        if not isinstance(config_descriptor, dict):
-            raise SourceError('%s: manifest %s has no config' % (self._location, manifest_digest))
-        config = self._read_json_blob(config_descriptor)
-        image_platform = platforms.platform_from_json(config) or chosen.platform
-        _check_wanted(wanted, image_platform, self._location)
-        layers = [self._layer(descriptor) for descriptor in manifest['layers']]
-        return Image(digest=manifest_digest, layers=layers, config=config, platform=image_platform,
+        manifest = self._read_manifest(chosen.descriptor)
+        config = self._read_json_blob(manifest.config)
+        image_platform = platform_from_json(config, '%s: config %s' % (self._location, manifest.config.digest)) \
+            or chosen.descriptor.platform
+        platforms.require_match(image_platform, wanted, self._location)
+        layers = [self._layer(layer) for layer in manifest.layers]
+        return Image(digest=chosen.descriptor.digest, layers=layers, config=config, platform=image_platform,
                      index_digest=chosen.index_digest)
 
-    def _layer(self, descriptor: t.Dict[str, t.Any]) -> Layer:
-        media_type = descriptor.get('mediaType', '')
-        if media_type not in LAYER_MEDIA_TYPES:
+    def _layer(self, found: Descriptor) -> Layer:
+        if found.media_type not in LAYER_MEDIA_TYPES:
             raise SourceError('%s: layer %s has media type %r, which cannot be applied (foreign, '
                               'non-distributable or encrypted layers are not supported)'
-                              % (self._location, descriptor.get('digest'), media_type))
-        digest = descriptor.get('digest', '')
-        name = _blob_name(digest)
-        return Layer(open_blob=lambda: self._blobs.open_file(name), digest=digest,
-                     size=descriptor.get('size'), media_type=media_type)
+                              % (self._location, found.digest, found.media_type))
+        name = _blob_name(found.digest)
+        return Layer(open_blob=lambda: self._blobs.open_file(name), digest=found.digest, size=found.size,
+                     media_type=found.media_type)
 
-    def _read_json_blob(self, descriptor: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
-        digest = descriptor.get('digest')
-        if not isinstance(digest, str):
-            raise SourceError('%s: a descriptor has no digest' % self._location)
-        data = self._blobs.read_file(_blob_name(digest))
-        hasher = new_hasher(digest)
+    def _read_json_blob(self, found: Descriptor) -> t.Dict[str, t.Any]:
+        data = self._blobs.read_file(_blob_name(found.digest))
+        hasher = new_hasher(found.digest)
         hasher.update(data)
-        verify_digest(hasher, digest, '%s: blob' % self._location)
-        return _parse_json(data, '%s: blob %s' % (self._location, digest))
+        verify_digest(hasher, found.digest, '%s: blob' % self._location)
+        return parse_json_object(data, '%s: blob %s' % (self._location, found.digest))
 
 
-def _ref_name(descriptor: t.Dict[str, t.Any]) -> t.Optional[str]:
-    annotations = descriptor.get('annotations')
+def _ref_name(entry: t.Dict[str, t.Any]) -> t.Optional[str]:
+    annotations = entry.get('annotations')
     name = annotations.get(REF_NAME_ANNOTATION) if isinstance(annotations, dict) else None
     return name if isinstance(name, str) else None
 
 
-def _descriptors(index: t.Dict[str, t.Any], what: str) -> t.List[t.Dict[str, t.Any]]:
+def _manifest_list(index: t.Dict[str, t.Any], what: str) -> t.List[t.Dict[str, t.Any]]:
+    """The entries of an index; each must be an object (descriptor() checks the rest)."""
     manifests = index.get('manifests')
-    if not isinstance(manifests, list) or not all(isinstance(entry, dict) for entry in manifests):
+    if not isinstance(manifests, list):
         raise SourceError('%s has no list of manifests' % what)
+    for number, entry in enumerate(manifests):
+        if not isinstance(entry, dict):
+            raise SourceError('%s manifests[%d] is not a descriptor (a JSON object)' % (what, number))
     return manifests
 
 
-def _check_wanted(wanted: t.Optional[Platform], actual: t.Optional[Platform], location: str) -> None:
-    if wanted is not None and actual is not None and not platforms.matches(actual, wanted):
-        raise PlatformError('%s has no image for platform %s; available: %s' % (location, wanted, actual))
+class _ArchiveEntry(t.NamedTuple):
+    """One image of a docker-archive's manifest.json."""
+    config: str
+    repo_tags: t.List[str]
+    layers: t.List[str]
 
 
 class DockerArchive:
@@ -302,22 +307,33 @@ class DockerArchive:
             raise SourceError('%s: manifest.json is not valid JSON: %s' % (self._path, exc))
         if not isinstance(manifest, list) or not manifest:
             raise SourceError('%s: manifest.json does not list any image' % self._path)
-        entry = self._select(manifest)
-        config_bytes = self._blobs.read_file(entry['Config'])
-        config = _parse_json(config_bytes, '%s: %s' % (self._path, entry['Config']))
-        diff_ids = (config.get('rootfs') or {}).get('diff_ids') or []
-        layer_paths = entry.get('Layers') or []
-        if len(diff_ids) != len(layer_paths):
+        entry = self._select([self._entry(value, number) for number, value in enumerate(manifest)])
+        config_bytes = self._blobs.read_file(entry.config)
+        what = '%s: config %s' % (self._path, entry.config)
+        config = parse_json_object(config_bytes, what)
+        diff_ids = _diff_ids(config, what)
+        if len(diff_ids) != len(entry.layers):
             raise SourceError('%s: the image lists %d layers but its config names %d'
-                              % (self._path, len(layer_paths), len(diff_ids)))
-        image_platform = platforms.platform_from_json(config)
-        _check_wanted(wanted, image_platform, self._path)
-        layers = [self._layer(layer_path, diff_id) for layer_path, diff_id in zip(layer_paths, diff_ids)]
+                              % (self._path, len(entry.layers), len(diff_ids)))
+        image_platform = platform_from_json(config, what)
+        platforms.require_match(image_platform, wanted, self._path)
+        layers = [self._layer(layer_path, diff_id) for layer_path, diff_id in zip(entry.layers, diff_ids)]
         # The config digest is the image ID: it names layers and config exactly.
         return Image(digest=sha256_digest(config_bytes), layers=layers, config=config, platform=image_platform)
 
-    def _select(self, manifest: t.List[t.Any]) -> t.Dict[str, t.Any]:
-        entries = [entry for entry in manifest if isinstance(entry, dict) and 'Config' in entry]
+    def _entry(self, value: t.Any, number: int) -> _ArchiveEntry:
+        what = '%s: manifest.json image @%d' % (self._path, number)
+        if not isinstance(value, dict):
+            raise SourceError('%s is not a JSON object' % what)
+        config, repo_tags, layers = value.get('Config'), value.get('RepoTags') or [], value.get('Layers') or []
+        if not isinstance(config, str) or not config:
+            raise SourceError('%s has Config %r, not the path of its config' % (what, config))
+        for key, names in (('RepoTags', repo_tags), ('Layers', layers)):
+            if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+                raise SourceError('%s has %s %r, not a list of strings' % (what, key, names))
+        return _ArchiveEntry(config, repo_tags, layers)
+
+    def _select(self, entries: t.List[_ArchiveEntry]) -> _ArchiveEntry:
         if self._reference.startswith('@'):
             number = self._reference[1:]
             if not number.isdigit() or int(number) >= len(entries):
@@ -326,7 +342,7 @@ class DockerArchive:
         if self._reference:
             wanted = {self._reference, self._reference + ':latest'}
             for entry in entries:
-                if wanted.intersection(_short_names(entry.get('RepoTags') or [])):
+                if wanted.intersection(_short_names(entry.repo_tags)):
                     return entry
             raise SourceError('%s has no image named %r; it holds: %s'
                               % (self._path, self._reference, _describe_entries(entries)))
@@ -336,9 +352,23 @@ class DockerArchive:
         return entries[0]
 
     def _layer(self, layer_path: str, diff_id: str) -> Layer:
-        parse_digest(diff_id)
-        return Layer(open_blob=lambda: self._blobs.open_file(layer_path), digest=None,
-                     size=self._blobs.size_of(layer_path), media_type=MEDIA_TAR, diff_id=diff_id)
+        size = self._blobs.size_of(layer_path)
+        if size is None:
+            raise SourceError('%s: layer %s is missing from the archive' % (self._path, layer_path))
+        return Layer(open_blob=lambda: self._blobs.open_file(layer_path), digest=None, size=size,
+                     media_type=MEDIA_TAR, diff_id=diff_id)
+
+
+def _diff_ids(config: t.Dict[str, t.Any], what: str) -> t.List[str]:
+    """The uncompressed digests of the layers, bottom first, that a docker-archive's config names."""
+    rootfs = config.get('rootfs')
+    diff_ids = rootfs.get('diff_ids') if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise SourceError('%s has no rootfs.diff_ids list' % what)
+    for diff_id in diff_ids:
+        if not is_digest(diff_id):
+            raise SourceError('%s has diff_id %r, not a valid sha256/sha512 digest' % (what, diff_id))
+    return diff_ids
 
 
 def _short_names(repo_tags: t.Iterable[str]) -> t.Set[str]:
@@ -351,6 +381,6 @@ def _short_names(repo_tags: t.Iterable[str]) -> t.Set[str]:
     return names
 
 
-def _describe_entries(entries: t.List[t.Dict[str, t.Any]]) -> str:
-    return ', '.join('@%d (%s)' % (number, ', '.join(entry.get('RepoTags') or []) or 'untagged')
+def _describe_entries(entries: t.List[_ArchiveEntry]) -> str:
+    return ', '.join('@%d (%s)' % (number, ', '.join(entry.repo_tags) or 'untagged')
                      for number, entry in enumerate(entries))

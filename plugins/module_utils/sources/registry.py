@@ -5,19 +5,22 @@
 
 from __future__ import annotations
 
-import json
 import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import PlatformError, SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     INDEX_MEDIA_TYPES,
     LAYER_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
+    Descriptor,
     Image,
     Layer,
     Platform,
+    descriptor,
+    parse_json_object,
+    platform_from_json,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth import Credentials, find_credentials
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.cache import BlobCache, BlobFetcher
@@ -26,6 +29,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference 
 
 _FOREIGN_HINT = ('foreign and non-distributable layers (Windows base layers) must come from elsewhere; '
                  'they cannot be part of a Linux rootfs')
+# Indexes inside an index, as the OCI layout code allows; deeper than this is not a real image.
+_MAX_INDEX_DEPTH = 3
 
 
 @dataclass
@@ -37,6 +42,8 @@ class RegistryOptions:
     ca_path: t.Optional[str] = None
     cache_dir: t.Optional[str] = None
     no_cache: bool = False
+    # Refuse, before downloading any layer, an image whose layers add up to more bytes than this (compressed).
+    max_download_size: t.Optional[int] = None
 
 
 class _Choice(t.NamedTuple):
@@ -62,7 +69,7 @@ class RegistrySource:
         return self.credentials.origin if self.credentials is not None else None
 
     def probe(self, wanted: t.Optional[Platform]) -> t.Tuple[str, t.Optional[str]]:
-        """(manifest digest, index digest) with a single manifest request."""
+        """(manifest digest, index digest) with a single manifest request (one more per nested index)."""
         choice = self._choose(wanted)
         return choice.manifest_digest, choice.index_digest
 
@@ -75,18 +82,20 @@ class RegistrySource:
             if media_type not in MANIFEST_MEDIA_TYPES:
                 raise SourceError('%s: %s is a %s, not an image manifest' % (self.reference, choice.manifest_digest,
                                                                              media_type))
-        manifest = _json_object(body, '%s: manifest %s' % (self.reference, choice.manifest_digest))
-        if manifest.get('schemaVersion') != 2 or not isinstance(manifest.get('layers'), list) or \
-                not isinstance(manifest.get('config'), dict):
-            raise SourceError('%s: manifest %s is not a schema 2 image manifest' % (self.reference,
-                                                                                    choice.manifest_digest))
-        config_digest = str(manifest['config'].get('digest'))
-        config = _json_object(self._client.get_small_blob(config_digest), '%s: config' % self.reference)
-        image_platform = platforms.platform_from_json(config) or choice.platform
-        if wanted is not None and image_platform is not None and not platforms.matches(image_platform, wanted):
-            raise PlatformError('%s has no image for platform %s; available: %s' % (self.reference, wanted,
-                                                                                    image_platform))
-        layers = [self._layer(descriptor) for descriptor in manifest['layers']]
+        what = '%s: manifest %s' % (self.reference, choice.manifest_digest)
+        manifest = parse_json_object(body, what)
+        if manifest.get('schemaVersion') != 2 or not isinstance(manifest.get('layers'), list):
+            raise SourceError('%s is not a schema 2 image manifest' % what)
+        if 'config' not in manifest:
+            raise SourceError('%s has no config' % what)
+        config_descriptor = descriptor(manifest['config'], '%s config' % what)
+        layers = [self._layer(descriptor(layer, '%s layers[%d]' % (what, number)))
+                  for number, layer in enumerate(manifest['layers'])]
+        self._check_download_size(layers, what)
+        config_what = '%s: config %s' % (self.reference, config_descriptor.digest)
+        config = parse_json_object(self._client.get_small_blob(config_descriptor.digest), config_what)
+        image_platform = platform_from_json(config, config_what) or choice.platform
+        platforms.require_match(image_platform, wanted, str(self.reference))
         self._layer_blobs = [(layer.digest or '', layer.size) for layer in layers]
         return Image(digest=choice.manifest_digest, layers=layers, config=config, platform=image_platform,
                      index_digest=choice.index_digest)
@@ -113,32 +122,56 @@ class RegistrySource:
             return _Choice(digest, None, None)
         if media_type not in INDEX_MEDIA_TYPES:
             raise SourceError('%s is a %s, not an image' % (self.reference, media_type or 'document of unknown type'))
-        index = _json_object(body, '%s: index' % self.reference)
-        entries = [entry for entry in index.get('manifests') or [] if isinstance(entry, dict)
-                   and entry.get('mediaType', '') in MANIFEST_MEDIA_TYPES and isinstance(entry.get('digest'), str)]
-        # Attestation manifests carry the platform unknown/unknown.
-        candidates = [(platforms.platform_from_json(entry.get('platform')), entry) for entry in entries
-                      if (entry.get('platform') or {}).get('os') != 'unknown']
+        candidates = self._index_entries(body, digest, None, 1)
         if not candidates:
             raise SourceError('%s: index %s lists no image manifest' % (self.reference, digest))
         if len(candidates) == 1 and wanted is None:
-            chosen_platform, chosen = candidates[0]
+            chosen = candidates[0][1]
         else:
             chosen = platforms.choose(candidates, wanted or platforms.host_platform(), str(self.reference))
-            chosen_platform = platforms.platform_from_json(chosen.get('platform'))
-        return _Choice(chosen['digest'], digest, chosen_platform)
+        return _Choice(chosen.digest, digest, chosen.platform)
 
-    def _layer(self, descriptor: t.Dict[str, t.Any]) -> Layer:
-        media_type = str(descriptor.get('mediaType', ''))
-        if media_type not in LAYER_MEDIA_TYPES:
-            hint = _FOREIGN_HINT if 'foreign' in media_type or 'nondistributable' in media_type else \
+    def _index_entries(self, body: bytes, digest: str, inherited: t.Optional[Platform],
+                       depth: int) -> t.List[t.Tuple[t.Optional[Platform], Descriptor]]:
+        """The image manifests an index lists, through nested indexes, with their platforms."""
+        what = '%s: index %s' % (self.reference, digest)
+        manifests = parse_json_object(body, what).get('manifests')
+        if not isinstance(manifests, list):
+            raise SourceError('%s has no list of manifests' % what)
+        found: t.List[t.Tuple[t.Optional[Platform], Descriptor]] = []
+        for number, entry in enumerate(manifests):
+            listed = descriptor(entry, '%s manifests[%d]' % (what, number))
+            platform = listed.platform or inherited
+            # Attestation manifests carry the platform unknown/unknown.
+            if platform is not None and platform.os == 'unknown':
+                continue
+            if listed.media_type in MANIFEST_MEDIA_TYPES:
+                found.append((platform, listed._replace(platform=platform)))
+            elif listed.media_type in INDEX_MEDIA_TYPES:
+                if depth >= _MAX_INDEX_DEPTH:
+                    raise SourceError('%s nests indexes more than %d deep' % (what, _MAX_INDEX_DEPTH))
+                nested_body, nested_type, nested_digest = self._client.get_manifest(listed.digest)
+                if nested_type not in INDEX_MEDIA_TYPES:
+                    raise SourceError('%s lists %s as an index, but it is a %s' % (what, listed.digest, nested_type))
+                found.extend(self._index_entries(nested_body, nested_digest, platform, depth + 1))
+        return found
+
+    def _layer(self, listed: Descriptor) -> Layer:
+        if listed.media_type not in LAYER_MEDIA_TYPES:
+            hint = _FOREIGN_HINT if 'foreign' in listed.media_type or 'nondistributable' in listed.media_type else \
                 'only tar layers (uncompressed, gzip or zstd) can be applied'
-            raise SourceError('%s: layer %s has media type %r: %s' % (self.reference, descriptor.get('digest'),
-                                                                      media_type, hint))
-        digest = str(descriptor.get('digest', ''))
-        size = descriptor.get('size') if isinstance(descriptor.get('size'), int) else None
+            raise SourceError('%s: layer %s has media type %r: %s' % (self.reference, listed.digest,
+                                                                      listed.media_type, hint))
+        digest, size = listed.digest, listed.size
         return Layer(open_blob=lambda: self._open_blob(digest, size), digest=digest, size=size,
-                     media_type=media_type)
+                     media_type=listed.media_type)
+
+    def _check_download_size(self, layers: t.List[Layer], what: str) -> None:
+        limit = self._options.max_download_size
+        total = sum(layer.size or 0 for layer in layers)
+        if limit is not None and total > limit:
+            raise SourceError('%s: its layers add up to %d bytes (compressed), more than the limit of %d bytes'
+                              % (what, total, limit))
 
     def _open_blob(self, digest: str, size: t.Optional[int]) -> t.Any:
         if self._fetcher is None:
@@ -157,13 +190,3 @@ def _credentials(reference: ImageReference, options: RegistryOptions) -> t.Optio
     if options.password is not None:
         raise SourceError('password is set but username is not')
     return find_credentials(reference.registry, reference.repository, options.auth_file)
-
-
-def _json_object(body: bytes, what: str) -> t.Dict[str, t.Any]:
-    try:
-        value = json.loads(body)
-    except ValueError:
-        raise SourceError('%s is not valid JSON' % what)
-    if not isinstance(value, dict):
-        raise SourceError('%s is not a JSON object' % what)
-    return value

@@ -27,6 +27,8 @@ MEDIA_OCI_LAYER = {
     'zstd': 'application/vnd.oci.image.layer.v1.tar+zstd',
 }
 REF_NAME = 'org.opencontainers.image.ref.name'
+# Changes a JSON object in place: how tests make broken manifests, configs and entries.
+JsonEdit = t.Callable[[t.Dict[str, t.Any]], None]
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,11 @@ class OciLayoutBuilder:
 
     def image(self, layer_tars: t.Sequence[bytes], platform: t.Optional[str] = 'linux/amd64',
               compression: str = 'gzip', layer_media_type: t.Optional[str] = None,
-              schema_version: int = 2) -> t.Dict[str, t.Any]:
-        """An image manifest (with config and layers); returns its descriptor, platform-free."""
+              schema_version: int = 2, edit_manifest: t.Optional[JsonEdit] = None) -> t.Dict[str, t.Any]:
+        """An image manifest (with config and layers); returns its descriptor, platform-free.
+
+        `edit_manifest` changes the manifest in place before it is written, to make a broken one.
+        """
         layers = [self.blob(compress(layer, compression), layer_media_type or MEDIA_OCI_LAYER[compression])
                   for layer in layer_tars]
         config = dict(platform_fields(platform), rootfs={'type': 'layers',
@@ -115,6 +120,8 @@ class OciLayoutBuilder:
         config_descriptor = self.json_blob(config, MEDIA_OCI_CONFIG)
         manifest = {'schemaVersion': schema_version, 'mediaType': MEDIA_OCI_MANIFEST,
                     'config': config_descriptor, 'layers': layers}
+        if edit_manifest:
+            edit_manifest(manifest)
         descriptor = self.json_blob(manifest, MEDIA_OCI_MANIFEST)
         descriptor['layers'] = layers  # for the tests only; stripped when written to an index
         descriptor['config'] = config_descriptor
@@ -169,8 +176,12 @@ class DockerImage:
     diff_ids: t.Optional[t.List[str]] = None
 
 
-def make_docker_archive(path: str, images: t.Sequence[DockerImage], with_manifest: bool = True) -> str:
-    """What `docker save` writes: manifest.json, one config per image, layers as uncompressed tars."""
+def make_docker_archive(path: str, images: t.Sequence[DockerImage], with_manifest: bool = True,
+                        edit_entry: t.Optional[JsonEdit] = None, edit_config: t.Optional[JsonEdit] = None) -> str:
+    """What `docker save` writes: manifest.json, one config per image, layers as uncompressed tars.
+
+    `edit_entry` and `edit_config` change each manifest.json entry and config in place, to make broken ones.
+    """
     members: t.Dict[str, bytes] = {}
     manifest = []
     for image in images:
@@ -182,10 +193,15 @@ def make_docker_archive(path: str, images: t.Sequence[DockerImage], with_manifes
         diff_ids = image.diff_ids if image.diff_ids is not None else [sha256(layer) for layer in image.layer_tars]
         config = dict(platform_fields(image.platform), rootfs={'type': 'layers', 'diff_ids': diff_ids},
                       tags=image.repo_tags)  # 'tags' only makes configs of identical images differ
+        if edit_config:
+            edit_config(config)
         config_bytes = json.dumps(config, sort_keys=True).encode('utf-8')
         config_path = '%s.json' % hashlib.sha256(config_bytes).hexdigest()
         members[config_path] = config_bytes
-        manifest.append({'Config': config_path, 'RepoTags': image.repo_tags, 'Layers': layer_paths})
+        entry = {'Config': config_path, 'RepoTags': image.repo_tags, 'Layers': layer_paths}
+        if edit_entry:
+            edit_entry(entry)
+        manifest.append(entry)
     if with_manifest:
         members['manifest.json'] = json.dumps(manifest).encode('utf-8')
     with tarfile.open(path, 'w') as archive:

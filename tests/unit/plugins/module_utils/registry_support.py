@@ -18,12 +18,14 @@ import random
 import shutil
 import stat
 import typing as t
+import urllib.request
 import uuid
 from dataclasses import dataclass
 
 from ansible_collections.virt.bootstrap.tests.registry import push as pusher
 from ansible_collections.virt.bootstrap.tests.registry import registry as registries
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import (
+    MEDIA_OCI_INDEX,
     REF_NAME,
     OciLayoutBuilder,
     make_tar,
@@ -52,6 +54,9 @@ PUSHED = {
     'app:shadow': ('base', ''),        # a tag that starts with "sha"
 }
 AUTH_PUSHED = ('app:base',)  # what the TLS and token registries get
+# name:tag in the plain HTTP registry -> the pushed index it wraps in an index of its own (skopeo cannot push
+# an index inside an index, so it is PUT as is).
+NESTED = {'app:nested': 'app:multi'}
 
 
 @dataclass
@@ -91,6 +96,22 @@ def push_images(registry: registries.Registry, layout: str, names: t.Iterable[st
     return digests
 
 
+def put_wrapping_index(registry: registries.Registry, name: str, inner_digest: str) -> str:
+    """PUT an index listing only the index `inner_digest` (in the same repository) as `name`; returns its digest."""
+    repository, tag = name.split(':')
+    manifests_url = '%s/v2/%s/manifests/' % (registry.url, repository)
+    with urllib.request.urlopen(urllib.request.Request(manifests_url + inner_digest,
+                                                       headers={'Accept': MEDIA_OCI_INDEX})) as response:
+        inner_size = len(response.read())
+    body = json.dumps({'schemaVersion': 2, 'mediaType': MEDIA_OCI_INDEX, 'manifests': [
+        {'mediaType': MEDIA_OCI_INDEX, 'digest': inner_digest, 'size': inner_size}]}).encode('utf-8')
+    request = urllib.request.Request(manifests_url + tag, data=body, method='PUT',
+                                     headers={'Content-Type': MEDIA_OCI_INDEX})
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 201, response.status
+    return 'sha256:' + hashlib.sha256(body).hexdigest()
+
+
 def shared_registry(state_dir: str, kind: str) -> Pushed:
     """The registry of `kind` for this test process, started and filled on first use."""
     layout = os.path.join(state_dir, 'layout')
@@ -107,6 +128,9 @@ def shared_registry(state_dir: str, kind: str) -> Pushed:
         shutil.rmtree(workdir)
     registry = registries.start(kind, workdir)
     digests = push_images(registry, layout, PUSHED if kind == 'http' else AUTH_PUSHED)
+    if kind == 'http':
+        for name, inner in NESTED.items():
+            digests[name] = put_wrapping_index(registry, name, digests[inner])
     with open(described, 'w', encoding='utf-8') as stream:
         json.dump(digests, stream)
     return Pushed(registry, digests, layout)
@@ -156,15 +180,20 @@ def files_below(root: str) -> t.List[str]:
     return sorted(os.path.join(directory, name) for directory, _dirs, names in os.walk(root) for name in names)
 
 
-def layer_digests(layout: str, tag: str) -> t.List[str]:
-    """The layer digests of the image tagged `tag` in `layout`, bottom first."""
+def layer_descriptors(layout: str, tag: str) -> t.List[t.Dict[str, t.Any]]:
+    """The layer descriptors of the image tagged `tag` in `layout`, bottom first."""
     def blob(digest: str) -> t.Dict[str, t.Any]:
         with open(os.path.join(layout, 'blobs', *digest.split(':', 1)), encoding='utf-8') as stream:
             return t.cast(t.Dict[str, t.Any], json.load(stream))
     with open(os.path.join(layout, 'index.json'), encoding='utf-8') as stream:
         index = json.load(stream)
     entry = next(entry for entry in index['manifests'] if entry['annotations'][REF_NAME] == tag)
-    return [layer['digest'] for layer in blob(entry['digest'])['layers']]
+    return t.cast(t.List[t.Dict[str, t.Any]], blob(entry['digest'])['layers'])
+
+
+def layer_digests(layout: str, tag: str) -> t.List[str]:
+    """The layer digests of the image tagged `tag` in `layout`, bottom first."""
+    return [layer['digest'] for layer in layer_descriptors(layout, tag)]
 
 
 def unverified_cache_files(cache_dir: str) -> t.List[str]:

@@ -116,7 +116,7 @@ def test_success_exits_0_prints_status_lines_and_writes_the_rootfs(cli, image, t
 
     again = run_cli(cli, image, dest)
     assert again.returncode == 0
-    assert again.stdout.splitlines() == ['virt-bootstrap: %s already holds %s' % (
+    assert again.stdout.splitlines() == ['Nothing to do (100%)', 'virt-bootstrap: %s already holds %s' % (
         dest, re.search(r'sha256:[0-9a-f]{64}', lines[-1]).group(0))]
 
 
@@ -173,7 +173,8 @@ def test_bad_arguments_exit_2_with_usage(cli, args, message):
 @pytest.mark.parametrize('uri, message', [
     ('/no/such/rootfs.tar', '/no/such/rootfs.tar does not exist'),
     ('ftp://example.com/rootfs.tar', "unsupported source 'ftp://example.com/rootfs.tar'"),
-    ('relative/rootfs.tar', 'neither an absolute path nor a URI'),
+    # Relative paths are the caller's, as with the original tool.
+    ('relative/rootfs.tar', '%s/relative/rootfs.tar does not exist' % os.getcwd()),
 ])
 def test_bad_source_exits_1_with_a_message_and_no_traceback(cli, tmp_path, uri, message):
     dest = str(tmp_path / 'guest')

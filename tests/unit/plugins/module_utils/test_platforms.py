@@ -8,14 +8,14 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import PlatformError
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import Platform
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import PlatformError, SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils.image import Platform, platform_from_json
 from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import (
     choose,
     host_platform,
     matches,
     parse_platform,
-    platform_from_json,
+    require_match,
 )
 
 
@@ -117,7 +117,30 @@ def test_choose_error_says_none_when_no_platform_is_known():
     (None, None),
 ])
 def test_platform_from_json_reads_config_and_descriptor_fields(data, expected):
-    assert platform_from_json(data) == expected
+    assert platform_from_json(data, 'here') == expected
+
+
+@pytest.mark.parametrize('data, message', [
+    ({'architecture': 5}, 'architecture 5, not a string'),
+    ({'architecture': 'arm64', 'os': ['linux']}, r"os \['linux'\], not a string"),
+    ({'architecture': 'arm', 'variant': {'v': 7}}, 'variant'),
+])
+def test_platform_from_json_refuses_fields_that_are_not_strings(data, message):
+    with pytest.raises(SourceError, match='^config of x has ' + message):
+        platform_from_json(data, 'config of x')
+
+
+@pytest.mark.parametrize('actual, wanted', [
+    (None, None), (None, 'linux/arm64'), ('linux/arm64', None), ('linux/arm64/v8', 'linux/arm64'),
+])
+def test_require_match_passes_when_nothing_is_asked_known_or_different(actual, wanted):
+    require_match(actual and parse_platform(actual), wanted and parse_platform(wanted), 'here')
+
+
+def test_require_match_names_the_platform_asked_for_and_the_one_there_is():
+    with pytest.raises(PlatformError) as caught:
+        require_match(parse_platform('linux/amd64'), parse_platform('linux/arm64'), 'oci:/srv/layout')
+    assert str(caught.value) == 'oci:/srv/layout has no image for platform linux/arm64; available: linux/amd64'
 
 
 @pytest.mark.parametrize('machine, expected', [

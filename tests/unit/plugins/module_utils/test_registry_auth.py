@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import textwrap
+import urllib.error
 
 import pytest
 
@@ -19,6 +21,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth impor
     find_credentials,
     parse_challenge,
 )
+from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryClient, RegistryError
+from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
 
 SECRET = 'pa55:w0rd-not-for-logs'
 
@@ -242,3 +246,76 @@ def test_credential_helper_failures_are_clear(tmp_path, helper, helpers, message
 ])
 def test_challenges_parse_into_scheme_and_parameters(header, scheme, params):
     assert parse_challenge(header) == (scheme, params)
+
+
+# -- where credentials are sent -------------------------------------------------------------------------------------
+
+MANIFEST = json.dumps({'schemaVersion': 2, 'mediaType': 'application/vnd.oci.image.manifest.v1+json'}).encode()
+
+
+class _Answer:
+    """A 200 answer, as the client reads one."""
+
+    def __init__(self, body, content_type='application/json'):
+        self._body = body
+        self.status = 200
+        self.headers = {'Content-Type': content_type, 'Content-Length': str(len(body))}
+
+    def read(self, *_size):
+        return self._body
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        pass
+
+
+def token_client(monkeypatch, realm, credentials=None, not_secure=False):
+    """A client whose registry asks for a bearer token from `realm`; returns it and what it sent: [(url, authorization)]."""
+    client = RegistryClient(parse_reference('registry.example/app:1'), credentials, not_secure=not_secure)
+    sent = []
+
+    def send(_method, url, _headers, authorization):
+        sent.append((url.split('?')[0], authorization))
+        if url.startswith(realm):
+            return _Answer(b'{"token": "t0k3n"}')
+        if authorization != 'Bearer t0k3n':
+            challenge = 'Bearer realm="%s",service="registry.example"' % realm
+            raise urllib.error.HTTPError(url, 401, 'Unauthorized', {'WWW-Authenticate': challenge}, io.BytesIO(b''))
+        return _Answer(MANIFEST, 'application/vnd.oci.image.manifest.v1+json')
+    monkeypatch.setattr(client, '_send', send)
+    return client, sent
+
+
+def basic(username, password=SECRET):
+    return 'Basic ' + base64.b64encode(('%s:%s' % (username, password)).encode()).decode()
+
+
+def test_a_plain_http_token_service_gets_no_credentials_from_a_https_registry(monkeypatch):
+    client, sent = token_client(monkeypatch, 'http://auth.example/token', Credentials('alice', SECRET))
+    with pytest.raises(RegistryError) as caught:
+        client.get_manifest('1')
+    assert str(caught.value) == ('registry.example names a token service over plain HTTP (http://auth.example): the '
+                                 'credentials from the username/password options are not sent unencrypted; set '
+                                 'not_secure: true to allow it')
+    assert sent == [('https://registry.example/v2/app/manifests/1', None)]
+
+
+def test_a_plain_http_token_service_gets_credentials_with_not_secure(monkeypatch):
+    client, sent = token_client(monkeypatch, 'http://auth.example/token', Credentials('alice', SECRET), not_secure=True)
+    assert client.get_manifest('1')[0] == MANIFEST
+    assert sent[1] == ('http://auth.example/token', basic('alice'))
+
+
+def test_a_plain_http_token_service_may_give_an_anonymous_token(monkeypatch):
+    client, sent = token_client(monkeypatch, 'http://auth.example/token')
+    assert client.get_manifest('1')[0] == MANIFEST
+    assert sent == [('https://registry.example/v2/app/manifests/1', None), ('http://auth.example/token', None),
+                    ('https://registry.example/v2/app/manifests/1', 'Bearer t0k3n')]
+
+
+def test_a_https_token_service_gets_the_credentials(monkeypatch):
+    client, sent = token_client(monkeypatch, 'https://auth.example/token', Credentials('alice', SECRET))
+    assert client.get_manifest('1')[0] == MANIFEST
+    assert sent[1] == ('https://auth.example/token', basic('alice'))

@@ -12,7 +12,7 @@ import tempfile
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, Result, run
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import LayerError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import LayerError, SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry import cache as cache_module
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryError
 from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
@@ -21,6 +21,7 @@ from ansible_collections.virt.bootstrap.tests.registry.fault_proxy import FaultP
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry_support import (
     BASE_TREE,
     files_below,
+    layer_descriptors,
     layer_digests,
     rootfs_tree,
     unique_name,
@@ -199,6 +200,17 @@ def test_concurrent_runs_share_one_cache_dir(tmp_path, proxy, http_registry):
     assert unverified_cache_files(str(tmp_path / 'cache')) == []
     assert len(files_below(str(tmp_path / 'cache' / 'blobs'))) == 3
     assert proxy.count('GET', layer_digests(http_registry.layout, 'base')[-1]) == 2
+
+
+def test_max_download_size_refuses_a_bigger_image_before_any_blob_request(tmp_path, proxy, http_registry):
+    total = sum(layer['size'] for layer in layer_descriptors(http_registry.layout, 'base'))
+    with pytest.raises(SourceError) as caught:
+        pull(proxy, tmp_path, 'app:base', max_download_size=total - 1)
+    assert str(caught.value).endswith('its layers add up to %d bytes (compressed), more than the limit of %d bytes'
+                                      % (total, total - 1))
+    assert proxy.count('GET', '/blobs/') == 0
+    assert not os.path.lexists(tmp_path / 'rootfs')
+    assert pull(proxy, tmp_path, 'app:base', max_download_size=total).changed
 
 
 # -- idempotency ----------------------------------------------------------------------------------------------------

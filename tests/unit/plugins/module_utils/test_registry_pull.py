@@ -120,6 +120,16 @@ def test_a_platform_is_picked_from_an_index(tmp_path, http_registry, platform, a
     assert (tmp_path / 'rootfs' / 'etc' / 'arch').read_text() == arch + '\n'
 
 
+@pytest.mark.parametrize('platform, arch', [('linux/arm64', 'arm64'), ('linux/amd64', 'amd64')])
+def test_an_index_inside_an_index_is_resolved_recording_the_top_index(tmp_path, http_registry, platform, arch):
+    result = pull(tmp_path, http_registry.ref('app:nested'), platform=platform, not_secure=True)
+    assert result.index_digest == http_registry.digests['app:nested'] != http_registry.digests['app:multi']
+    # The same image as through the inner index alone.
+    assert result.digest == pull(tmp_path / 'inner', http_registry.ref('app:multi'), platform=platform,
+                                 not_secure=True).digest
+    assert (tmp_path / 'rootfs' / 'etc' / 'arch').read_text() == arch + '\n'
+
+
 def test_the_host_platform_is_the_default(tmp_path, http_registry):
     host = platforms.host_platform()
     if host.architecture not in ('amd64', 'arm64'):

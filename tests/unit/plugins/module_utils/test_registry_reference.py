@@ -49,7 +49,7 @@ def test_references_parse_as_docker_reads_them(text, registry, repository, tag, 
     ('app:', 'malformed tag'),
     ('app:-leading-dash', 'malformed tag'),
     ('app:' + 'x' * 129, 'malformed tag'),
-    ('app@sha256:abc', 'malformed digest'),
+    ('app@sha256:abc', "malformed digest 'sha256:abc'"),
     ('app@md5:' + '0' * 32, 'malformed digest'),
     ('app@' + DIGEST.upper(), 'malformed digest'),
     ('registry.example:port/app', 'malformed registry'),
@@ -60,11 +60,30 @@ def test_malformed_references_are_refused_by_what_is_wrong(text, message):
         parse_reference(text)
 
 
-def test_credentials_written_into_a_reference_are_refused_without_repeating_them():
+@pytest.mark.parametrize('text', [
+    '//deploy:Hunter2x@registry.example/team/app:1',
+    '//deploy:Hunter2x@registry.example:5000',
+    '//deploy:Hunter2x@registry.example:5000/app',
+    '//deploy:Hunter2x@10.0.0.1:5000/app',
+    '//deploy:Hun/ter2x@registry.example/app',
+    '//deploy:Hun@ter2x@registry.example:5000',
+    '//Hunter2x@registry.example/app',
+    'deploy:Hunter2x@registry.example/app',
+])
+def test_credentials_written_into_a_reference_are_refused_without_repeating_them(text):
     with pytest.raises(SourceError) as caught:
-        parse_reference('//deploy:s3cret-pass@registry.example/team/app:1')
-    assert 's3cret-pass' not in str(caught.value)
-    assert 'username' in str(caught.value)
+        parse_reference(text)
+    assert 'Hun' not in str(caught.value) and 'ter2x' not in str(caught.value)
+    assert 'username and password' in str(caught.value)
+
+
+@pytest.mark.parametrize('uri', ['docker://alice:s3cret@registry.example:5000',
+                                 'docker://alice:s3cret@registry.example:5000/app',
+                                 'docker://alice:s3cret@localhost:5000'])
+def test_a_docker_source_with_credentials_fails_without_repeating_them(uri):
+    with pytest.raises(SourceError) as caught:
+        parse_source(uri)
+    assert 's3cret' not in str(caught.value)
 
 
 @pytest.mark.parametrize('text, expected', [

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
+import tarfile
 
 import pytest
 
@@ -361,6 +363,90 @@ def test_oci_nested_index_without_digest_is_a_source_error(layout, kind):
         resolve(source_uri(kind, layout.root))
 
 
+def write_raw_index(layout, entries):
+    """index.json listing `entries` exactly as given, however broken."""
+    layout.write_index([])
+    write_file(os.path.join(layout.root, 'index.json'), json.dumps({'schemaVersion': 2, 'manifests': entries}).encode())
+
+
+def listed(descriptor, **changes):
+    """An index entry for `descriptor`, with `changes` (None removes a field)."""
+    entry = {key: descriptor[key] for key in ('mediaType', 'digest', 'size')}
+    entry.update(changes)
+    return {key: value for key, value in entry.items() if value is not None}
+
+
+@pytest.mark.parametrize('changes, message', [
+    ({'digest': None}, r'index.json manifests\[0\] has no digest'),
+    ({'digest': 'sha256:abc'}, r"manifests\[0\] has digest 'sha256:abc', not a valid sha256/sha512 digest"),
+    ({'digest': 42}, r'manifests\[0\] has digest 42'),
+    ({'size': None}, r'manifests\[0\] \(sha256:[0-9a-f]+\) has no size'),
+    ({'size': '512'}, r"manifests\[0\] \(sha256:[0-9a-f]+\) has size '512', not a size in bytes"),
+    ({'size': -1}, 'has size -1'),
+    ({'size': True}, 'has size True'),
+    ({'mediaType': ['x']}, r"has media type \['x'\], not a string"),
+    ({'platform': 'linux/amd64'}, r"has platform 'linux/amd64', not an object"),
+    ({'platform': {'architecture': 64}}, 'platform has architecture 64, not a string'),
+])
+def test_oci_malformed_index_entry_is_a_source_error_naming_it(layout, kind, changes, message):
+    write_raw_index(layout, [listed(layout.image([LAYER_A]), **changes)])
+    with pytest.raises(SourceError, match=message):
+        resolve(source_uri(kind, layout.root))
+
+
+def test_oci_index_entry_that_is_not_an_object_is_a_source_error(layout, kind):
+    write_raw_index(layout, ['sha256:' + '0' * 64])
+    with pytest.raises(SourceError, match=r'manifests\[0\] is not a descriptor'):
+        resolve(source_uri(kind, layout.root))
+
+
+def test_oci_malformed_entry_of_a_nested_index_is_a_source_error(layout, kind):
+    manifest = layout.image([LAYER_A])
+    nested = layout.json_blob({'schemaVersion': 2, 'mediaType': MEDIA_OCI_INDEX,
+                               'manifests': [listed(manifest, platform='linux/amd64')]}, MEDIA_OCI_INDEX)
+    layout.write_index([(nested, 'latest')])
+    with pytest.raises(SourceError, match=r'index %s manifests\[0\] .* has platform' % nested['digest']):
+        resolve(source_uri(kind, layout.root))
+
+
+def set_config(value):
+    return lambda manifest: manifest.update(config=value)
+
+
+def first_layer(**changes):
+    def edit(manifest):
+        manifest['layers'][0] = {key: value for key, value in dict(manifest['layers'][0], **changes).items()
+                                 if value is not None}
+    return edit
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda manifest: manifest.update(layers=['sha256:' + '0' * 64]), r'layers\[0\] is not a descriptor'),
+    (lambda manifest: manifest.update(layers=[None]), r'layers\[0\] is not a descriptor'),
+    (first_layer(digest=None), r'layers\[0\] has no digest'),
+    (first_layer(size=None), r'layers\[0\] \(sha256:[0-9a-f]+\) has no size'),
+    (first_layer(size=1.5), r'layers\[0\] \(sha256:[0-9a-f]+\) has size 1.5, not a size in bytes'),
+    (lambda manifest: manifest.pop('config'), 'has no config'),
+    (set_config('sha256:' + '0' * 64), 'config is not a descriptor'),
+    (lambda manifest: manifest['config'].pop('digest'), 'config has no digest'),
+    (lambda manifest: manifest['config'].update(size='1k'), "config .* has size '1k'"),
+])
+def test_oci_malformed_manifest_is_a_source_error_naming_the_part(layout, kind, edit, message):
+    manifest = layout.image([LAYER_A], edit_manifest=edit)
+    layout.write_index([(manifest, 'latest')])
+    with pytest.raises(SourceError, match=message) as caught:
+        resolve(source_uri(kind, layout.root))
+    assert manifest['digest'] in str(caught.value)
+
+
+def test_oci_config_naming_its_architecture_with_a_number_is_a_source_error(layout, kind):
+    layout.write_index([(layout.image([LAYER_A], platform=None, edit_manifest=lambda manifest: manifest.update(
+        config=layout.json_blob({'architecture': 64, 'rootfs': {}}, 'application/vnd.oci.image.config.v1+json'))),
+        'latest')])
+    with pytest.raises(SourceError, match='config .* has architecture 64, not a string'):
+        resolve(source_uri(kind, layout.root))
+
+
 def test_oci_directory_source_that_is_a_file_suggests_oci_archive(layout, tmp_path):
     layout.write_index([(layout.image([LAYER_A]), 'latest')])
     archive = tar_directory(layout.root, str(tmp_path / 'layout.tar'))
@@ -472,3 +558,50 @@ def test_docker_archive_compressed_with_gzip_is_read(tmp_path):
     path = write_file(str(tmp_path / 'app.tar.gz'), compress(open(plain, 'rb').read(), 'gzip'))
     image = resolve('docker-archive:%s:app:1.0' % path)
     assert [read_blob(layer) for layer in image.layers] == [LAYER_A, LAYER_B]
+
+
+@pytest.mark.parametrize('edit_entry, edit_config, message', [
+    (None, lambda config: config.update(rootfs='x'), 'has no rootfs.diff_ids list'),
+    (None, lambda config: config.update(rootfs={'diff_ids': 'x'}), 'has no rootfs.diff_ids list'),
+    (None, lambda config: config.pop('rootfs'), 'has no rootfs.diff_ids list'),
+    (None, lambda config: config.update(rootfs={'diff_ids': [7]}), 'has diff_id 7, not a valid'),
+    (None, lambda config: config.update(architecture=['amd64']), r"has architecture \['amd64'\], not a string"),
+    (lambda entry: entry.update(Config=5), None, r'image @0 has Config 5, not the path of its config'),
+    (lambda entry: entry.update(Layers='layer.tar'), None, r"image @0 has Layers 'layer.tar', not a list"),
+    (lambda entry: entry.update(Layers=[{}]), None, r'image @0 has Layers \[\{\}\], not a list of strings'),
+    (lambda entry: entry.update(RepoTags=[1]), None, r'image @0 has RepoTags \[1\], not a list of strings'),
+    (lambda entry: entry.update(Layers=['nowhere/layer.tar']), None, 'layer nowhere/layer.tar is missing'),
+])
+def test_docker_archive_malformed_metadata_is_a_source_error(tmp_path, edit_entry, edit_config, message):
+    path = make_docker_archive(str(tmp_path / 'app.tar'), [DockerImage(['app:1.0'], [LAYER_A])],
+                               edit_entry=edit_entry, edit_config=edit_config)
+    with pytest.raises(SourceError, match=message) as caught:
+        resolve('docker-archive:' + path)
+    assert path in str(caught.value)
+
+
+def test_docker_archive_entry_that_is_not_an_object_is_a_source_error(tmp_path):
+    path = str(tmp_path / 'app.tar')
+    with tarfile.open(path, 'w') as archive:
+        info = tarfile.TarInfo('manifest.json')
+        info.size = len(b'["app.tar"]')
+        archive.addfile(info, io.BytesIO(b'["app.tar"]'))
+    with pytest.raises(SourceError, match=r'manifest.json image @0 is not a JSON object'):
+        resolve('docker-archive:' + path)
+
+
+# -- secrets in source URIs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('uri, message', [
+    ('https://alice:s3cret@host/x', "unsupported source 'https://host/x'"),
+    ('https://alice:s3/cr@et@host/x', "unsupported source 'https://host/x'"),
+    ('alice:s3cret@registry.example/app', "unsupported source 'alice:registry.example/app'"),
+    ('file://alice:s3cret@otherhost/srv/rootfs.tar', "names host 'otherhost'"),
+    ('oci-archive://alice:s3cret@host/images/app.tar', 'names a host; only local paths'),
+    ('oci://alice:s3cret@host/layout:latest', 'names a host; only local paths'),
+])
+def test_source_errors_never_repeat_the_password_of_a_url(uri, message):
+    with pytest.raises(SourceError, match=message) as caught:
+        parse_source(uri)
+    assert 's3cret' not in str(caught.value) and 'et@host' not in str(caught.value)
