@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -21,36 +20,14 @@ import time
 import typing as t
 from dataclasses import asdict, dataclass, field
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(BENCH_DIR)
-CACHE_DIR = os.path.join(BENCH_DIR, '.cache')
-IMAGES_DIR = os.path.join(CACHE_DIR, 'images')
-LAYOUT_DIR = os.path.join(IMAGES_DIR, 'oci', 'debian')
-ROOTFS_DIR = os.path.join(IMAGES_DIR, 'rootfs', 'debian')
-TAG = 'multi'
-# Holds ansible_collections/virt/bootstrap -> the repo, so the engine imports under its real name.
-COLLECTIONS_DIR = os.path.join(CACHE_DIR, 'collections')
+from common import (CACHE_DIR, LAYOUT_DIR, MIB, REPO_ROOT, ROOTFS_DIR, TAG, BenchError, Command, LayerBlob, build_image,
+                    check_space, count_entries, import_engine, layer_blobs, link_collection, rotated, run_timed,
+                    time_write_dir, tree_bytes)
+
 RUNS_DIR = os.path.join(CACHE_DIR, 'runs')
 PROFILE_PATH = os.path.join(CACHE_DIR, 'ours.pstats')
-BUILD_SCRIPT = os.path.join(REPO_ROOT, 'tests', 'images', 'build-images.sh')
 
 TOOLS = ('ours', 'umoci', 'tar')
-MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class LayerBlob:
-    digest: str
-    media_type: str
-    size: int
-    path: str
-
-
-@dataclass(frozen=True)
-class Command:
-    argv: t.List[str]
-    # tar exits 2 after errors it skipped past; for the floor those are expected (see commands_for).
-    ok_exit_codes: t.Tuple[int, ...] = (0,)
 
 
 @dataclass
@@ -72,56 +49,6 @@ class Measurement:
     @property
     def cpu_s(self) -> float:
         return self.user_s + self.sys_s
-
-
-class BenchError(Exception):
-    pass
-
-
-# -- the image ---------------------------------------------------------------------------------------
-
-
-def build_image() -> None:
-    """Make the Debian image once; the builder keeps what it already made and returns at once."""
-    if os.geteuid() != 0:
-        raise BenchError('run as root: the image build and the extractions keep owners, setuid bits and xattrs')
-    # The builder's summary goes to stderr with its log, so stdout holds only our report.
-    subprocess.run(['bash', BUILD_SCRIPT, IMAGES_DIR, 'debian'], check=True, stdout=sys.stderr)
-
-
-def layer_blobs(layout: str, tag: str) -> t.Tuple[str, t.List[LayerBlob]]:
-    """The manifest digest of `tag` and its layers, bottom first."""
-    with open(os.path.join(layout, 'index.json'), 'rb') as stream:
-        index = json.load(stream)
-    for descriptor in index.get('manifests', []):
-        if descriptor.get('annotations', {}).get('org.opencontainers.image.ref.name') == tag:
-            manifest_digest = descriptor['digest']
-            break
-    else:
-        raise BenchError('no tag %r in %s' % (tag, layout))
-    with open(_blob_path(layout, manifest_digest), 'rb') as stream:
-        manifest = json.load(stream)
-    blobs = [LayerBlob(layer['digest'], layer['mediaType'], layer['size'], _blob_path(layout, layer['digest']))
-             for layer in manifest['layers']]
-    return manifest_digest, blobs
-
-
-def _blob_path(layout: str, digest: str) -> str:
-    algorithm, hexdigest = digest.split(':', 1)
-    return os.path.join(layout, 'blobs', algorithm, hexdigest)
-
-
-def link_collection(collection_root: str) -> None:
-    """Make the engine children import virt.bootstrap from `collection_root`."""
-    link = os.path.join(COLLECTIONS_DIR, 'ansible_collections', 'virt', 'bootstrap')
-    if not os.path.isfile(os.path.join(collection_root, 'plugins', 'module_utils', 'bootstrap.py')):
-        raise BenchError('%s does not hold the virt.bootstrap collection' % collection_root)
-    if os.path.islink(link) and os.path.realpath(link) == os.path.realpath(collection_root):
-        return
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    if os.path.lexists(link):
-        os.unlink(link)
-    os.symlink(os.path.abspath(collection_root), link)
 
 
 # -- the commands ------------------------------------------------------------------------------------
@@ -154,21 +81,9 @@ def measure(tool: str, round_number: int, blobs: t.Sequence[LayerBlob]) -> Measu
     output, commands = commands_for(tool, out_dir, blobs)
     log_path = os.path.join(out_dir, 'log')
     stdout_path = os.path.join(out_dir, 'stdout')
-    # Dirty pages left by the previous run are written back now, not inside this run's timing.
-    os.sync()
-    user_s = sys_s = 0.0
-    max_rss_kib = 0
-    start = time.perf_counter()
-    for command in commands:
-        usage = _run_child(command, stdout_path, log_path)
-        user_s += usage.ru_utime
-        sys_s += usage.ru_stime
-        # wait4 reports the largest RSS of the child and of the children it waited for (gzip under tar).
-        max_rss_kib = max(max_rss_kib, usage.ru_maxrss)
-    exited = time.perf_counter()
-    os.sync()
-    end = time.perf_counter()
-    item = Measurement(tool, round_number, end - start, end - exited, user_s, sys_s, max_rss_kib, output)
+    usage = run_timed(commands, stdout_path, log_path)
+    item = Measurement(tool, round_number, usage.wall_s, usage.sync_s, usage.user_s, usage.sys_s, usage.max_rss_kib,
+                       output)
     if tool == 'ours':
         with open(stdout_path, 'rb') as stream:
             item.engine = json.load(stream)
@@ -178,45 +93,15 @@ def measure(tool: str, round_number: int, blobs: t.Sequence[LayerBlob]) -> Measu
     return item
 
 
-def _run_child(command: Command, stdout_path: str, log_path: str) -> resource.struct_rusage:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND  # no O_CLOEXEC: these become the child's fds 1 and 2
-    pid = os.posix_spawnp(command.argv[0], command.argv, os.environ, file_actions=[
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, stdout_path, flags, 0o600),
-        (os.POSIX_SPAWN_OPEN, 2, log_path, flags, 0o600),
-    ])
-    _pid, status, usage = os.wait4(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code not in command.ok_exit_codes:
-        with open(log_path, 'rb') as stream:
-            tail = stream.read()[-2000:].decode('utf-8', 'replace')
-        raise BenchError('%s exited with %d:\n%s' % (' '.join(command.argv), code, tail))
-    return usage
-
-
 # -- the engine child --------------------------------------------------------------------------------
 
 
 def engine_child(src: str, dest: str, profile_path: t.Optional[str]) -> None:
     """Run our engine as the module would (fresh dest: build beside it, record, swap) and time its phases."""
     started = time.perf_counter()
-    sys.path.insert(0, COLLECTIONS_DIR)
-    # pylint: disable=import-outside-toplevel  # imported late so the import time is measured on its own
-    from ansible_collections.virt.bootstrap.plugins.module_utils import bootstrap
+    bootstrap = import_engine()
     imported = time.perf_counter()
-
-    # bootstrap.run calls write_dir by this module-level name: wrap it to time the pure extraction.
-    write_dir = getattr(bootstrap, 'write_dir')
-    write_dir_s: t.List[float] = []
-
-    def timed_write_dir(*args: t.Any, **kwargs: t.Any) -> t.Any:
-        begin = time.perf_counter()
-        try:
-            return write_dir(*args, **kwargs)
-        finally:
-            write_dir_s.append(time.perf_counter() - begin)
-
-    setattr(bootstrap, 'write_dir', timed_write_dir)
+    write_dir_s = time_write_dir(bootstrap)
     request = bootstrap.Request(src=src, dest=dest)
     if profile_path:
         import cProfile  # pylint: disable=import-outside-toplevel
@@ -233,39 +118,6 @@ def engine_child(src: str, dest: str, profile_path: t.Optional[str]) -> None:
 
 
 # -- checks and summaries ----------------------------------------------------------------------------
-
-
-def count_entries(root: str) -> int:
-    """Entries below `root` (not counting it), symlinks not followed."""
-    total = 0
-    for _dirpath, dirnames, filenames in os.walk(root):
-        total += len(dirnames) + len(filenames)
-    return total
-
-
-def tree_bytes(root: str) -> int:
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
-
-
-def check_space(runs: int) -> None:
-    # Every run keeps its tree until the end (deleting between runs would slow the next ones down).
-    needed = int(tree_bytes(ROOTFS_DIR) * 1.5) * len(TOOLS) * runs
-    os.makedirs(RUNS_DIR, exist_ok=True)
-    vfs = os.statvfs(RUNS_DIR)
-    free = vfs.f_bavail * vfs.f_frsize
-    if free < needed:
-        raise BenchError('%s has %d MiB free; %d runs need about %d MiB: use fewer --rounds'
-                         % (RUNS_DIR, free // MIB, runs, needed // MIB))
-
-
-def round_order(round_number: int) -> t.Tuple[str, ...]:
-    """Rotate who goes first, so no tool always runs right after the same other one."""
-    shift = round_number % len(TOOLS)
-    return TOOLS[shift:] + TOOLS[:shift]
 
 
 def summarise(measurements: t.Sequence[Measurement]) -> t.Dict[str, t.Any]:
@@ -320,7 +172,7 @@ def print_report(image: t.Dict[str, t.Any], summary: t.Dict[str, t.Any], measure
     print('wall s per round (%s):' % ', '.join(TOOLS))
     per_round = {(item.round, item.tool): item for item in measurements}
     for number in sorted({item.round for item in measurements}):
-        print('  round %d (first: %-5s) %s' % (number, round_order(number)[0], '  '.join(
+        print('  round %d (first: %-5s) %s' % (number, rotated(TOOLS, number)[0], '  '.join(
             '%6.2f' % per_round[(number, tool)].wall_s for tool in TOOLS)))
     print()
     verdict = 'equal' if check['ours'] == check['umoci'] else 'DIFFERENT'
@@ -380,12 +232,13 @@ def main(argv: t.Sequence[str]) -> int:
     if os.path.exists(RUNS_DIR):
         print('extract.py: removing %s, left by an earlier run' % RUNS_DIR, file=sys.stderr)
         shutil.rmtree(RUNS_DIR)
-    check_space(args.rounds + 1)
+    # Every run keeps its tree until the end (deleting between runs would slow the next ones down).
+    check_space(RUNS_DIR, int(tree_bytes(ROOTFS_DIR) * 1.5) * len(TOOLS) * (args.rounds + 1), args.rounds + 1)
     measurements: t.List[Measurement] = []
     try:
         # Round 0 warms the page cache and Python's bytecode cache; it is not reported.
         for number in range(args.rounds + 1):
-            for tool in round_order(number):
+            for tool in rotated(TOOLS, number):
                 item = measure(tool, number, blobs)
                 print('extract.py: round %d %-5s %6.2f s' % (number, tool, item.wall_s), file=sys.stderr)
                 if number:
