@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--root-password', metavar='PASSWORD',
                         help='set the root password; file:PATH reads it from the first line of PATH')
     parser.add_argument('-u', '--username', help='registry user name (prompts for the password if -p is not given)')
-    parser.add_argument('-p', '--password', help='registry password')
+    parser.add_argument('-p', '--password', help='registry password (visible in ps: prefer the prompt)')
     parser.add_argument('--not-secure', action='store_true', help='do not verify TLS certificates of registries')
     parser.add_argument('--no-cache', action='store_true', help='do not keep downloaded layers')
     parser.add_argument('--auth-file', help='registry auth file (auth.json / docker config.json) to read')

@@ -15,6 +15,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import Boots
 from ansible_collections.virt.bootstrap.plugins.module_utils.layers import open_dir_in_root
 
 SHADOW_PARTS = ('etc', 'shadow')
+MAX_SHADOW_SIZE = 16 << 20
 # crypt(5) hashes: $id$[params$]salt$hash, with the ids glibc and libxcrypt know. Nothing that could
 # end the field or the line (':', newline) gets through.
 _CRYPT_HASH_RE = re.compile(r'\$(1|5|6|y|gy|7|2[abxy]?|sha1|md5)\$(?:[./0-9A-Za-z=,]*\$)+[./0-9A-Za-z]+')
@@ -143,6 +144,8 @@ def _read_shadow(root: str) -> t.Tuple[bytes, int, os.stat_result]:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise ShadowError('/etc/shadow of the rootfs is not a regular file')
+            if info.st_size > MAX_SHADOW_SIZE:
+                raise ShadowError('/etc/shadow of the rootfs is %d bytes, more than any real one' % info.st_size)
             chunks = []
             while True:
                 chunk = os.read(fd, 1 << 16)

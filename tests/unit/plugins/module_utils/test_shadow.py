@@ -506,3 +506,14 @@ def test_unprivileged_caller_sets_the_password_in_a_mode_0000_shadow():
         assert content.split(b'\n')[1:] == SHADOW.split(b'\n')[1:]
     finally:
         shutil.rmtree(directory)
+
+
+def test_a_huge_shadow_file_is_refused_before_it_is_read(tmp_path):
+    # A guest-controlled file: reading gigabytes of it into memory is no way to set a password.
+    etc = tmp_path / 'rootfs' / 'etc'
+    etc.mkdir(parents=True)
+    with open(str(etc / 'shadow'), 'wb') as stream:
+        stream.write(b'root:*:19000:0:99999:7:::\n')
+        stream.truncate(shadow.MAX_SHADOW_SIZE + 1)
+    with pytest.raises(ShadowError, match='more than any real one'):
+        shadow.set_root_hash(str(tmp_path / 'rootfs'), sha512_crypt.hash('pw'))
