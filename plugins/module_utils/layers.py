@@ -31,6 +31,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
     BootstrapError,
     HostileLayer,
     LayerError,
+    SizeLimitExceeded,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Layer, new_hasher, verify_digest
 
@@ -50,6 +51,8 @@ DEFAULT_MAX_SIZE = 64 << 30
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20
 _DIR_CACHE_LIMIT = 256
+# Each entry costs an inode and some memory for whiteout bookkeeping; real images hold thousands.
+MAX_ENTRIES = 5_000_000
 # File data is read in _COPY_CHUNK pieces; only extended headers are read whole.
 MAX_HEADER_READ = 8 << 20
 _DISPLAY_LIMIT = 300
@@ -138,6 +141,7 @@ class RootfsBuilder:
         self._keep_owners = os.geteuid() == 0
         self.progress = progress
         self._scope = _LayerScope()
+        self._entries = 0
         self.stats = ApplyStats()
         # Like a directory no entry names, the root belongs to the (mapped) root user unless an entry says otherwise.
         root_uid, root_gid = self._map_ids(0, 0)
@@ -227,6 +231,9 @@ class RootfsBuilder:
             raise LayerError('damaged tar header at byte %d of the uncompressed layer' % tar.offset)
 
     def _apply_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        self._entries += 1
+        if self._entries > MAX_ENTRIES:
+            raise SizeLimitExceeded('the layers hold more than %d entries; no real rootfs has that many' % MAX_ENTRIES)
         # Fds handed out while one entry is applied stay open until the next entry.
         if len(self._dir_cache) >= _DIR_CACHE_LIMIT:
             self._forget_dirs()

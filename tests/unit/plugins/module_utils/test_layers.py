@@ -774,3 +774,12 @@ def test_zstd_cut_at_a_tar_header_boundary_is_still_an_error(root: str) -> None:
     frames = zstandard.ZstdCompressor().compress(tar[:1024]) + zstandard.ZstdCompressor().compress(tar[1024:])
     with pytest.raises(LayerError, match=r'corrupt or truncated data \(zstd\)'):
         apply_layers(root, frames[:-3])
+
+
+def test_more_entries_than_any_rootfs_holds_are_refused(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr('ansible_collections.virt.bootstrap.plugins.module_utils.layers.MAX_ENTRIES', 5)
+    layer = TarBuilder()
+    for number in range(6):
+        layer.file('f%d' % number, b'')
+    with pytest.raises(SizeLimitExceeded, match='more than 5 entries'):
+        apply_layers(root, layer.tar())
