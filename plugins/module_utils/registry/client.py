@@ -10,7 +10,7 @@ import http.client
 import json
 import socket
 import ssl
-import time
+import threading
 import typing as t
 import urllib.error
 import urllib.parse
@@ -66,6 +66,7 @@ class RegistryClient:
         self._retries = retries
         self._backoff = backoff
         self._scheme = 'https'
+        self._stopping = threading.Event()
         self._authorization: t.Optional[str] = None
         if not_secure:
             context = ssl.create_default_context()
@@ -335,11 +336,22 @@ class RegistryClient:
                                  % (what, reason))
         return RegistryError('%s is unreachable: %s' % (what, _reason(reason)))
 
+    def stop(self) -> None:
+        """Make retries waiting in other threads give up at once (the run is ending)."""
+        self._stopping.set()
+
     def _sleep(self, failures: int, retry_after: t.Optional[str]) -> None:
         delay = self._backoff * (2 ** (failures - 1))
         if retry_after and retry_after.strip().isdigit():
             delay = max(delay, float(retry_after))
-        time.sleep(min(delay, 30.0))
+        _pause(self._stopping, min(delay, 30.0))
+        if self._stopping.is_set():
+            raise BootstrapError('%s: stopped while waiting to retry' % self.host)
+
+
+def _pause(stopping: threading.Event, seconds: float) -> None:
+    """Wait before a retry; a run that is ending cuts the wait short."""
+    stopping.wait(seconds)
 
 
 def _rehash(body: bytes, digest: str) -> t.Any:

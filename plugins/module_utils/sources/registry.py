@@ -101,6 +101,7 @@ class RegistrySource:
                      index_digest=choice.index_digest)
 
     def close(self) -> None:
+        self._client.stop()
         if self._fetcher is not None:
             self._fetcher.close()
             self._fetcher = None

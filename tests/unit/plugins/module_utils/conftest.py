@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import types
 import typing as t
 
 import pytest
@@ -60,5 +59,5 @@ def token_registry(registry_state: str) -> registry_support.Pushed:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> t.List[float]:
     """Retry back-off without the waiting: the client's sleeps are recorded and return at once."""
     recorded: t.List[float] = []
-    monkeypatch.setattr(client_module, 'time', types.SimpleNamespace(sleep=recorded.append))
+    monkeypatch.setattr(client_module, '_pause', lambda _stopping, seconds: recorded.append(seconds))
     return recorded

@@ -8,13 +8,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 import tempfile
+import time
 
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, Result, run
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import LayerError, SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, LayerError, SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry import cache as cache_module
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryError
+from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryClient, RegistryError
+from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
 from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
 from ansible_collections.virt.bootstrap.tests.registry import push as pusher
 from ansible_collections.virt.bootstrap.tests.registry.fault_proxy import FaultProxy
@@ -270,3 +272,13 @@ def test_a_moved_tag_rebuilds_and_shows_both_digests(tmp_path, proxy, http_regis
     shared_layer, new_layer = layer_digests(http_registry.layout, 'other')
     fetched = [seen.path.rsplit('/', 1)[1] for seen in proxy.seen('GET', '/blobs/')]
     assert len(fetched) == 2 and new_layer in fetched and shared_layer not in fetched  # the config and new_layer
+
+
+def test_a_stopped_client_gives_up_waiting_to_retry_at_once():
+    # Ctrl-C or a failed layer ends the run: downloads waiting to retry must not hold it up.
+    client = RegistryClient(parse_reference('127.0.0.1:9/app'), backoff=20.0)
+    client.stop()
+    started = time.monotonic()
+    with pytest.raises(BootstrapError, match='stopped while waiting to retry'):
+        client._sleep(3, None)  # pylint: disable=protected-access
+    assert time.monotonic() - started < 5

@@ -53,6 +53,9 @@ class FakeRegistry:
         media_type = value.get('mediaType', MEDIA_OCI_CONFIG) if isinstance(value, dict) else MEDIA_OCI_CONFIG
         return {'mediaType': media_type, 'digest': digest, 'size': len(body)}
 
+    def stop(self) -> None:
+        """Nothing waits to retry here."""
+
     def get_manifest(self, reference: str) -> t.Tuple[bytes, str, str]:
         self.requests.append(('manifest', reference))
         digest = self.tags.get(reference, reference)
