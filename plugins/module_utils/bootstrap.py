@@ -59,7 +59,7 @@ class Request:
 
     def validate(self) -> None:
         if self.format not in FORMATS:
-            raise DestinationError('format %r is not supported; choose one of: %s'
+            raise BootstrapError('format %r is not supported; choose one of: %s'
                                    % (self.format, ', '.join(FORMATS)))
         if self.root_password is not None and self.root_password_hash is not None:
             raise BootstrapError('root_password and root_password_hash are mutually exclusive')
@@ -77,9 +77,12 @@ class Request:
         return self.root_password is not None and shadow.password_matches(self.root_password, current)
 
 
+PlanAction = t.Literal['build', 'password', 'remove', 'none']
+
+
 @dataclass
 class Plan:
-    action: str  # 'build', 'password', 'remove' or 'none'
+    action: PlanAction
     reason: str
     before: t.Optional[StateRecord]
     after: t.Optional[StateRecord] = None
@@ -114,7 +117,7 @@ def run(request: Request, check_mode: bool = False) -> Result:
     source = None
     if request.state == 'present':
         if not request.src:
-            raise DestinationError('src is required when state is present')
+            raise BootstrapError('src is required when state is present')
         registry = request.registry
         if registry.max_download_size is None:
             # Compressed layers bigger than max_size cannot expand to less: refuse before downloading.
