@@ -59,8 +59,7 @@ class Request:
 
     def validate(self) -> None:
         if self.format not in FORMATS:
-            raise BootstrapError('format %r is not supported; choose one of: %s'
-                                   % (self.format, ', '.join(FORMATS)))
+            raise BootstrapError('format %r is not supported; choose one of: %s' % (self.format, ', '.join(FORMATS)))
         if self.root_password is not None and self.root_password_hash is not None:
             raise BootstrapError('root_password and root_password_hash are mutually exclusive')
         if self.root_password_hash is not None:

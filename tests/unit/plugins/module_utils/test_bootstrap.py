@@ -259,10 +259,10 @@ def test_empty_pre_existing_dest_is_accepted(site):
 
 
 BAD_REQUESTS = [
-    ({'format': 'qcow2'}, DestinationError, "format 'qcow2' is not supported"),
+    ({'format': 'qcow2'}, BootstrapError, "format 'qcow2' is not supported"),
     ({'dest': 'relative/rootfs'}, DestinationError, 'must be an absolute path'),
     ({'dest': '/'}, DestinationError, 'cannot be used'),
-    ({'src': None}, DestinationError, 'src is required'),
+    ({'src': None}, BootstrapError, 'src is required'),
     ({'src': 'ftp://example.com/alpine'}, SourceError, 'unsupported source'),
     ({'platform': 'linux//'}, PlatformError, 'not of the form'),
 ]
