@@ -9,11 +9,13 @@ import bz2
 import gzip
 import hashlib
 import io
+import json
 import lzma
 import os
 import stat
 import struct
 import tarfile
+import traceback
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Layer
@@ -177,3 +179,37 @@ def listing(root: str) -> t.List[str]:
         else:
             paths.append(entry.name)
     return sorted(paths)
+
+
+NOBODY = 65534
+
+
+def as_nobody(action: t.Callable[[], t.Any]) -> t.Dict[str, t.Any]:
+    """Run `action` in a forked child that became uid/gid 65534.
+
+    Returns {'value': what it returned} or {'error': exception type, 'message': ..., 'traceback': ...}.
+    """
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        status = 1
+        try:
+            os.close(reader)
+            try:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                outcome: t.Dict[str, t.Any] = {'value': action()}
+            except BaseException as exc:  # pylint: disable=broad-except
+                outcome = {'error': type(exc).__name__, 'message': str(exc), 'traceback': traceback.format_exc()}
+            with os.fdopen(writer, 'w') as stream:
+                json.dump(outcome, stream)
+            status = 0
+        finally:
+            os._exit(status)  # pylint: disable=protected-access
+    os.close(writer)
+    with os.fdopen(reader) as stream:
+        text = stream.read()
+    wait_status = os.waitpid(pid, 0)[1]
+    assert os.waitstatus_to_exitcode(wait_status) == 0, text
+    return json.loads(text)

@@ -5,13 +5,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
 import struct
 import tempfile
-import traceback
 import typing as t
 
 import pytest
@@ -22,12 +20,13 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.layers import shift
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import (
     CAPABILITY_V2,
     TarBuilder,
+    NOBODY,
+    as_nobody,
     compress,
 )
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='writing files owned by other users needs root')
 
-NOBODY = 65534
 # The old virt-bootstrap's own test maps: applied by walking the tree, 0 went to 1000 and then on to 2000.
 OLD_TOOL_MAP = [[1000, 2000, 10], [0, 1000, 10], [500, 500, 10]]
 CAPABILITY_PAX = {'SCHILY.xattr.security.capability': CAPABILITY_V2.decode('utf-8', 'surrogateescape')}
@@ -227,31 +226,6 @@ def test_check_mode_reports_a_map_change_without_writing(site):
 # -- unprivileged callers --------------------------------------------------------------------------
 
 
-def _as_nobody(action: t.Callable[[], t.Any]) -> t.Dict[str, t.Any]:
-    """Run `action` in a child that became uid/gid 65534; its outcome as {'value': ...} or {'error': ...}."""
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            os.close(reader)
-            try:
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-                outcome: t.Dict[str, t.Any] = {'value': action()}
-            except BaseException as exc:  # pylint: disable=broad-except
-                outcome = {'error': type(exc).__name__, 'message': str(exc), 'traceback': traceback.format_exc()}
-            with os.fdopen(writer, 'w') as stream:
-                json.dump(outcome, stream)
-        finally:
-            os._exit(0)  # pylint: disable=protected-access
-    os.close(writer)
-    with os.fdopen(reader) as stream:
-        text = stream.read()
-    os.waitpid(pid, 0)
-    return json.loads(text)
-
-
 @pytest.fixture
 def nobody_site():
     # pytest's tmp_path is private to root; this one belongs to the unprivileged user.
@@ -273,7 +247,7 @@ def nobody_site():
 ])
 def test_unprivileged_caller_asking_for_a_map_with_dir_gets_a_clear_refusal(nobody_site, maps):
     site, source = nobody_site
-    outcome = _as_nobody(lambda: bootstrap(source, site.dest, fmt='dir', **maps).changed)
+    outcome = as_nobody(lambda: bootstrap(source, site.dest, fmt='dir', **maps).changed)
     assert outcome.get('error') == 'BootstrapError', outcome
     assert 'need root' in outcome['message'] and 'uid %d' % NOBODY in outcome['message']
     assert not os.path.lexists(site.dest)
@@ -282,6 +256,6 @@ def test_unprivileged_caller_asking_for_a_map_with_dir_gets_a_clear_refusal(nobo
 def test_unprivileged_caller_without_a_map_can_still_build(nobody_site):
     # The control for the refusal above: it is the map that is refused, not the caller.
     site, source = nobody_site
-    outcome = _as_nobody(lambda: bootstrap(source, site.dest, fmt='dir').changed)
+    outcome = as_nobody(lambda: bootstrap(source, site.dest, fmt='dir').changed)
     assert outcome == {'value': True}
     assert owner(site.path('home/user2/notes')) == (NOBODY, NOBODY)

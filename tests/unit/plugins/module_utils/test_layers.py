@@ -9,7 +9,6 @@ import dataclasses
 import errno
 import gzip
 import io
-import json
 import os
 import pathlib
 import resource
@@ -18,7 +17,6 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-import traceback
 import typing as t
 import zlib
 
@@ -34,6 +32,8 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuild
     MTIME,
     TarBuilder,
     apply_layers,
+    NOBODY,
+    as_nobody,
     blob_layer,
     compress,
     listing,
@@ -41,8 +41,6 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuild
     sha256,
     snapshot,
 )
-
-NOBODY = 65534
 
 
 @pytest.fixture
@@ -679,32 +677,9 @@ def test_failing_blob_reads_are_not_reported_as_damaged_data(root: str, compress
 
 
 def _run_as_nobody(action: t.Callable[[], t.Any]) -> t.Any:
-    """Run `action` in a child process that has dropped to uid/gid 65534; return its JSON result."""
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        status = 1
-        try:
-            os.close(reader)
-            try:
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-                outcome = {'value': action()}
-            except BaseException as exc:  # pylint: disable=broad-except
-                outcome = {'error': '%s: %s\n%s' % (type(exc).__name__, exc, traceback.format_exc())}
-            with os.fdopen(writer, 'w') as stream:
-                json.dump(outcome, stream)
-            status = 0
-        finally:
-            os._exit(status)  # pylint: disable=protected-access
-    os.close(writer)
-    with os.fdopen(reader) as stream:
-        text = stream.read()
-    wait_status = os.waitpid(pid, 0)[1]
-    assert os.waitstatus_to_exitcode(wait_status) == 0, text
-    outcome = json.loads(text)
-    assert 'error' not in outcome, outcome.get('error')
+    """What `action` returns when run as uid/gid 65534; its failure fails the test."""
+    outcome = as_nobody(action)
+    assert 'error' not in outcome, outcome
     return outcome['value']
 
 

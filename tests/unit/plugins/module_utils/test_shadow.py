@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import stat
@@ -21,7 +20,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Re
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
 from ansible_collections.virt.bootstrap.plugins.module_utils.shadow import ShadowError
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import snapshot_tree
-from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import TarBuilder, compress
+from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import NOBODY, TarBuilder, as_nobody, compress
 
 NEW = '$6$newsalt$NEWHASH'
 # A real, cheap SHA-512 crypt hash of 'known' (5000 rounds, as glibc makes them).
@@ -453,33 +452,6 @@ def test_guest_that_replaced_its_shadow_with_a_symlink_cannot_reach_the_host(sit
 
 # -- unprivileged callers --------------------------------------------------------------------------
 
-NOBODY = 65534
-
-
-def _as_nobody(action: t.Callable[[], t.Any]) -> t.Dict[str, t.Any]:
-    """Run `action` in a forked child that became uid/gid 65534; {'value': ...} or {'error': ...}."""
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            os.close(reader)
-            try:
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-                outcome: t.Dict[str, t.Any] = {'value': action()}
-            except BaseException as exc:  # pylint: disable=broad-except
-                outcome = {'error': '%s: %s' % (type(exc).__name__, exc)}
-            with os.fdopen(writer, 'w') as stream:
-                json.dump(outcome, stream)
-        finally:
-            os._exit(0)  # pylint: disable=protected-access
-    os.close(writer)
-    with os.fdopen(reader) as stream:
-        text = stream.read()
-    os.waitpid(pid, 0)
-    return json.loads(text)
-
 
 @pytest.mark.skipif(os.geteuid() != 0, reason='needs root to become an unprivileged user')
 def test_unprivileged_caller_sets_the_password_in_a_mode_0000_shadow():
@@ -496,7 +468,7 @@ def test_unprivileged_caller_sets_the_password_in_a_mode_0000_shadow():
             return [bootstrap(src, dest, root_password='s3cret').changed,
                     bootstrap(src, dest, root_password='s3cret').changed]
 
-        assert _as_nobody(build_twice) == {'value': [True, False]}
+        assert as_nobody(build_twice) == {'value': [True, False]}
         path = os.path.join(dest, 'etc', 'shadow')
         info = os.lstat(path)
         assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o000, NOBODY)
