@@ -102,7 +102,7 @@ def engine_child(src: str, dest: str, profile_path: t.Optional[str]) -> None:
     bootstrap = import_engine()
     imported = time.perf_counter()
     write_dir_s = time_write_dir(bootstrap)
-    request = bootstrap.Request(src=src, dest=dest)
+    request = bootstrap.Request(src=src, dest=dest, device_nodes=True)  # umoci creates them too
     if profile_path:
         import cProfile  # pylint: disable=import-outside-toplevel
         profiler = cProfile.Profile()

@@ -184,7 +184,8 @@ def engine_child(src: str, dest: str, cache_dir: str, expected: str) -> None:
     from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
     imported = time.perf_counter()
     write_dir_s = time_write_dir(bootstrap)
-    result = bootstrap.run(bootstrap.Request(src=src, dest=dest,
+    # device_nodes: umoci creates them too, so both tools write the same tree.
+    result = bootstrap.run(bootstrap.Request(src=src, dest=dest, device_nodes=True,
                                              registry=RegistryOptions(not_secure=True, cache_dir=cache_dir)))
     finished = time.perf_counter()
     if result.changed != (expected == 'changed'):
@@ -261,7 +262,8 @@ def print_report(image: t.Dict[str, t.Any], summary: t.Dict[str, t.Any], measure
           ' per run,' % image['rounds'])
     print('          outputs deleted at the end; wall = spawn to exit + sync; CPU and peak RSS from wait4 (children'
           ' included)')
-    print('          ours: bootstrap.run(Request(docker://..., registry=RegistryOptions(not_secure=True, cache_dir=...)))'
+    print('          ours: bootstrap.run(Request(docker://..., device_nodes=True, registry=RegistryOptions(not_secure=True, '
+          'cache_dir=...)))'
           ' in a child')
     print('          %s: skopeo copy --src-tls-verify=false docker://... oci:LAYOUT:%s; umoci unpack --image'
           ' LAYOUT:%s BUNDLE' % (PEER, TAG, TAG))
