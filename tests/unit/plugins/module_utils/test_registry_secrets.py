@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import subprocess
@@ -14,26 +13,15 @@ import threading
 import traceback
 import typing as t
 from dataclasses import asdict
-from unittest import mock
 
 import pytest
 
-from ansible.module_utils import basic
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, run
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
 from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
-from ansible_collections.virt.bootstrap.plugins.modules import container_rootfs
+from ansible_collections.virt.bootstrap.tests.unit.plugins.modules.module_runner import run_main
 from ansible_collections.virt.bootstrap.tests.registry.fault_proxy import FaultProxy
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry_support import files_below
-
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core < 2.19: the classic way
-    @contextlib.contextmanager  # type: ignore[no-redef]
-    def patch_module_args(args: t.Optional[t.Dict[str, t.Any]] = None) -> t.Iterator[None]:
-        serialized = json.dumps({'ANSIBLE_MODULE_ARGS': args or {}}).encode('utf-8')
-        with mock.patch.object(basic, '_ANSIBLE_ARGS', serialized):
-            yield
 
 
 def secret_forms(username: str, password: str) -> t.List[str]:
@@ -160,25 +148,17 @@ def test_a_credential_helper_gets_the_server_on_stdin_and_nothing_else(tmp_path,
                    *file_texts(str(tmp_path / '.rootfs.virt-bootstrap'), str(tmp_path / 'cache')))
 
 
-def run_module(capsys, args):
-    with patch_module_args(args):
-        with pytest.raises(SystemExit) as caught:
-            container_rootfs.main()
-    output = capsys.readouterr().out
-    return caught.value.code, json.loads(output), output
-
-
 def test_the_module_output_holds_no_password(tmp_path, capsys, tls_registry):
     registry = tls_registry.registry
     args = {'src': tls_registry.ref('app:base'), 'dest': str(tmp_path / 'rootfs'), 'ca_path': registry.ca_path,
             'cache_dir': str(tmp_path / 'cache'), 'username': registry.username, 'password': registry.password}
-    code, result, output = run_module(capsys, args)
+    code, output, result = run_main(capsys, args)
     assert code == 0 and result['changed']
     assert result['credentials_from'] == 'the username/password options'
     assert_nowhere(secret_forms(registry.username, registry.password), output)
 
     wrong = 'Wrong-' + registry.password
-    code, result, output = run_module(capsys, dict(args, dest=str(tmp_path / 'other'), password=wrong))
+    code, output, result = run_main(capsys, dict(args, dest=str(tmp_path / 'other'), password=wrong))
     assert code == 1
     assert result['msg'] == '%s refused the credentials from the username/password options for app' % registry.host
     assert_nowhere(secret_forms(registry.username, wrong), output)

@@ -5,17 +5,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import typing as t
-from unittest import mock
 
 import pytest
 import yaml
 
-from ansible.module_utils import basic
 from ansible_collections.virt.bootstrap.plugins.modules import container_rootfs
+from ansible_collections.virt.bootstrap.tests.unit.plugins.modules.module_runner import run_main
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import (
     compress,
     make_tar,
@@ -23,14 +19,6 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_bu
     write_file,
 )
 
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core < 2.19: the classic way
-    @contextlib.contextmanager  # type: ignore[no-redef]
-    def patch_module_args(args: t.Optional[t.Dict[str, t.Any]] = None) -> t.Iterator[None]:
-        serialized = json.dumps({'ANSIBLE_MODULE_ARGS': args or {}}).encode('utf-8')
-        with mock.patch.object(basic, '_ANSIBLE_ARGS', serialized):
-            yield
 
 ROOTFS = {'etc': None, 'etc/os-release': b'ID=test\n'}
 RETURNED = {'changed', 'msg', 'dest', 'format', 'digest', 'index_digest', 'platform', 'layers', 'entries_written',
@@ -39,12 +27,8 @@ RETURNED = {'changed', 'msg', 'dest', 'format', 'digest', 'index_digest', 'platf
 
 def run_module(capsys, args, check_mode=False, diff=False):
     """Run main() once; returns (exit code, result)."""
-    module_args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
-    with patch_module_args(module_args):
-        with pytest.raises(SystemExit) as caught:
-            container_rootfs.main()
-    result = json.loads(capsys.readouterr().out)
-    return caught.value.code, result
+    code, _output, result = run_main(capsys, args, check_mode=check_mode, diff=diff)
+    return code, result
 
 
 @pytest.fixture

@@ -5,29 +5,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tarfile
 import typing as t
-from unittest import mock
 
 import pytest
 from passlib.hash import sha512_crypt
 
-from ansible.module_utils import basic
 from ansible_collections.virt.bootstrap.plugins.module_utils import shadow
-from ansible_collections.virt.bootstrap.plugins.modules import container_rootfs
+from ansible_collections.virt.bootstrap.tests.unit.plugins.modules.module_runner import run_main
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import TarBuilder, compress
 
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core < 2.19
-    @contextlib.contextmanager  # type: ignore[no-redef]
-    def patch_module_args(args: t.Optional[t.Dict[str, t.Any]] = None) -> t.Iterator[None]:
-        serialized = json.dumps({'ANSIBLE_MODULE_ARGS': args or {}}).encode('utf-8')
-        with mock.patch.object(basic, '_ANSIBLE_ARGS', serialized):
-            yield
 
 PASSWORD = 'Tr0ub4dor-and-3'
 KNOWN_HASH = sha512_crypt.using(rounds=5000, salt='modulesalt').hash('known')
@@ -36,11 +25,7 @@ AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason='writing files owned by o
 
 def run_module(capsys, args: t.Dict[str, t.Any], check_mode: bool = False) -> t.Tuple[int, str, t.Dict[str, t.Any]]:
     """Run main() once; returns (exit code, the JSON text printed, the result)."""
-    with patch_module_args(dict(args, _ansible_check_mode=check_mode)):
-        with pytest.raises(SystemExit) as caught:
-            container_rootfs.main()
-    output = capsys.readouterr().out
-    return caught.value.code, output, json.loads(output)
+    return run_main(capsys, args, check_mode=check_mode, diff=bool(args.pop('_ansible_diff', False)))
 
 
 @pytest.fixture
