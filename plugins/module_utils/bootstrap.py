@@ -121,6 +121,9 @@ def run(request: Request, check_mode: bool = False) -> Result:
         if registry.max_download_size is None:
             # Compressed layers bigger than max_size cannot expand to less: refuse before downloading.
             registry = dataclasses.replace(registry, max_download_size=request.max_size)
+        if registry.no_cache and registry.scratch_dir is None:
+            # Blobs are only fetched while the lock is held, when the bookkeeping directory exists.
+            registry = dataclasses.replace(registry, scratch_dir=dest.meta_dir)
         source = open_source(parse_source(request.src), registry)
     try:
         if not check_mode and dest.has_debris():

@@ -99,7 +99,8 @@ options:
     type: path
   no_cache:
     description:
-      - Download into a temporary cache that is removed at the end of the run.
+      - Download into a temporary cache that is removed at the end of the run. It lives in the bookkeeping
+        directory beside O(dest), on the same filesystem as the rootfs.
     type: bool
     default: false
   root_password:

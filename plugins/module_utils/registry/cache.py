@@ -35,9 +35,11 @@ def default_cache_dir() -> str:
 class BlobCache:
     """Content-addressed files under `root`/blobs/ALGO/HEX; `temporary` ones vanish on close()."""
 
-    def __init__(self, root: t.Optional[str] = None, temporary: bool = False) -> None:
+    def __init__(self, root: t.Optional[str] = None, temporary: bool = False,
+                 scratch_dir: t.Optional[str] = None) -> None:
         if temporary:
-            self.root = tempfile.mkdtemp(prefix='virt-bootstrap-cache-')
+            # 'build-' marks it as debris for Destination if a killed run leaves it in its bookkeeping.
+            self.root = tempfile.mkdtemp(prefix='build-cache-', dir=scratch_dir)
         else:
             self.root = root or default_cache_dir()
             os.makedirs(self.root, mode=0o700, exist_ok=True)

@@ -44,6 +44,9 @@ class RegistryOptions:
     no_cache: bool = False
     # Refuse, before downloading any layer, an image whose layers add up to more bytes than this (compressed).
     max_download_size: t.Optional[int] = None
+    # Where a no_cache run keeps its temporary cache (default: the system's temporary directory, often a
+    # small tmpfs); the engine points it at dest's bookkeeping directory, on dest's filesystem.
+    scratch_dir: t.Optional[str] = None
 
 
 class _Choice(t.NamedTuple):
@@ -176,7 +179,8 @@ class RegistrySource:
 
     def _open_blob(self, digest: str, size: t.Optional[int]) -> t.Any:
         if self._fetcher is None:
-            self._cache = BlobCache(self._options.cache_dir, temporary=self._options.no_cache)
+            self._cache = BlobCache(self._options.cache_dir, temporary=self._options.no_cache,
+                                    scratch_dir=self._options.scratch_dir)
             self._fetcher = BlobFetcher(self._cache, self._client.download_blob)
             # Every layer starts downloading now; they are applied one by one, bottom first.
             self._fetcher.prefetch(self._layer_blobs)

@@ -175,10 +175,22 @@ def test_no_cache_leaves_no_cache_dir(tmp_path, proxy, monkeypatch):
     monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path / 'tmp'))
     monkeypatch.setattr(cache_module, 'default_cache_dir', lambda: str(tmp_path / 'default-cache'))
     (tmp_path / 'tmp').mkdir()
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def spy_mkdtemp(*args, **kwargs):
+        made.append(real_mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(cache_module.tempfile, 'mkdtemp', spy_mkdtemp)
     result = pull(proxy, tmp_path, 'app:base', no_cache=True, cache_dir=None)
     assert result.changed
     assert os.listdir(tmp_path / 'tmp') == []
     assert not os.path.exists(tmp_path / 'default-cache')
+    # The temporary cache lived beside dest, on its filesystem, not in a (possibly small) tmpfs.
+    caches = [path for path in made if os.path.basename(path).startswith('build-cache-')]
+    assert len(caches) == 1 and os.path.dirname(caches[0]) == str(tmp_path / '.rootfs.virt-bootstrap')
+    assert not os.path.exists(caches[0])
     # Every blob was downloaded: nothing could have come from a cache.
     assert proxy.count('GET', '/blobs/') == 4
 
