@@ -10,11 +10,10 @@ import tarfile
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.compression import (
-    DECOMPRESSION_ERRORS,
-    open_decompressed,
+    open_layer_data,
     read_up_to,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import LayerError, SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image, Layer, Platform, file_digest
 
 _MEDIA_BY_COMPRESSION = {
@@ -50,14 +49,10 @@ def _check_is_tar(path: str) -> str:
     """Fail early, with a clear message, on anything that does not start like a tar archive."""
     try:
         with open(path, 'rb') as stream:
-            decompressed, compression = open_decompressed(stream)
+            decompressed, compression = open_layer_data(stream)
             header = read_up_to(decompressed, tarfile.BLOCKSIZE)
-    except DECOMPRESSION_ERRORS as exc:
+    except LayerError as exc:
         raise SourceError('%s is not a readable archive: %s' % (path, exc))
-    except Exception as exc:
-        if type(exc).__name__ == 'ZstdError':
-            raise SourceError('%s is not a readable zstd archive: %s' % (path, exc))
-        raise
     try:
         tarfile.TarInfo.frombuf(header, 'utf-8', 'surrogateescape')
     except tarfile.HeaderError:
