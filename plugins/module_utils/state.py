@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 import typing as t
 from dataclasses import asdict, dataclass, field
+
+from ansible_collections.virt.bootstrap.plugins.module_utils.image import sha256_digest
 
 RECORD_VERSION = 1
 
@@ -38,7 +39,7 @@ class StateRecord:
 def options_hash(shaping_options: t.Mapping[str, t.Any]) -> str:
     """A stable hash of the options that change what is written (never their secret values)."""
     encoded = json.dumps(shaping_options, sort_keys=True, separators=(',', ':')).encode('utf-8')
-    return 'sha256:' + hashlib.sha256(encoded).hexdigest()
+    return sha256_digest(encoded)
 
 
 def path_identity(path: str) -> t.Optional[t.List[int]]:
