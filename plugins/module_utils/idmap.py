@@ -67,9 +67,13 @@ def parse_id_map(value: t.Any, name: str = 'uid_map') -> IdMap:
         ranges.append(IdRange(start, target, count))
     for first_index, first in enumerate(ranges):
         for second in ranges[first_index + 1:]:
-            if first.start < second.start + second.count and second.start < first.start + first.count:
-                raise IdMapError('%s: source ranges %s and %s overlap' % (
-                    name, [first.start, first.target, first.count], [second.start, second.target, second.count]))
+            for side, first_start, second_start in (('source', first.start, second.start),
+                                                    ('target', first.target, second.target)):
+                # Overlapping targets would give two ids of the image the same owner on the host.
+                if first_start < second_start + second.count and second_start < first_start + first.count:
+                    raise IdMapError('%s: %s ranges %s and %s overlap' % (
+                        name, side, [first.start, first.target, first.count],
+                        [second.start, second.target, second.count]))
     return IdMap(ranges)
 
 

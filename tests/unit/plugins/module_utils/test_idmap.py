@@ -27,8 +27,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import (
     (['0:1000:10', [500, 1500, 10]], [[0, 1000, 10], [500, 1500, 10]]),
     # What a Jinja template gives without native types: numbers as strings.
     ([['0', '100000', '65536']], [[0, 100000, 65536]]),
-    # Adjacent source ranges do not overlap; targets may be shared.
-    ([[0, 1000, 10], [10, 1000, 10]], [[0, 1000, 10], [10, 1000, 10]]),
+    # Adjacent ranges do not overlap, on either side.
+    ([[0, 1000, 10], [10, 1010, 10]], [[0, 1000, 10], [10, 1010, 10]]),
     # The largest ids chown can set: (uid_t)-1 means "leave unchanged".
     ([[MAX_ID, 0, 1], [0, MAX_ID, 1]], [[MAX_ID, 0, 1], [0, MAX_ID, 1]]),
     ([[0, 0, MAX_ID + 1]], [[0, 0, MAX_ID + 1]]),
@@ -82,6 +82,10 @@ def test_valid_maps_are_accepted(value, expected):
     ([[0, 1000, 10], [9, 2000, 1]], 'overlap'),
     ([[0, 1000, 10], [20, 3000, 5], [100, 4000, 1], [22, 5000, 1]], 'overlap'),
     ([[7, 1000, 1], [7, 2000, 1]], 'overlap'),
+    # overlapping targets: two ids of the image would get one owner on the host
+    ([[0, 1000, 10], [10, 1000, 10]], 'target ranges [0, 1000, 10] and [10, 1000, 10] overlap'),
+    ([[0, 1000, 10], [100, 1009, 1]], 'target ranges'),
+    ([[500, 1500, 10], [0, 1495, 10]], 'target ranges'),
 ])
 def test_invalid_maps_are_refused_with_a_reason(value, message):
     with pytest.raises(IdMapError) as caught:
