@@ -11,8 +11,10 @@ import os
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible.module_utils.common.text.formatters import human_to_bytes
+
 from ansible_collections.virt.bootstrap.plugins.module_utils import shadow
-from ansible_collections.virt.bootstrap.plugins.module_utils.destination import Destination
+from ansible_collections.virt.bootstrap.plugins.module_utils.destination import Destination, flush_filesystem, mark_rootfs
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DestinationError
 from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import IdMap, parse_id_map
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image
@@ -21,10 +23,12 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import ma
 from ansible_collections.virt.bootstrap.plugins.module_utils.progress import Progress, ProgressCallback
 from ansible_collections.virt.bootstrap.plugins.module_utils.sources import Source, open_source, parse_source
 from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
-from ansible_collections.virt.bootstrap.plugins.module_utils.state import StateRecord, options_hash, path_identity
+from ansible_collections.virt.bootstrap.plugins.module_utils.state import StateRecord, options_hash
 from ansible_collections.virt.bootstrap.plugins.module_utils.writers.dir import write_dir
 
 FORMATS = ('dir',)
+# always: rebuild when the image or an option changes; never: keep the rootfs dest holds.
+UPDATE_POLICIES = ('always', 'never')
 
 
 @dataclass
@@ -43,19 +47,23 @@ class Request:
     progress_cb: t.Optional[ProgressCallback] = field(default=None, repr=False)
     registry: RegistryOptions = field(default_factory=RegistryOptions)
     device_nodes: bool = False
+    update: str = 'always'
 
-    def shaping_options(self) -> t.Dict[str, t.Any]:
+    def shaping_options(self, with_password: bool = True) -> t.Dict[str, t.Any]:
         """Options that change the rootfs written, beyond the image itself.
 
-        Only whether a root password is set counts here: neither it nor its hash is ever stored.
+        Only whether a root password is set counts here: neither it nor its hash is ever stored. It is
+        an edit of the tree, not a reason to rebuild it, so the options hash leaves it out.
         """
-        return {
+        options = {
             'format': self.format,
             'uid_map': self.uid_map.as_lists(),
             'gid_map': self.gid_map.as_lists(),
-            'root_password': self.root_password is not None or self.root_password_hash is not None,
             'device_nodes': self.device_nodes,
         }
+        if with_password:
+            options['root_password'] = _wants_password(self)
+        return options
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -64,6 +72,8 @@ class Request:
             raise BootstrapError('root_password and root_password_hash are mutually exclusive')
         if self.root_password_hash is not None:
             shadow.validate_crypt_hash(self.root_password_hash)
+        if self.update not in UPDATE_POLICIES:
+            raise BootstrapError('update %r is not one of: %s' % (self.update, ', '.join(UPDATE_POLICIES)))
         if (self.uid_map or self.gid_map) and os.geteuid() != 0 and self.state == 'present':
             raise BootstrapError('uid_map/gid_map need root for the dir format: files owned by other users '
                                  'cannot be created by uid %d' % os.geteuid())
@@ -101,7 +111,8 @@ class Result:
     layers: t.List[t.Dict[str, t.Any]] = field(default_factory=list)
     entries_written: int = 0
     entries_skipped: int = 0
-    skipped: t.Dict[str, int] = field(default_factory=dict)
+    # Not 'skipped': Ansible reads that key as "the task was skipped".
+    entries_skipped_by_reason: t.Dict[str, int] = field(default_factory=dict)
     warnings: t.List[str] = field(default_factory=list)
     # Where registry credentials came from (an auth file path or the options); never the secret.
     credentials_from: t.Optional[str] = None
@@ -126,20 +137,20 @@ def run(request: Request, check_mode: bool = False) -> Result:
             registry = dataclasses.replace(registry, scratch_dir=dest.meta_dir)
         source = open_source(parse_source(request.src), registry)
     try:
-        if not check_mode and dest.has_debris():
+        if not check_mode and dest.needs_recovery():
             with dest:
-                pass  # taking the lock clears what a killed run left (and puts back a parked rootfs)
+                pass  # taking the lock settles what a killed run left (see Destination._recover)
         # Decide before locking: a run with nothing to do (or refused) leaves no bookkeeping behind.
         plan = decide(request, dest, source)
         if check_mode or plan.action == 'none':
             if not check_mode:
                 Progress(request.progress_cb).done('Nothing to do')
-            return _result(request, plan, source, stats=None)
+            return _result(request, plan, source, dest, stats=None)
         with dest:
             if dest.load_record() != plan.before:
                 plan = decide(request, dest, source)  # another run changed dest while we waited for the lock
             stats = carry_out(request, plan, dest)
-        return _result(request, plan, source, stats=stats)
+        return _result(request, plan, source, dest, stats=stats)
     finally:
         if source is not None:
             source.close()
@@ -150,15 +161,18 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
     if request.state == 'absent' or source is None:
         if not dest.exists() and before is None:
             return Plan('none', '%s is absent' % dest.path, before)
-        refusal = dest.refusal(before, request.force)
+        refusal = dest.refusal(before, request.force, action='remove')
         if refusal:
-            raise DestinationError(refusal.replace('replace', 'remove'))
+            raise DestinationError(refusal)
+        dest.check_replaceable('remove')
         return Plan('remove', 'remove %s' % dest.path, before)
 
+    intact = dest.holds(before) and os.path.isdir(dest.path)
+    if before is not None and intact and request.update == 'never':
+        return _unchanged(request, dest, before, reason='%s already holds %s (update: never)'
+                          % (dest.path, before.digest))
     wanted_platform = parse_platform(request.platform) if request.platform else None
-    wanted_options = options_hash(request.shaping_options())
-    intact = before is not None and before.dest_identity is not None and \
-        before.dest_identity == path_identity(dest.path) and os.path.isdir(dest.path)
+    wanted_options = options_hash(request.shaping_options(with_password=False))
     probe = getattr(source, 'probe', None)
     same_platform = wanted_platform is None or (
         before is not None and before.platform is not None and matches(parse_platform(before.platform), wanted_platform))
@@ -170,12 +184,14 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
     after = StateRecord(
         source=request.src or '', digest=image.digest, format=request.format, options_hash=wanted_options,
         platform=str(image.platform) if image.platform else None, index_digest=image.index_digest,
-        layers=[layer.describe() for layer in image.layers], options=request.shaping_options())
+        layers=[layer.describe() for layer in image.layers], options=request.shaping_options(),
+        root_password=_wants_password(request))
     if before is not None and intact and before.same_result(after):
-        return _unchanged(request, dest, before, image)
+        return _unchanged(request, dest, before, image=image)
     refusal = dest.refusal(before, request.force)
     if refusal:
         raise DestinationError(refusal)
+    dest.check_replaceable('replace')
     if before is None:
         reason = 'build %s into %s' % (image.digest, dest.path)
     elif not intact:
@@ -187,10 +203,18 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
     return Plan('build', reason, before, after, image)
 
 
-def _unchanged(request: Request, dest: Destination, before: StateRecord, image: t.Optional[Image] = None) -> Plan:
-    if _wants_password(request) and not request.password_is_set_in(dest.path):
-        return Plan('password', 'set the root password in %s' % dest.path, before, before, image)
-    return Plan('none', '%s already holds %s' % (dest.path, before.digest), before, before, image)
+def _unchanged(request: Request, dest: Destination, before: StateRecord, image: t.Optional[Image] = None,
+               reason: t.Optional[str] = None) -> Plan:
+    """dest holds the image: at most the root password entry needs an edit."""
+    wants_password = _wants_password(request)
+    after = dataclasses.replace(before, root_password=wants_password,
+                                options=dict(before.options, root_password=wants_password))
+    if wants_password and (not before.root_password or not request.password_is_set_in(dest.path)):
+        return Plan('password', 'set the root password in %s' % dest.path, before, after, image)
+    if not wants_password and before.root_password:
+        return Plan('password', "put back the image's own root password entry in %s" % dest.path, before, after,
+                    image)
+    return Plan('none', reason or '%s already holds %s' % (dest.path, before.digest), before, before, image)
 
 
 def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[ApplyStats]:
@@ -200,38 +224,60 @@ def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[App
         return None
     progress = Progress(request.progress_cb)
     if plan.action == 'password':
+        if plan.after is None:
+            raise BootstrapError('internal error: a password plan without a record')
         progress.status('Setting the root password', 0.0)
-        _set_password(request, dest.path)
-        progress.done('Root password set')
+        if plan.after.root_password:
+            _set_password(request, dest.path)
+        elif plan.after.image_root_field is not None:
+            shadow.set_root_hash(dest.path, plan.after.image_root_field)
+        dest.save_record(plan.after)
+        progress.done('Root password set' if plan.after.root_password else 'Root password entry put back')
         return None
     if plan.action != 'build':
         return None
     if plan.image is None or plan.after is None:
         raise BootstrapError('internal error: a build plan without an image')
+    stats = _build_and_swap(request, plan.image, plan.after, dest, progress)
+    progress.done('Extraction completed successfully!')
+    return stats
+
+
+def _build_and_swap(request: Request, image: Image, after: StateRecord, dest: Destination,
+                    progress: Progress) -> ApplyStats:
+    """Build beside dest, then record and swap as one recoverable step (see Destination)."""
     build_dir = dest.new_build_dir()
+    swapped = False
     try:
         new_root = os.path.join(build_dir, 'rootfs')
-        stats = write_dir(plan.image, new_root, request.max_size, _id_mapper(request), progress,
+        stats = write_dir(image, new_root, request.max_size, _id_mapper(request), progress,
                           device_nodes=request.device_nodes)
+        after.image_root_field = shadow.read_root_hash(new_root)
         if _wants_password(request):
             progress.status('Setting the root password')
             _set_password(request, new_root)
-        plan.after.dest_identity = path_identity(new_root)  # a rename keeps the inode
-        dest.save_record(plan.after)
+        after.dest_identity = mark_rootfs(new_root)
+        flush_filesystem(new_root)
+        # Checked again with the lock held and the tree ready: a guest may have started meanwhile.
+        dest.check_replaceable('replace')
+        dest.save_pending(after)
         dest.swap_in(new_root)
+        swapped = True
+        dest.flush_parent()
     except BaseException:
-        # Cleaning up must not hide why the build failed: a failing cleanup leaves debris for the next run.
-        with contextlib.suppress(OSError):
-            remove_tree(build_dir)
-        # The record must not claim a build that never reached dest.
-        with contextlib.suppress(OSError):
-            if plan.before is not None:
-                dest.save_record(plan.before)
-            elif os.path.exists(dest.record_path):
-                os.unlink(dest.record_path)
+        if not swapped:
+            # Cleaning up must not hide why the build failed: what it cannot remove, the next run will.
+            with contextlib.suppress(OSError):
+                dest.drop_pending()
+            with contextlib.suppress(OSError, BootstrapError):
+                remove_tree(build_dir)
         raise
-    remove_tree(build_dir)
-    progress.done('Extraction completed successfully!')
+    try:
+        dest.promote_pending()
+    except OSError as exc:
+        # The new rootfs is in place: the next run settles the record from the tree at dest.
+        dest.warnings.append('the state record could not be updated (%s); the next run completes it' % exc.strerror)
+    dest.discard(build_dir)  # the old rootfs, swapped out
     return stats
 
 
@@ -251,27 +297,59 @@ def _id_mapper(request: Request) -> t.Optional[t.Callable[[int, int], t.Tuple[in
     return lambda uid, gid: (uid_map(uid), gid_map(gid))
 
 
+def build_request(src: t.Optional[str], dest: str, format: str = 'dir', state: str = 'present',
+                  platform: t.Optional[str] = None, force: bool = False,
+                  max_size: t.Union[int, str] = DEFAULT_MAX_SIZE, root_password: t.Optional[str] = None,
+                  root_password_hash: t.Optional[str] = None, uid_map: t.Any = None, gid_map: t.Any = None,
+                  device_nodes: bool = False, update: str = 'always',
+                  progress_cb: t.Optional[ProgressCallback] = None, username: t.Optional[str] = None,
+                  password: t.Optional[str] = None, auth_file: t.Optional[str] = None, not_secure: bool = False,
+                  ca_path: t.Optional[str] = None, cache_dir: t.Optional[str] = None,
+                  no_cache: bool = False) -> Request:
+    """The one place a Request is made from plain options: the module, bootstrap() and the CLI use it."""
+    return Request(src=src, dest=dest, format=format, state=state, platform=platform, force=force,
+                   max_size=parse_size(max_size, 'max_size'), root_password=root_password,
+                   root_password_hash=root_password_hash, uid_map=parse_id_map(uid_map, 'uid_map'),
+                   gid_map=parse_id_map(gid_map, 'gid_map'), progress_cb=progress_cb, device_nodes=device_nodes,
+                   update=update,
+                   registry=RegistryOptions(username=username, password=password, auth_file=auth_file,
+                                            not_secure=not_secure, ca_path=ca_path, cache_dir=cache_dir,
+                                            no_cache=no_cache))
+
+
+def parse_size(value: t.Union[int, str], name: str) -> int:
+    """A byte count given as a number or as text such as '500M' or '20G'."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        try:
+            size = human_to_bytes(str(value))
+        except ValueError as exc:
+            raise BootstrapError('%s: %s' % (name, exc))
+    if size <= 0:
+        raise BootstrapError('%s must be more than 0 bytes' % name)
+    return size
+
+
 def bootstrap(uri: str, dest: str, fmt: str = 'dir', username: t.Optional[str] = None,
               password: t.Optional[str] = None, root_password: t.Optional[str] = None,
               uid_map: t.Optional[t.Sequence[t.Sequence[int]]] = None,
               gid_map: t.Optional[t.Sequence[t.Sequence[int]]] = None, not_secure: bool = False,
               no_cache: bool = False, progress_cb: t.Optional[ProgressCallback] = None,
-              platform: t.Optional[str] = None, force: bool = False, auth_file: t.Optional[str] = None,
-              ca_path: t.Optional[str] = None, cache_dir: t.Optional[str] = None, device_nodes: bool = False) -> Result:
+              **options: t.Any) -> Result:
     """The virt-bootstrap API: write the rootfs of `uri` into `dest`. Raises BootstrapError subclasses.
 
-    The positional order is the original virt-bootstrap's; the options after progress_cb are ours.
+    The positional order is the original virt-bootstrap's. Every other option of build_request
+    (platform, force, max_size, root_password_hash, device_nodes, update, auth_file, ca_path,
+    cache_dir, state) can be given by name.
     """
-    request = Request(src=uri, dest=dest, format=fmt, platform=platform, force=force, root_password=root_password,
-                      uid_map=parse_id_map(uid_map, 'uid_map'), gid_map=parse_id_map(gid_map, 'gid_map'),
-                      progress_cb=progress_cb, device_nodes=device_nodes,
-                      registry=RegistryOptions(username=username, password=password, auth_file=auth_file,
-                                               not_secure=not_secure, ca_path=ca_path, cache_dir=cache_dir,
-                                               no_cache=no_cache))
-    return run(request)
+    return run(build_request(uri, dest, format=fmt, username=username, password=password,
+                             root_password=root_password, uid_map=uid_map, gid_map=gid_map, not_secure=not_secure,
+                             no_cache=no_cache, progress_cb=progress_cb, **options))
 
 
-def _result(request: Request, plan: Plan, source: t.Optional[Source], stats: t.Optional[ApplyStats]) -> Result:
+def _result(request: Request, plan: Plan, source: t.Optional[Source], dest: Destination,
+            stats: t.Optional[ApplyStats]) -> Result:
     record = plan.after if request.state == 'present' else plan.before
     result = Result(changed=plan.action != 'none', msg=plan.reason, dest=os.path.normpath(request.dest),
                     format=request.format, state=request.state, before=plan.before,
@@ -282,10 +360,12 @@ def _result(request: Request, plan: Plan, source: t.Optional[Source], stats: t.O
         result.index_digest = record.index_digest
         result.platform = record.platform
         result.layers = record.layers
+    if plan.image is not None:
+        result.warnings.extend(getattr(plan.image, 'warnings', []))
     if stats is not None:
         result.entries_written = stats.written
         result.entries_skipped = stats.skipped_total
-        result.skipped = dict(stats.skipped)
+        result.entries_skipped_by_reason = dict(stats.skipped)
         if stats.owners_not_kept:
             result.warnings.append(
                 '%d entries could not be given their owners from the image (running as uid %d); they are owned '
@@ -293,7 +373,12 @@ def _result(request: Request, plan: Plan, source: t.Optional[Source], stats: t.O
         if stats.skipped.get('xattr'):
             result.warnings.append('%d extended attributes (such as file capabilities) could not be set'
                                    % stats.skipped['xattr'])
-        if stats.skipped.get('device_node'):
+        if stats.skipped.get('device_node_not_permitted'):
             result.warnings.append('%d device nodes were skipped: creating them is not permitted here'
-                                   % stats.skipped['device_node'])
+                                   % stats.skipped['device_node_not_permitted'])
+    if request.state == 'present' and bool(request.uid_map) != bool(request.gid_map):
+        result.warnings.append('only %s is given: libvirt\'s <idmap> maps users and groups together, so a guest '
+                               'with a user namespace needs both uid_map and gid_map'
+                               % ('uid_map' if request.uid_map else 'gid_map'))
+    result.warnings.extend(dest.warnings)
     return result

@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('-f', '--format', default='dir', choices=['dir'], help='output format (default: dir)')
     parser.add_argument('--root-password', metavar='PASSWORD',
                         help='set the root password; file:PATH reads it from the first line of PATH')
+    parser.add_argument('--root-password-hash', metavar='HASH',
+                        help='set this crypt(5) hash as the root password; file:PATH reads it from PATH')
+    parser.add_argument('--max-size', default='64G', metavar='SIZE',
+                        help='the most the layers may expand to, e.g. 500M or 20G (default: 64G)')
+    parser.add_argument('--update', choices=['always', 'never'], default='always',
+                        help='always: rebuild DEST when the image or an option changed (default); '
+                        'never: keep the rootfs DEST holds')
     parser.add_argument('-u', '--username', help='registry user name (prompts for the password if -p is not given)')
     parser.add_argument('-p', '--password', help='registry password (visible in ps: prefer the prompt)')
     parser.add_argument('--not-secure', action='store_true', help='do not verify TLS certificates of registries')
@@ -112,7 +119,9 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
                            root_password=read_root_password(args.root_password), uid_map=uid_map, gid_map=gid_map,
                            not_secure=args.not_secure, no_cache=args.no_cache, progress_cb=progress,
                            platform=args.platform, force=args.force, auth_file=args.auth_file,
-                           ca_path=args.ca_path, cache_dir=args.cache_dir, device_nodes=args.device_nodes)
+                           ca_path=args.ca_path, cache_dir=args.cache_dir, device_nodes=args.device_nodes,
+                           root_password_hash=read_root_password(args.root_password_hash), max_size=args.max_size,
+                           update=args.update)
     except KeyboardInterrupt:
         sys.stderr.write('\n%s: interrupted\n' % PROG)
         return 130

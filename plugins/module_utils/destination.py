@@ -6,6 +6,11 @@
 Bookkeeping lives in a hidden sibling directory (`.NAME.virt-bootstrap`), on the same
 filesystem as dest so a finished build can be swapped in with one rename, and out of reach
 of the guest that later runs on the rootfs.
+
+A new rootfs goes in as one recoverable step: its record is saved as `pending.json`, the tree
+is swapped in, and the pending record becomes `state.json`. Whoever takes the lock next finds
+out from the tree at dest which of the two records is true (see `_settle_pending`), so a run
+killed at any point leaves a dest the module still knows.
 """
 
 from __future__ import annotations
@@ -15,22 +20,30 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import secrets
 import stat
 import tempfile
 import typing as t
 
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DestinationError
+from ansible_collections.virt.bootstrap.plugins.module_utils import occupancy
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DestinationError
 from ansible_collections.virt.bootstrap.plugins.module_utils.layers import remove_tree
 from ansible_collections.virt.bootstrap.plugins.module_utils.state import (
     StateRecord,
+    fsync_directory,
     load_record,
-    path_identity,
     save_record,
 )
 
 _RENAME_EXCHANGE = 2
 _DEBRIS_PREFIXES = ('build-', 'old-')
 _AT_FDCWD = -100
+_PENDING = 'pending.json'
+# A random id on the rootfs root directory: unlike st_dev it survives a reboot or a remount, and
+# unlike a bare inode number it is not handed to the next directory made after a removal.
+# trusted.* is out of reach of guests in a user namespace; an unprivileged caller can only use user.*.
+_MARK_XATTR = 'trusted.virt-bootstrap.id' if os.geteuid() == 0 else 'user.virt-bootstrap.id'
+_MARK_UNSUPPORTED = (errno.ENOTSUP, errno.EPERM, errno.EACCES)
 
 
 class Destination:
@@ -44,11 +57,18 @@ class Destination:
         self.parent = parent
         self.meta_dir = os.path.join(parent, '.%s.virt-bootstrap' % name)
         self.record_path = os.path.join(self.meta_dir, 'state.json')
+        self.pending_path = os.path.join(self.meta_dir, _PENDING)
+        # What went wrong while cleaning up, which does not make the run fail (shown as warnings).
+        self.warnings: t.List[str] = []
         self._lock_fd = -1
 
     # -- inspection (safe in check mode) ---------------------------------------------------------
 
     def load_record(self) -> t.Optional[StateRecord]:
+        """The record that describes dest, judging a pending one as the next lock holder will."""
+        pending = load_record(self.pending_path)
+        if pending is not None and self.holds(pending):
+            return pending
         return load_record(self.record_path)
 
     def exists(self) -> bool:
@@ -57,22 +77,57 @@ class Destination:
     def is_empty_dir(self) -> bool:
         return os.path.isdir(self.path) and not os.path.islink(self.path) and not os.listdir(self.path)
 
-    def refusal(self, record: t.Optional[StateRecord], force: bool) -> t.Optional[str]:
-        """Why dest must not be replaced, or None when we may.
+    def holds(self, record: t.Optional[StateRecord]) -> bool:
+        """Whether dest is still the directory `record` was written for."""
+        if record is None or not isinstance(record.dest_identity, dict):
+            return False
+        current = identity_of(self.path)
+        if current is None:
+            return False
+        recorded_mark = record.dest_identity.get('mark')
+        # Without a mark (a filesystem with no xattrs) the inode alone has to do.
+        return current['inode'] == record.dest_identity.get('inode') and \
+            (recorded_mark is None or current['mark'] == recorded_mark)
+
+    def refusal(self, record: t.Optional[StateRecord], force: bool, action: str = 'replace') -> t.Optional[str]:
+        """Why dest must not be replaced (or removed: `action`), or None when we may.
 
         A record makes dest ours only while dest is still the directory we put there: one made
         again by someone else behind our back is theirs.
         """
         if not self.exists() or force:
             return None
-        if record is not None and record.dest_identity == path_identity(self.path):
+        if self.holds(record):
             return None
         if os.path.islink(self.path) or not os.path.isdir(self.path):
-            return '%s exists and is not a directory; set force: true to replace it' % self.path
+            return '%s exists and is not a directory; set force: true to %s it' % (self.path, action)
         if not self.is_empty_dir():
-            return ('%s is not empty and was not made by this module; set force: true to replace its contents'
-                    % self.path)
+            return ('%s is not empty and was not made by this module; set force: true to %s its contents'
+                    % (self.path, action))
         return None
+
+    def check_replaceable(self, action: str) -> None:
+        """Refuse to `action` ('replace' or 'remove') a dest that is in use, whatever `force` says.
+
+        A guest's files would vanish under it, and removing a tree with a mount in it would delete
+        what the mount shows (host data bind-mounted into a guest).
+        """
+        if not self.exists():
+            return
+        if occupancy.is_mount_point(self.path):
+            raise DestinationError(
+                '%s is a mount point: the rootfs is built beside dest and renamed into place, which cannot '
+                'replace a mounted filesystem; use a directory inside it (such as %s) as dest'
+                % (self.path, os.path.join(self.path, 'rootfs')))
+        mounted = occupancy.mounts_below(self.path)
+        if mounted:
+            raise DestinationError('cannot %s %s: %s mounted inside it; unmount %s first'
+                                   % (action, self.path, ', '.join(mounted[:occupancy.MAX_REPORTED]),
+                                      'it' if len(mounted) == 1 else 'them'))
+        users = occupancy.occupants(self.path)
+        if users:
+            raise DestinationError('cannot %s %s while it is in use (a running guest?): %s; stop it first'
+                                   % (action, self.path, '; '.join(str(user) for user in users)))
 
     # -- locking ---------------------------------------------------------------------------------
 
@@ -84,7 +139,7 @@ class Destination:
         self.unlock()
 
     def lock(self) -> None:
-        """Serialise runs on this dest; a lock file removed by `state: absent` is taken again."""
+        """Serialise runs on this dest and settle what a killed run left; the lock is never kept on failure."""
         while True:
             os.makedirs(self.parent, mode=0o755, exist_ok=True)
             try:
@@ -95,29 +150,36 @@ class Destination:
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:
-                continue  # meta dir removed between mkdir and open
+                continue  # meta dir removed between mkdir and open (state: absent)
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 current = os.stat(lock_path, follow_symlinks=False)
             except FileNotFoundError:
                 current = None
             held = os.fstat(fd)
-            if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
-                self._lock_fd = fd
-                self._remove_debris()
-                return
-            os.close(fd)
+            if current is None or (current.st_dev, current.st_ino) != (held.st_dev, held.st_ino):
+                os.close(fd)
+                continue
+            self._lock_fd = fd
+            try:
+                self._recover()
+            except BaseException:
+                self.unlock()
+                raise
+            return
 
     def unlock(self) -> None:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def has_debris(self) -> bool:
+    def needs_recovery(self) -> bool:
+        """Whether a killed run left something the next lock holder settles."""
         try:
-            return any(name.startswith(_DEBRIS_PREFIXES) for name in os.listdir(self.meta_dir))
+            names = os.listdir(self.meta_dir)
         except FileNotFoundError:
             return False
+        return any(name.startswith(_DEBRIS_PREFIXES) or name == _PENDING for name in names)
 
     def _check_meta_dir(self) -> None:
         """Our bookkeeping must be a private directory of ours, not something planted beside dest."""
@@ -126,18 +188,48 @@ class Destination:
             raise DestinationError('%s is not a private directory of uid %d; remove it (it holds only the state '
                                    'of this module)' % (self.meta_dir, os.geteuid()))
 
-    def _remove_debris(self) -> None:
-        """Builds left by a run that was killed: we hold the lock, so nobody is using them.
+    def _recover(self) -> None:
+        """Put dest and its record back in step after a killed run; we hold the lock, nobody else is at work.
 
-        A run killed between the two renames of the fallback swap left the old rootfs parked and
-        dest missing: that one is put back, not removed.
+        First a rootfs parked by the two-rename swap goes back to a missing dest, then the tree at
+        dest says which record is true, then builds left behind are removed.
         """
-        for name in sorted(os.listdir(self.meta_dir)):
+        names = sorted(os.listdir(self.meta_dir))
+        for name in names:
             parked = os.path.join(self.meta_dir, name, 'old')
             if name.startswith('old-') and os.path.isdir(parked) and not os.path.lexists(self.path):
                 os.rename(parked, self.path)
+                fsync_directory(self.parent)
+        self._settle_pending()
+        for name in names:
             if name.startswith(_DEBRIS_PREFIXES):
-                remove_tree(os.path.join(self.meta_dir, name))
+                self.discard(os.path.join(self.meta_dir, name))
+
+    def _settle_pending(self) -> None:
+        pending = load_record(self.pending_path)
+        if pending is not None and self.holds(pending):
+            os.replace(self.pending_path, self.record_path)  # the swap happened: the new record is true
+        elif os.path.lexists(self.pending_path):
+            os.unlink(self.pending_path)  # killed before the swap: the old record still is
+        else:
+            return
+        fsync_directory(self.meta_dir)
+
+    def discard(self, path: str) -> None:
+        """Remove a tree we no longer need; a failure is a warning, and the next run tries again.
+
+        A tree with something mounted inside it is left alone: removing it would go through the mount.
+        """
+        mounted = occupancy.mounts_below(path)
+        if mounted:
+            self.warnings.append('%s was left in place: %s mounted inside it; unmount it and the next run removes '
+                                 'it' % (path, ', '.join(mounted[:occupancy.MAX_REPORTED])))
+            return
+        try:
+            remove_tree(path)
+        except (OSError, BootstrapError) as exc:
+            self.warnings.append('%s could not be removed (%s); the next run tries again'
+                                 % (path, getattr(exc, 'strerror', None) or type(exc).__name__))
 
     # -- changing dest (lock held) ---------------------------------------------------------------
 
@@ -148,37 +240,100 @@ class Destination:
     def save_record(self, record: StateRecord) -> None:
         save_record(self.record_path, record)
 
+    def save_pending(self, record: StateRecord) -> None:
+        """The record of a tree about to be swapped in; `_settle_pending` decides its fate."""
+        save_record(self.pending_path, record)
+
+    def drop_pending(self) -> None:
+        if os.path.lexists(self.pending_path):
+            os.unlink(self.pending_path)
+
+    def promote_pending(self) -> None:
+        os.replace(self.pending_path, self.record_path)
+        fsync_directory(self.meta_dir)
+
     def swap_in(self, new_path: str) -> None:
         """Put `new_path` at dest in one step; the old dest (if any) ends up at `new_path`."""
         if os.path.lexists(self.path):
-            if _rename_exchange(new_path, self.path):
-                return
-            # Filesystems without RENAME_EXCHANGE: two renames, old kept until the new is in place.
-            parked = tempfile.mkdtemp(prefix='old-', dir=self.meta_dir)
-            os.rename(self.path, os.path.join(parked, 'old'))
+            if not _rename_exchange(new_path, self.path):
+                self._swap_by_two_renames(new_path)
+        else:
             try:
                 os.rename(new_path, self.path)
-            except OSError:
-                os.rename(os.path.join(parked, 'old'), self.path)
-                raise
-            os.rename(os.path.join(parked, 'old'), new_path)
-            os.rmdir(parked)
-            return
+            except OSError as exc:
+                raise DestinationError('cannot move the new rootfs to %s: %s' % (self.path, exc.strerror))
+
+    def flush_parent(self) -> None:
+        """Make the swap durable: a rename is on disk only once its directory is."""
+        fsync_directory(self.parent)
+
+    def _swap_by_two_renames(self, new_path: str) -> None:
+        """Filesystems without RENAME_EXCHANGE: the old dest is parked until the new one is in place."""
+        parked = tempfile.mkdtemp(prefix='old-', dir=self.meta_dir)
+        os.rename(self.path, os.path.join(parked, 'old'))
         try:
             os.rename(new_path, self.path)
-        except OSError as exc:
-            raise DestinationError('cannot move the new rootfs to %s: %s' % (self.path, exc))
+        except OSError:
+            os.rename(os.path.join(parked, 'old'), self.path)
+            raise
+        os.rename(os.path.join(parked, 'old'), new_path)
+        os.rmdir(parked)
 
     def remove_all(self) -> None:
         """Remove dest and our bookkeeping (state: absent)."""
         if os.path.lexists(self.path):
             if os.path.isdir(self.path) and not os.path.islink(self.path):
                 parked = tempfile.mkdtemp(prefix='old-', dir=self.meta_dir)
+                # Named 'rootfs', not 'old': a run killed from here on goes on removing it, never puts it back.
                 os.rename(self.path, os.path.join(parked, 'rootfs'))
+                fsync_directory(self.parent)
                 remove_tree(parked)
             else:
                 os.unlink(self.path)
         remove_tree(self.meta_dir)
+
+
+def identity_of(path: str) -> t.Optional[t.Dict[str, t.Any]]:
+    """{'inode', 'mark'} of directory `path`, or None when it is missing or no directory."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return None
+    try:
+        mark: t.Optional[str] = os.getxattr(path, _MARK_XATTR, follow_symlinks=False).decode('ascii', 'replace')
+    except OSError:
+        mark = None
+    return {'inode': info.st_ino, 'mark': mark}
+
+
+def mark_rootfs(path: str) -> t.Dict[str, t.Any]:
+    """Give the new rootfs at `path` a random mark and return its identity (a rename keeps both)."""
+    mark: t.Optional[str] = secrets.token_hex(16)
+    try:
+        os.setxattr(path, _MARK_XATTR, t.cast(str, mark).encode('ascii'), follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _MARK_UNSUPPORTED:
+            raise
+        mark = None
+    return {'inode': os.lstat(path).st_ino, 'mark': mark}
+
+
+def flush_filesystem(path: str) -> None:
+    """Write out everything cached for the filesystem holding `path` (syncfs(2)).
+
+    Without it a power loss after the swap can leave zero-length files under a record that says the
+    rootfs is complete. One syncfs is far cheaper than an fsync per file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+        syncfs = getattr(libc, 'syncfs', None)
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()  # no syncfs here: flush everything
+    finally:
+        os.close(fd)
 
 
 def _rename_exchange(first: str, second: str) -> bool:

@@ -269,7 +269,7 @@ class RootfsBuilder:
             try:
                 os.mknod(name, 0o600 | kind, os.makedev(member.devmajor, member.devminor), dir_fd=parent_fd)
             except PermissionError:
-                self.stats.skip('device_node')
+                self.stats.skip('device_node_not_permitted')
                 return
         else:
             self._write_file(tar, member, parent_fd, parts)

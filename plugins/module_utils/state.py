@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import sha256_digest
 
-RECORD_VERSION = 1
+# 2: dest_identity is an inode and a mark kept on the rootfs (1 had st_dev, which a remount changes);
+# the root password is an edit of the tree, outside options_hash.
+RECORD_VERSION = 2
 
 
 @dataclass
@@ -25,10 +27,15 @@ class StateRecord:
     platform: t.Optional[str] = None
     index_digest: t.Optional[str] = None
     layers: t.List[t.Dict[str, t.Any]] = field(default_factory=list)
-    # The options behind options_hash (never secrets: only whether a root password is set), for diffs.
+    # The options behind options_hash, for diffs: never secrets (only whether a root password is set).
     options: t.Dict[str, t.Any] = field(default_factory=dict)
-    # (st_dev, st_ino) of dest when we made it: a dest replaced behind our back is not intact.
-    dest_identity: t.Optional[t.List[int]] = None
+    # What the rootfs root directory was when we made it ({'inode': N, 'mark': random id or None}):
+    # a dest replaced behind our back is not intact. See Destination.holds().
+    dest_identity: t.Optional[t.Dict[str, t.Any]] = None
+    # Whether we set the root password, and the image's own root password field, put back when the
+    # password option is dropped (the image's content, never the password given to us).
+    root_password: bool = False
+    image_root_field: t.Optional[str] = None
     version: int = RECORD_VERSION
 
     def same_result(self, other: 'StateRecord') -> bool:
@@ -40,14 +47,6 @@ def options_hash(shaping_options: t.Mapping[str, t.Any]) -> str:
     """A stable hash of the options that change what is written (never their secret values)."""
     encoded = json.dumps(shaping_options, sort_keys=True, separators=(',', ':')).encode('utf-8')
     return sha256_digest(encoded)
-
-
-def path_identity(path: str) -> t.Optional[t.List[int]]:
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    return [info.st_dev, info.st_ino]
 
 
 def load_record(path: str) -> t.Optional[StateRecord]:
@@ -83,3 +82,13 @@ def save_record(path: str, record: StateRecord) -> None:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    fsync_directory(directory)
+
+
+def fsync_directory(path: str) -> None:
+    """Make a rename or unlink in `path` durable (a rename is only on disk once its directory is)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -118,16 +118,19 @@ options:
   uid_map:
     description:
       - Shift file owners while writing, as C([[start, target, count], ...]) — for example
-        V([[0, 100000, 65536]]) for a guest with a matching C(<idmap>).
+        V([[0, 100000, 65536]]) for a guest with a matching C(<idmap>). Each range may also be written as the
+        command line's C(START:TARGET:COUNT) string, as in V(['0:100000:65536']).
       - Each id is mapped through the first range that holds it (no chaining); ids outside every range stay.
-      - Needs root. The maps are part of what the state record compares, so changing a map rebuilds the rootfs.
+        Neither the source ranges nor the target ranges may overlap (two ids would get the same owner).
+      - Needs root, and O(gid_map) with it (libvirt's C(<idmap>) maps both).
+        The maps are part of what the state record compares, so changing a map rebuilds the rootfs.
     type: list
-    elements: list
+    elements: raw
   gid_map:
     description:
       - Shift file groups while writing, like O(uid_map).
     type: list
-    elements: list
+    elements: raw
   progress_log:
     description:
       - A file to append progress to, one JSON object per line with the keys C(status), C(value) (percent)
@@ -136,7 +139,7 @@ options:
   device_nodes:
     description:
       - Create the device nodes an image carries (where the kernel allows it).
-      - Off by default, and they are skipped and counted in RV(skipped). libvirt gives LXC guests a C(/dev) of
+      - Off by default, and they are skipped and counted in RV(entries_skipped_by_reason). libvirt gives LXC guests a C(/dev) of
         their own, and a device node with the image's mode (a world-writable disk, say) would be open to every
         host user who can reach the rootfs.
     type: bool
@@ -147,6 +150,20 @@ options:
       - Protects the host against decompression bombs; raise it for very large images.
     type: str
     default: 64G
+  update:
+    description:
+      - When an existing rootfs is rebuilt.
+      - V(always) rebuilds it when the image's digest or an option that shapes the tree changes (a moved tag, a new
+        UID map, another platform).
+      - V(never) keeps whatever rootfs O(dest) holds once it holds one made by this module, without even asking the
+        registry; only the root password (O(root_password), O(root_password_hash)) is still kept as asked.
+      - A rebuild replaces the whole tree, so everything written inside the rootfs since it was made (by a guest or by
+        hand) is discarded. Keep data that must survive a rebuild outside it, in a directory bind-mounted into the guest.
+      - Either way a rootfs that a running guest uses (a process has it as its root or working directory) or that has
+        something mounted inside it is never replaced or removed: the run fails and says which process or mount.
+    type: str
+    choices: [always, never]
+    default: always
 attributes:
   check_mode:
     support: full
@@ -165,12 +182,19 @@ attributes:
     platforms: posix
     description: Target OS/families that can be operated against.
 notes:
+  - The new rootfs is flushed to disk (syncfs) before it is swapped in, and its record is written as a pending record
+    first, so after a kill or a power loss at any point the next run knows which tree sits at O(dest).
+  - O(dest) must not be a mount point (a filesystem of its own, such as an LV per guest): the rootfs is renamed into
+    place, so use a directory inside the mounted filesystem as O(dest).
+  - Setting or dropping O(root_password) edits the existing rootfs instead of rebuilding it. When it is dropped, the
+    image's own root entry is put back.
   - Run as root to keep the owners from the image. Run as another user, every file is owned by that user,
     file capabilities and device nodes are skipped, and the result carries a warning.
   - Device nodes are skipped unless O(device_nodes=true); libvirt LXC guests get their own C(/dev) anyway.
   - zstd-compressed layers need the Python package C(zstandard) on the managed host.
 requirements:
   - python >= 3.9
+  - passlib (only for O(root_password))
 seealso:
   - name: OCI image layer specification
     description: How layers, whiteouts and opaque directories apply.
@@ -272,13 +296,14 @@ entries_written:
   type: int
   sample: 6768
 entries_skipped:
-  description: How many entries or attributes could not be written here (see RV(skipped)).
+  description: How many entries or attributes could not be written here (see RV(entries_skipped_by_reason)).
   returned: always
   type: int
   sample: 0
-skipped:
+entries_skipped_by_reason:
   description:
-    - What was skipped, by reason. V(device_node) (see O(device_nodes)), V(xattr) (an extended attribute the
+    - What was skipped, by reason. V(device_node) (left out because O(device_nodes) is off),
+      V(device_node_not_permitted) (the kernel refused to create it), V(xattr) (an extended attribute the
       system refused, such as a file capability for a non-root caller), V(xattr_not_allowed) (an attribute
       outside C(user.*), C(security.capability) and POSIX ACLs, which images may not set).
   returned: always
@@ -314,8 +339,13 @@ size:
   returned: when O(dest) exists
   type: int
   sample: 4096
+secontext:
+  description: The SELinux context of O(dest) (added by Ansible on hosts with SELinux enabled).
+  returned: when O(dest) exists and SELinux is enabled
+  type: str
+  sample: system_u:object_r:virt_var_lib_t:s0
 state:
-  description: The file type of O(dest) (V(directory)), or V(absent).
+  description: The file type of O(dest) (V(directory)), or V(absent) when it does not exist.
   returned: always
   type: str
   sample: directory
@@ -335,13 +365,10 @@ import traceback
 from dataclasses import asdict
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.formatters import human_to_bytes
 
-from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, Result, run
+from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Result, build_request, run
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
-from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import parse_id_map
 from ansible_collections.virt.bootstrap.plugins.module_utils.progress import JsonLinesLog
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
 
 
 def _shorten(text: object, limit: int = 300) -> str:
@@ -361,12 +388,21 @@ def _diff(result: Result) -> dict:
             if key != 'format':
                 lines.append('%s: %s' % (key, record.options[key]))
         return '\n'.join(lines) + '\n'
+    before, after = describe(result.before), describe(result.after)
+    if result.changed and before == after:
+        # An edit the records cannot show (a new root password is never recorded): say what changes.
+        after += 'change: %s\n' % result.msg
     return {
         'before_header': '%s (recorded)' % result.dest,
         'after_header': '%s (%s)' % (result.dest, result.state),
-        'before': describe(result.before),
-        'after': describe(result.after),
+        'before': before,
+        'after': after,
     }
+
+
+_ENGINE_OPTIONS = ('src', 'dest', 'format', 'state', 'platform', 'force', 'max_size', 'root_password',
+                   'root_password_hash', 'uid_map', 'gid_map', 'device_nodes', 'update', 'username', 'password',
+                   'auth_file', 'not_secure', 'ca_path', 'cache_dir', 'no_cache')
 
 
 def main() -> None:
@@ -381,8 +417,8 @@ def main() -> None:
             max_size=dict(type='str', default='64G'),
             root_password=dict(type='str', no_log=True),
             root_password_hash=dict(type='str', no_log=True),
-            uid_map=dict(type='list', elements='list'),
-            gid_map=dict(type='list', elements='list'),
+            uid_map=dict(type='list', elements='raw'),
+            gid_map=dict(type='list', elements='raw'),
             progress_log=dict(type='path'),
             username=dict(type='str'),
             password=dict(type='str', no_log=True),
@@ -392,28 +428,17 @@ def main() -> None:
             cache_dir=dict(type='path'),
             no_cache=dict(type='bool', default=False),
             device_nodes=dict(type='bool', default=False),
+            update=dict(type='str', default='always', choices=['always', 'never']),
         ),
-        required_together=[('username', 'password')],
+        required_together=[('username', 'password'), ('uid_map', 'gid_map')],
         required_if=[('state', 'present', ['src'])],
         mutually_exclusive=[('root_password', 'root_password_hash')],
         supports_check_mode=True,
     )
     params = module.params
-    try:
-        max_size = human_to_bytes(params['max_size'])
-    except ValueError as exc:
-        module.fail_json(msg='max_size: %s' % exc)
     progress_log = None
     try:
-        request = Request(src=params['src'], dest=params['dest'], format=params['format'], state=params['state'],
-                          platform=params['platform'], force=params['force'], max_size=max_size,
-                          root_password=params['root_password'], root_password_hash=params['root_password_hash'],
-                          uid_map=parse_id_map(params['uid_map'], 'uid_map'),
-                          gid_map=parse_id_map(params['gid_map'], 'gid_map'), device_nodes=params['device_nodes'],
-                          registry=RegistryOptions(
-                              username=params['username'], password=params['password'],
-                              auth_file=params['auth_file'], not_secure=params['not_secure'],
-                              ca_path=params['ca_path'], cache_dir=params['cache_dir'], no_cache=params['no_cache']))
+        request = build_request(**{name: params[name] for name in _ENGINE_OPTIONS})
         if params['progress_log'] and not module.check_mode:
             progress_log = JsonLinesLog(params['progress_log'])
             request.progress_cb = progress_log
@@ -432,8 +457,10 @@ def main() -> None:
             progress_log.close()
 
     returned = asdict(result)
-    for internal in ('before', 'after', 'warnings', 'state'):
+    for internal in ('before', 'after', 'warnings'):
         returned.pop(internal)
+    # The file type of dest, as Ansible reports it for paths; Ansible replaces it when dest exists.
+    returned['state'] = 'absent'
     if returned['credentials_from'] is None:
         del returned['credentials_from']
     for warning in result.warnings:

@@ -14,7 +14,7 @@ from dataclasses import asdict
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, run
-from ansible_collections.virt.bootstrap.plugins.module_utils.destination import Destination
+from ansible_collections.virt.bootstrap.plugins.module_utils.destination import Destination, identity_of
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
     BootstrapError,
     DestinationError,
@@ -119,7 +119,7 @@ def test_first_run_builds_the_rootfs_and_its_record_beside_it(site):
     assert result.msg.startswith('build sha256:')
     assert rootfs_content(site.dest) == V1
     assert result.entries_written > 0
-    assert result.entries_skipped == 0 and result.skipped == {}
+    assert result.entries_skipped == 0 and result.entries_skipped_by_reason == {}
     assert result.digest == sha256(open(src, 'rb').read())
     assert result.layers == [{'digest': result.digest, 'size': os.path.getsize(src),
                               'media_type': 'application/x-tar+gzip'}]
@@ -127,7 +127,8 @@ def test_first_run_builds_the_rootfs_and_its_record_beside_it(site):
     assert site.meta_listing() == ['lock', 'state.json']
     record = site.record()
     assert (record.source, record.digest, record.format) == (src, result.digest, 'dir')
-    assert record.dest_identity == [os.lstat(site.dest).st_dev, os.lstat(site.dest).st_ino]
+    assert record.dest_identity == identity_of(site.dest)
+    assert record.dest_identity['inode'] == os.lstat(site.dest).st_ino and len(record.dest_identity['mark']) == 32
     assert stat.S_IMODE(os.stat(site.meta).st_mode) == 0o700
 
 
@@ -566,6 +567,6 @@ def test_concurrent_runs_on_one_dest_are_serialised(site, same_source):
     record = site.record()
     assert record.digest == sha256(open(record.source, 'rb').read())
     assert rootfs_content(site.dest) == (V1 if record.source == sources[0] or same_source else V2)
-    assert record.dest_identity == [os.lstat(site.dest).st_dev, os.lstat(site.dest).st_ino]
+    assert record.dest_identity == identity_of(site.dest)
     site.assert_no_debris()
     assert site.parent_listing() == ['.rootfs.virt-bootstrap', 'rootfs']

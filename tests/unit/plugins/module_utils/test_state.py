@@ -17,7 +17,6 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.state import (
     StateRecord,
     load_record,
     options_hash,
-    path_identity,
     save_record,
 )
 
@@ -26,7 +25,7 @@ def record(**changes):
     values = dict(source='/srv/rootfs.tar', digest='sha256:' + 'a' * 64, format='dir',
                   options_hash=options_hash({'format': 'dir'}), platform='linux/amd64',
                   layers=[{'digest': 'sha256:' + 'a' * 64, 'size': 10, 'media_type': 'application/x-tar'}],
-                  dest_identity=[1, 2])
+                  dest_identity={'inode': 2, 'mark': 'a' * 32})
     values.update(changes)
     return StateRecord(**values)
 
@@ -113,12 +112,7 @@ def test_save_record_that_fails_keeps_the_old_record_and_no_debris(tmp_path):
 
 
 def test_same_result_compares_content_not_bookkeeping():
-    assert record().same_result(record(source='file:///srv/rootfs.tar', dest_identity=[3, 4], platform=None))
+    assert record().same_result(record(source='file:///srv/rootfs.tar', dest_identity={'inode': 4, 'mark': None}, platform=None,
+                                     root_password=True))
     assert not record().same_result(record(digest='sha256:' + 'd' * 64))
     assert not record().same_result(record(options_hash=options_hash({'format': 'qcow2'})))
-
-
-def test_path_identity_is_device_and_inode_or_none(tmp_path):
-    info = os.lstat(str(tmp_path))
-    assert path_identity(str(tmp_path)) == [info.st_dev, info.st_ino]
-    assert path_identity(str(tmp_path / 'missing')) is None

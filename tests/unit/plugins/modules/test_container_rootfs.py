@@ -22,7 +22,7 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_bu
 
 ROOTFS = {'etc': None, 'etc/os-release': b'ID=test\n'}
 RETURNED = {'changed', 'msg', 'dest', 'format', 'digest', 'index_digest', 'platform', 'layers', 'entries_written',
-            'entries_skipped', 'skipped'}
+            'entries_skipped', 'entries_skipped_by_reason', 'state'}
 
 
 def run_module(capsys, args, check_mode=False, diff=False):
@@ -71,7 +71,8 @@ def test_present_returns_the_documented_keys(capsys, paths):
     assert result['layers'] == [{'digest': result['digest'], 'size': os.path.getsize(paths['src']),
                                  'media_type': 'application/x-tar+gzip'}]
     assert result['entries_written'] > 0
-    assert (result['entries_skipped'], result['skipped']) == (0, {})
+    assert (result['entries_skipped'], result['entries_skipped_by_reason']) == (0, {})
+    assert 'skipped' not in result
     assert result['msg'].startswith('build ')
     assert open(os.path.join(paths['dest'], 'etc', 'os-release'), 'rb').read() == b'ID=test\n'
 
