@@ -16,9 +16,9 @@ killed at any point leaves a dest the module still knows.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
+import functools
 import os
 import secrets
 import stat
@@ -328,18 +328,22 @@ def flush_filesystem(path: str) -> None:
     """
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
-        syncfs = getattr(libc, 'syncfs', None)
+        syncfs = getattr(_libc(), 'syncfs', None)
         if syncfs is None or syncfs(fd) != 0:
             os.sync()  # no syncfs here: flush everything
     finally:
         os.close(fd)
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    # The C library Python itself runs on; ctypes.util.find_library would start /sbin/ldconfig to find it.
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _rename_exchange(first: str, second: str) -> bool:
     """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where unsupported."""
-    libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
-    renameat2 = getattr(libc, 'renameat2', None)
+    renameat2 = getattr(_libc(), 'renameat2', None)
     if renameat2 is None:
         return False
     result = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)

@@ -79,9 +79,11 @@ def with_root_hash(content: bytes, new_hash: str) -> bytes:
 def read_root_hash(root: str) -> t.Optional[str]:
     """The root hash in the rootfs at `root`, or None when it cannot be read safely."""
     try:
-        return root_hash(_read_shadow(root)[0])
+        content, etc_fd, _info = _read_shadow(root)
     except (ShadowError, OSError, BootstrapError):
         return None
+    os.close(etc_fd)
+    return root_hash(content)
 
 
 def set_root_hash(root: str, new_hash: str) -> None:

@@ -160,7 +160,7 @@ options:
       - A rebuild replaces the whole tree, so everything written inside the rootfs since it was made (by a guest or by
         hand) is discarded. Keep data that must survive a rebuild outside it, in a directory bind-mounted into the guest.
       - Either way a rootfs that a running guest uses (a process has it as its root or working directory) or that has
-        something mounted inside it is never replaced or removed: the run fails and says which process or mount.
+        something mounted inside it is never replaced or removed; the run fails and says which process or mount.
     type: str
     choices: [always, never]
     default: always
@@ -184,7 +184,7 @@ attributes:
 notes:
   - The new rootfs is flushed to disk (syncfs) before it is swapped in, and its record is written as a pending record
     first, so after a kill or a power loss at any point the next run knows which tree sits at O(dest).
-  - O(dest) must not be a mount point (a filesystem of its own, such as an LV per guest): the rootfs is renamed into
+  - O(dest) must not be a mount point (a filesystem of its own, such as an LV per guest). The rootfs is renamed into
     place, so use a directory inside the mounted filesystem as O(dest).
   - Setting or dropping O(root_password) edits the existing rootfs instead of rebuilding it. When it is dropped, the
     image's own root entry is put back.

@@ -112,7 +112,7 @@ def test_save_record_that_fails_keeps_the_old_record_and_no_debris(tmp_path):
 
 
 def test_same_result_compares_content_not_bookkeeping():
-    assert record().same_result(record(source='file:///srv/rootfs.tar', dest_identity={'inode': 4, 'mark': None}, platform=None,
-                                     root_password=True))
+    assert record().same_result(record(source='file:///srv/rootfs.tar', dest_identity={'inode': 4, 'mark': None},
+                                       platform=None, root_password=True))
     assert not record().same_result(record(digest='sha256:' + 'd' * 64))
     assert not record().same_result(record(options_hash=options_hash({'format': 'qcow2'})))

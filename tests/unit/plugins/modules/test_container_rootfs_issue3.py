@@ -185,7 +185,7 @@ def test_device_nodes_are_skipped_unless_the_option_asks_for_them(capsys, tmp_pa
 
 
 def test_maps_in_the_command_line_form_are_accepted(capsys, paths):
-    code, _output, result = run_module(capsys, {'src': paths['src'], 'dest': paths['dest'],
-                                               'uid_map': ['0:100000:65536'], 'gid_map': ['0:100000:65536']})
+    args = {'src': paths['src'], 'dest': paths['dest'], 'uid_map': ['0:100000:65536'], 'gid_map': ['0:100000:65536']}
+    code, _output, result = run_module(capsys, args)
     assert code == 0 and result['changed'] is True
     assert os.lstat(os.path.join(paths['dest'], 'etc', 'shadow')).st_uid == 100000
