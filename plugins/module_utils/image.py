@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import types
 import typing as t
 from dataclasses import dataclass, field
 
@@ -115,11 +116,16 @@ class Image:
     config: t.Dict[str, t.Any] = field(default_factory=dict)
     platform: t.Optional[Platform] = None
     index_digest: t.Optional[str] = None
+    # What the user should hear about the choice made (an image for another platform than the host's).
+    warnings: t.List[str] = field(default_factory=list)
 
 
 # -- reading image metadata ----------------------------------------------------------------------------------------
 # Manifests, indexes and configs come from archives and registries we do not control: every shape is
 # checked here, so a malformed one is a SourceError that says what is wrong, never a traceback.
+
+
+_NO_ANNOTATIONS: t.Mapping[str, str] = types.MappingProxyType({})
 
 
 class Descriptor(t.NamedTuple):
@@ -128,6 +134,9 @@ class Descriptor(t.NamedTuple):
     size: int
     media_type: str
     platform: t.Optional[Platform]
+    # Only the string-valued ones: annotations say what an entry is, never anything we must obey.
+    annotations: t.Mapping[str, str] = _NO_ANNOTATIONS
+    artifact_type: str = ''
 
 
 def parse_json_object(data: bytes, what: str) -> t.Dict[str, t.Any]:
@@ -159,7 +168,15 @@ def descriptor(value: t.Any, what: str) -> Descriptor:
     platform = value.get('platform')
     if platform is not None and not isinstance(platform, dict):
         raise SourceError('%s (%s) has platform %r, not an object' % (what, digest, platform))
-    return Descriptor(digest, size, media_type, platform_from_json(platform, '%s (%s) platform' % (what, digest)))
+    artifact_type = value.get('artifactType', '')
+    if not isinstance(artifact_type, str):
+        raise SourceError('%s (%s) has artifact type %r, not a string' % (what, digest, artifact_type))
+    annotations = value.get('annotations')
+    return Descriptor(digest, size, media_type, platform_from_json(platform, '%s (%s) platform' % (what, digest)),
+                      types.MappingProxyType({key: text for key, text in annotations.items()
+                                              if isinstance(key, str) and isinstance(text, str)})
+                      if isinstance(annotations, dict) else _NO_ANNOTATIONS,
+                      artifact_type)
 
 
 def platform_from_json(data: t.Optional[t.Mapping[str, t.Any]], what: str) -> t.Optional[Platform]:
@@ -175,3 +192,27 @@ def platform_from_json(data: t.Optional[t.Mapping[str, t.Any]], what: str) -> t.
     if not fields['architecture']:
         return None
     return Platform(fields['os'] or 'linux', fields['architecture'], fields['variant'])
+
+
+def check_blob(data: bytes, listed: Descriptor, what: str) -> bytes:
+    """`data`, once it is known to be what `listed` describes."""
+    hasher = new_hasher(listed.digest)
+    hasher.update(data)
+    verify_digest(hasher, listed.digest, what)
+    return data
+
+
+class ImageManifest(t.NamedTuple):
+    config: Descriptor
+    layers: t.List[Descriptor]
+
+
+def image_manifest(document: t.Mapping[str, t.Any], what: str) -> ImageManifest:
+    """The config and layers of a schema 2 image manifest (OCI or Docker)."""
+    if document.get('schemaVersion') != 2 or not isinstance(document.get('layers'), list):
+        raise SourceError('%s is not a schema 2 image manifest' % what)
+    if 'config' not in document:
+        raise SourceError('%s has no config' % what)
+    return ImageManifest(descriptor(document['config'], '%s config' % what),
+                         [descriptor(layer, '%s layers[%d]' % (what, number))
+                          for number, layer in enumerate(document['layers'])])

@@ -127,7 +127,20 @@ def choose(candidates: t.Sequence[t.Tuple[t.Optional[Platform], T]], wanted: Pla
     raise PlatformError('%s has no image for platform %s; available: %s' % (where, normalize(wanted), available))
 
 
-def require_match(actual: t.Optional[Platform], wanted: t.Optional[Platform], where: str) -> None:
-    """An explicitly wanted platform must suit the image's own, when the image says what its own is."""
-    if wanted is not None and actual is not None and not matches(actual, wanted):
-        raise PlatformError('%s has no image for platform %s; available: %s' % (where, normalize(wanted), actual))
+def check_image_platform(actual: t.Optional[Platform], wanted: t.Optional[Platform], where: str) -> t.List[str]:
+    """Warnings about the platform of the image a source chose, once its own platform is known.
+
+    A platform asked for must suit the image's own (when the image says what its own is); with none
+    asked for, an image for another platform than the host's is used, but the user hears of it.
+    """
+    if actual is None:
+        return []
+    if wanted is not None:
+        if not matches(actual, wanted):
+            raise PlatformError('%s has no image for platform %s; available: %s' % (where, normalize(wanted), actual))
+        return []
+    host = host_platform()
+    if matches(actual, host):
+        return []
+    return ["%s: the image is for platform %s, not this host's (%s); it is used as no platform was asked for "
+            "(set platform: %s to say this is intended)" % (where, actual, host, normalize(actual))]

@@ -10,28 +10,28 @@ import os
 import tarfile
 import typing as t
 
+from ansible_collections.virt.bootstrap.plugins.module_utils import index as index_walk
 from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
-    INDEX_MEDIA_TYPES,
     LAYER_MEDIA_TYPES,
-    MANIFEST_MEDIA_TYPES,
     MAX_METADATA_SIZE,
     MEDIA_TAR,
-    SCHEMA1_MEDIA_TYPES,
     Descriptor,
     Image,
+    ImageManifest,
     Layer,
     Platform,
+    check_blob,
     descriptor,
+    image_manifest,
     is_digest,
-    new_hasher,
     parse_digest,
     parse_json_object,
     platform_from_json,
     sha256_digest,
-    verify_digest,
 )
+from ansible_collections.virt.bootstrap.plugins.module_utils.index import Candidate, IndexWalker, manifest_entries
 
 REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
 
@@ -146,16 +146,6 @@ def _blob_name(digest: str) -> str:
     return 'blobs/%s/%s' % (algorithm, hexdigest)
 
 
-class _Candidate(t.NamedTuple):
-    descriptor: Descriptor
-    index_digest: t.Optional[str]
-
-
-class _Manifest(t.NamedTuple):
-    config: Descriptor
-    layers: t.List[Descriptor]
-
-
 class OciLayout:
     """An OCI image layout; `reference` picks an entry by its ref.name annotation."""
 
@@ -173,12 +163,11 @@ class OciLayout:
             raise SourceError('%s is not an OCI image layout (oci-layout has no imageLayoutVersion)' % self._location)
         what = '%s: index.json' % self._location
         index = parse_json_object(self._blobs.read_file('index.json'), what)
-        candidates: t.List[_Candidate] = []
-        for number, entry in self._select_entries(_manifest_list(index, what)):
-            candidates.extend(self._expand(descriptor(entry, '%s manifests[%d]' % (what, number)), None))
-        if not candidates:
-            raise SourceError('%s holds no image manifest' % self._location)
-        chosen = self._choose(candidates, wanted)
+        selected = [descriptor(entry, '%s manifests[%d]' % (what, number))
+                    for number, entry in self._select_entries(manifest_entries(index, what))]
+        # index.json is the layout's list of tags: what a tag names is an index's top, as in a registry.
+        candidates = IndexWalker(self._location, self._read_blob).images(selected, what, depth=0)
+        chosen = index_walk.choose(candidates, wanted, self._location, self._config_platform)
         return self._load_image(chosen, wanted)
 
     def _select_entries(self, entries: t.List[t.Dict[str, t.Any]]) -> t.List[t.Tuple[int, t.Dict[str, t.Any]]]:
@@ -195,54 +184,22 @@ class OciLayout:
                               % (self._location, ', '.join(tags), self._location))
         return [(number, entry) for number, entry, _name in numbered]
 
-    def _expand(self, found: Descriptor, index_digest: t.Optional[str]) -> t.List[_Candidate]:
-        if found.media_type in INDEX_MEDIA_TYPES:
-            what = '%s: index %s' % (self._location, found.digest)
-            nested = self._read_json_blob(found)
-            result: t.List[_Candidate] = []
-            for number, child in enumerate(_manifest_list(nested, what)):
-                result.extend(self._expand(descriptor(child, '%s manifests[%d]' % (what, number)),
-                                           index_digest or found.digest))
-            return result
-        if found.media_type in MANIFEST_MEDIA_TYPES:
-            return [_Candidate(found, index_digest)]
-        if found.media_type in SCHEMA1_MEDIA_TYPES:
-            raise SourceError('%s: Docker schema 1 manifests are not supported; convert the image with '
-                              'skopeo copy --format v2s2' % self._location)
-        return []  # artifacts, signatures, attestations: not images
+    def _config_platform(self, listed: Descriptor) -> t.Optional[Platform]:
+        config = self._read_json_blob(self._read_manifest(listed).config)
+        return platform_from_json(config, '%s: config %s' % (self._location, listed.digest))
 
-    def _choose(self, candidates: t.List[_Candidate], wanted: t.Optional[Platform]) -> _Candidate:
-        if len(candidates) == 1:
-            return candidates[0]
-        target = wanted or platforms.host_platform()
-        pairs = [(candidate.descriptor.platform or self._config_platform(candidate), candidate)
-                 for candidate in candidates]
-        return platforms.choose(pairs, target, self._location)
+    def _read_manifest(self, listed: Descriptor) -> ImageManifest:
+        return image_manifest(self._read_json_blob(listed), '%s: manifest %s' % (self._location, listed.digest))
 
-    def _config_platform(self, candidate: _Candidate) -> t.Optional[Platform]:
-        config = self._read_json_blob(self._read_manifest(candidate.descriptor).config)
-        return platform_from_json(config, '%s: config %s' % (self._location, candidate.descriptor.digest))
-
-    def _read_manifest(self, found: Descriptor) -> _Manifest:
-        manifest = self._read_json_blob(found)
-        what = '%s: manifest %s' % (self._location, found.digest)
-        if manifest.get('schemaVersion') != 2 or not isinstance(manifest.get('layers'), list):
-            raise SourceError('%s is not a schema 2 image manifest' % what)
-        if 'config' not in manifest:
-            raise SourceError('%s has no config' % what)
-        return _Manifest(descriptor(manifest['config'], '%s config' % what),
-                         [descriptor(layer, '%s layers[%d]' % (what, number))
-                          for number, layer in enumerate(manifest['layers'])])
-
-    def _load_image(self, chosen: _Candidate, wanted: t.Optional[Platform]) -> Image:
+    def _load_image(self, chosen: Candidate, wanted: t.Optional[Platform]) -> Image:
         manifest = self._read_manifest(chosen.descriptor)
         config = self._read_json_blob(manifest.config)
         image_platform = platform_from_json(config, '%s: config %s' % (self._location, manifest.config.digest)) \
             or chosen.descriptor.platform
-        platforms.require_match(image_platform, wanted, self._location)
+        warnings = platforms.check_image_platform(image_platform, wanted, self._location)
         layers = [self._layer(layer) for layer in manifest.layers]
         return Image(digest=chosen.descriptor.digest, layers=layers, config=config, platform=image_platform,
-                     index_digest=chosen.index_digest)
+                     index_digest=chosen.index_digest, warnings=warnings)
 
     def _layer(self, found: Descriptor) -> Layer:
         if found.media_type not in LAYER_MEDIA_TYPES:
@@ -253,11 +210,12 @@ class OciLayout:
         return Layer(open_blob=lambda: self._blobs.open_file(name), digest=found.digest, size=found.size,
                      media_type=found.media_type)
 
+    def _read_blob(self, found: Descriptor) -> bytes:
+        """A metadata blob (manifest, config, index), as stored: whoever reads it checks it against `found`."""
+        return self._blobs.read_file(_blob_name(found.digest))
+
     def _read_json_blob(self, found: Descriptor) -> t.Dict[str, t.Any]:
-        data = self._blobs.read_file(_blob_name(found.digest))
-        hasher = new_hasher(found.digest)
-        hasher.update(data)
-        verify_digest(hasher, found.digest, '%s: blob' % self._location)
+        data = check_blob(self._read_blob(found), found, '%s: blob' % self._location)
         return parse_json_object(data, '%s: blob %s' % (self._location, found.digest))
 
 
@@ -265,17 +223,6 @@ def _ref_name(entry: t.Dict[str, t.Any]) -> t.Optional[str]:
     annotations = entry.get('annotations')
     name = annotations.get(REF_NAME_ANNOTATION) if isinstance(annotations, dict) else None
     return name if isinstance(name, str) else None
-
-
-def _manifest_list(index: t.Dict[str, t.Any], what: str) -> t.List[t.Dict[str, t.Any]]:
-    """The entries of an index; each must be an object (descriptor() checks the rest)."""
-    manifests = index.get('manifests')
-    if not isinstance(manifests, list):
-        raise SourceError('%s has no list of manifests' % what)
-    for number, entry in enumerate(manifests):
-        if not isinstance(entry, dict):
-            raise SourceError('%s manifests[%d] is not a descriptor (a JSON object)' % (what, number))
-    return manifests
 
 
 class _ArchiveEntry(t.NamedTuple):
@@ -316,10 +263,11 @@ class DockerArchive:
             raise SourceError('%s: the image lists %d layers but its config names %d'
                               % (self._path, len(entry.layers), len(diff_ids)))
         image_platform = platform_from_json(config, what)
-        platforms.require_match(image_platform, wanted, self._path)
+        warnings = platforms.check_image_platform(image_platform, wanted, self._path)
         layers = [self._layer(layer_path, diff_id) for layer_path, diff_id in zip(entry.layers, diff_ids)]
         # The config digest is the image ID: it names layers and config exactly.
-        return Image(digest=sha256_digest(config_bytes), layers=layers, config=config, platform=image_platform)
+        return Image(digest=sha256_digest(config_bytes), layers=layers, config=config, platform=image_platform,
+                     warnings=warnings)
 
     def _entry(self, value: t.Any, number: int) -> _ArchiveEntry:
         what = '%s: manifest.json image @%d' % (self._path, number)

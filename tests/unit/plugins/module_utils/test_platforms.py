@@ -11,13 +11,13 @@ from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import PlatformError, SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Platform, platform_from_json
 from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import (
+    check_image_platform,
     choose,
     host_platform,
     compatible,
     matches,
     normalize,
     parse_platform,
-    require_match,
 )
 
 
@@ -233,16 +233,30 @@ def test_platform_from_json_refuses_fields_that_are_not_strings(data, message):
 
 
 @pytest.mark.parametrize('actual, wanted', [
-    (None, None), (None, 'linux/arm64'), ('linux/arm64', None), ('linux/arm64/v8', 'linux/arm64'),
+    (None, None), (None, 'linux/arm64'), ('linux/arm64', 'linux/arm64'), ('linux/arm64/v8', 'linux/arm64'),
+    ('linux/arm/v6', 'linux/arm/v7'), ('linux/amd64', None), ('linux/amd64/v1', None),
 ])
-def test_require_match_passes_when_nothing_is_asked_known_or_different(actual, wanted):
-    require_match(actual and parse_platform(actual), wanted and parse_platform(wanted), 'here')
+def test_check_image_platform_is_silent_when_asked_for_unknown_or_the_hosts(monkeypatch, actual, wanted):
+    monkeypatch.setattr(platforms._host, 'machine', lambda: 'x86_64')
+    listed = actual and Platform(*actual.split('/'))
+    assert check_image_platform(listed, wanted and parse_platform(wanted), 'here') == []
 
 
-def test_require_match_names_the_platform_asked_for_and_the_one_there_is():
+def test_check_image_platform_names_the_platform_asked_for_and_the_one_there_is():
     with pytest.raises(PlatformError) as caught:
-        require_match(parse_platform('linux/amd64'), parse_platform('linux/arm64'), 'oci:/srv/layout')
+        check_image_platform(Platform('linux', 'amd64'), parse_platform('linux/arm64'), 'oci:/srv/layout')
     assert str(caught.value) == 'oci:/srv/layout has no image for platform linux/arm64; available: linux/amd64'
+
+
+@pytest.mark.parametrize('actual, setting', [
+    ('linux/arm64/v8', 'linux/arm64'), ('linux/amd64/v3', 'linux/amd64/v3'), ('linux/386', 'linux/386'),
+])
+def test_check_image_platform_warns_of_an_image_for_another_platform_when_none_was_asked_for(
+        monkeypatch, actual, setting):
+    monkeypatch.setattr(platforms._host, 'machine', lambda: 'x86_64')
+    assert check_image_platform(Platform(*actual.split('/')), None, 'oci:/srv/layout') == [
+        "oci:/srv/layout: the image is for platform %s, not this host's (linux/amd64); it is used as no platform "
+        "was asked for (set platform: %s to say this is intended)" % (actual, setting)]
 
 
 @pytest.mark.parametrize('machine, expected', [
