@@ -232,11 +232,28 @@ def test_an_image_exactly_max_download_size_is_resolved(served):
 
 # -- indexes --------------------------------------------------------------------------------------------------------
 
-def test_attestation_manifests_are_not_candidates(served):
-    amd64 = image(served, 'linux/amd64')
+ATTESTATION = {'vnd.docker.reference.type': 'attestation-manifest'}
+
+
+def test_an_unknown_platform_attestation_beside_the_only_image_leaves_it_the_only_one(served, monkeypatch):
+    # As BuildKit pushes a single-platform image: were the attestation a candidate, no image would suit the host.
+    monkeypatch.setattr(platforms._host, 'machine', lambda: 'x86_64')
+    arm64 = image(served, 'linux/arm64')
     attestation = image(served, None)
-    index(served, [entry(amd64, 'linux/amd64'), entry(attestation, 'unknown/unknown')], tag='1')
-    assert resolve().digest == amd64['digest']
+    index(served, [entry(arm64, 'linux/arm64'), entry(attestation, 'unknown/unknown')], tag='1')
+    resolved = resolve()
+    assert resolved.digest == arm64['digest']
+    assert len(resolved.warnings) == 1 and 'linux/arm64' in resolved.warnings[0]
+
+
+def test_an_attestation_annotated_for_the_platform_asked_for_is_not_chosen(served):
+    # Listed first and for the very platform asked for: only its annotation says it is no image.
+    arm64, amd64 = image(served, 'linux/arm64'), image(served, 'linux/amd64')
+    attestation = image(served, 'linux/arm64', layers=[layer(9)])
+    assert attestation['digest'] != arm64['digest']
+    index(served, [entry(attestation, 'linux/arm64', {'annotations': ATTESTATION}), entry(amd64, 'linux/amd64'),
+                   entry(arm64, 'linux/arm64')], tag='1')
+    assert resolve('linux/arm64').digest == arm64['digest']
 
 
 def test_a_nested_index_is_resolved_and_the_top_index_recorded(served):

@@ -457,6 +457,32 @@ def test_oci_nested_entries_take_the_platform_of_the_index_entry_above(layout, k
     assert resolve(uri).digest == amd64['digest']
 
 
+ATTESTATION = {'vnd.docker.reference.type': 'attestation-manifest'}
+
+
+def test_oci_unknown_platform_attestation_beside_the_only_image_leaves_it_the_only_one(layout, kind, monkeypatch):
+    # As `docker buildx build --output type=oci` writes a single-platform image with its provenance.
+    monkeypatch.setattr(platforms._host, 'machine', lambda: 'x86_64')
+    arm64, attestation = layout.image([LAYER_ARM], platform='linux/arm64'), layout.image([LAYER_A], platform=None)
+    layout.write_index([(nested_index(layout, [listed(arm64, platform=platform_fields('linux/arm64')),
+                                               listed(attestation, platform=platform_fields('unknown/unknown'))]),
+                         'latest')])
+    image = resolve(source_uri(kind, layout.root))
+    assert image.digest == arm64['digest']
+    assert len(image.warnings) == 1 and 'linux/arm64' in image.warnings[0]
+
+
+def test_oci_attestation_annotated_for_the_platform_asked_for_is_not_chosen(layout, kind):
+    # Listed first and for the very platform asked for: only its annotation says it is no image.
+    arm64, amd64 = layout.image([LAYER_ARM], platform='linux/arm64'), layout.image([LAYER_A], platform='linux/amd64')
+    attestation = layout.image([LAYER_B], platform='linux/arm64')
+    layout.write_index([(nested_index(layout, [
+        listed(attestation, platform=platform_fields('linux/arm64'), annotations=ATTESTATION),
+        listed(amd64, platform=platform_fields('linux/amd64')),
+        listed(arm64, platform=platform_fields('linux/arm64'))]), 'latest')])
+    assert resolve(source_uri(kind, layout.root), 'linux/arm64').digest == arm64['digest']
+
+
 @pytest.mark.parametrize('levels, message', [(3, None), (4, 'nests indexes more than 3 deep'),
                                              (2000, 'nests indexes more than 3 deep')])
 def test_oci_indexes_nest_at_most_three_deep(layout, kind, levels, message):
