@@ -34,6 +34,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
 from ansible_collections.virt.bootstrap.plugins.module_utils.index import Candidate, IndexWalker, manifest_entries
 
 REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
+# Links followed to find a file in an archive before it counts as a loop (Linux's MAXSYMLINKS).
+_MAX_LINK_HOPS = 40
 
 
 class Blobs(t.Protocol):
@@ -71,24 +73,78 @@ class DirectoryBlobs:
 
 
 class TarBlobs:
-    """Files of an image kept in a tar archive, read in place without unpacking it."""
+    """Files of an image kept in a tar archive, read in place without unpacking it.
+
+    A name may lead through links inside the archive: `docker save` before Docker 25 stores a layer
+    that appears twice as a symbolic link (`<id>/layer.tar -> ../<other>/layer.tar`).
+    """
 
     def __init__(self, path: str) -> None:
         if not os.path.isfile(path):
             raise SourceError('%s does not exist' % path if not os.path.exists(path) else
                               '%s is not a regular file' % path)
         self.path = path
+        self._members: t.Dict[str, tarfile.TarInfo] = {}
+        self._links: t.Dict[str, tarfile.TarInfo] = {}
         try:
             with tarfile.open(path, mode='r:*') as archive:
-                self._members = {os.path.normpath(member.name).lstrip('/'): member
-                                 for member in archive.getmembers() if member.isfile()}
+                for member in archive.getmembers():
+                    self._index(member)
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise SourceError('%s is not a readable tar archive: %s' % (path, exc))
 
-    def open_file(self, name: str) -> t.BinaryIO:
-        member = self._members.get(os.path.normpath(name))
+    def _index(self, member: tarfile.TarInfo) -> None:
+        # A later entry of the same name replaces an earlier one, as it would on extraction.
+        name = '/'.join(_name_parts(member.name))
+        self._members.pop(name, None)
+        self._links.pop(name, None)
+        if member.isfile():
+            self._members[name] = member
+        elif member.issym() or member.islnk():
+            self._links[name] = member
+
+    def _find(self, name: str) -> t.Tuple[t.Optional[tarfile.TarInfo], str]:
+        """The regular member `name` leads to (None if there is none), and the name it resolved to.
+
+        Links are followed inside the archive only: a symbolic link's target is taken from its own
+        directory (from the archive's root when absolute), a hard link's from the archive's root, and
+        nothing may climb above the root.
+        """
+        resolved: t.List[str] = []
+        pending = _name_parts(name)
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            if part == '..':
+                if not resolved:
+                    raise SourceError('%s: %s leads outside the archive' % (self.path, name))
+                resolved.pop()
+                continue
+            link = self._links.get('/'.join(resolved + [part]))
+            if link is None:
+                resolved.append(part)
+                continue
+            hops += 1
+            if hops > _MAX_LINK_HOPS:
+                raise SourceError('%s: %s leads through more than %d links: a loop of links'
+                                  % (self.path, name, _MAX_LINK_HOPS))
+            if link.islnk() or link.linkname.startswith('/'):
+                resolved = []
+            pending = _name_parts(link.linkname) + pending
+        found = '/'.join(resolved)
+        return self._members.get(found), found
+
+    def _member(self, name: str) -> tarfile.TarInfo:
+        member, found = self._find(name)
         if member is None:
+            if found != '/'.join(_name_parts(name)):
+                raise SourceError('%s: %s is a link to %s, which is not a file in the archive'
+                                  % (self.path, name, found))
             raise SourceError('%s: %s is missing from the archive' % (self.path, name))
+        return member
+
+    def open_file(self, name: str) -> t.BinaryIO:
+        member = self._member(name)
         # Each stream reads through its own handle on the archive: layers are read after the
         # source is closed, and one stream's position never moves another's.
         archive = tarfile.open(self.path, mode='r:*')
@@ -102,12 +158,16 @@ class TarBlobs:
         with self.open_file(name) as stream:
             return _read_limited(stream, '%s:%s' % (self.path, name))
 
-    def size_of(self, name: str) -> t.Optional[int]:
-        member = self._members.get(os.path.normpath(name))
-        return member.size if member is not None else None
+    def size_of(self, name: str) -> int:
+        return self._member(name).size
 
     def close(self) -> None:
         pass
+
+
+def _name_parts(name: str) -> t.List[str]:
+    """The components of a name in an archive, as from its root ('./a//b' and '/a/b' are a/b)."""
+    return [part for part in name.split('/') if part not in ('', '.')]
 
 
 class _MemberStream:
@@ -301,8 +361,6 @@ class DockerArchive:
 
     def _layer(self, layer_path: str, diff_id: str) -> Layer:
         size = self._blobs.size_of(layer_path)
-        if size is None:
-            raise SourceError('%s: layer %s is missing from the archive' % (self._path, layer_path))
         return Layer(open_blob=lambda: self._blobs.open_file(layer_path), digest=None, size=size,
                      media_type=MEDIA_TAR, diff_id=diff_id)
 

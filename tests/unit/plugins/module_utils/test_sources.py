@@ -676,7 +676,7 @@ def test_docker_archive_compressed_with_gzip_is_read(tmp_path):
     (lambda entry: entry.update(Layers='layer.tar'), None, r"image @0 has Layers 'layer.tar', not a list"),
     (lambda entry: entry.update(Layers=[{}]), None, r'image @0 has Layers \[\{\}\], not a list of strings'),
     (lambda entry: entry.update(RepoTags=[1]), None, r'image @0 has RepoTags \[1\], not a list of strings'),
-    (lambda entry: entry.update(Layers=['nowhere/layer.tar']), None, 'layer nowhere/layer.tar is missing'),
+    (lambda entry: entry.update(Layers=['nowhere/layer.tar']), None, 'nowhere/layer.tar is missing from the archive'),
 ])
 def test_docker_archive_malformed_metadata_is_a_source_error(tmp_path, edit_entry, edit_config, message):
     path = make_docker_archive(str(tmp_path / 'app.tar'), [DockerImage(['app:1.0'], [LAYER_A])],
