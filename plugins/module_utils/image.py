@@ -91,6 +91,53 @@ class Platform:
         return '/'.join(part for part in (self.os, self.architecture, self.variant) if part)
 
 
+class SizedReader:
+    """Reads a blob that must hold exactly `size` bytes, as the OCI spec has descriptors say.
+
+    Nothing past `size` is ever returned: one byte more is read only to tell that the blob goes on,
+    which fails, as does a blob that ends early. The digest alone would not stop a descriptor that
+    lies about the size from getting round a limit set by sizes.
+    """
+
+    def __init__(self, stream: t.BinaryIO, size: int, what: str) -> None:
+        self._stream = stream
+        self._size = size
+        self._left = size
+        self._what = what
+        self._checked_end = False
+
+    def read(self, amount: t.Optional[int] = -1) -> bytes:
+        if amount is None or amount < 0:
+            return b''.join(iter(lambda: self.read(1 << 20), b''))
+        data = self._stream.read(min(amount, self._left)) if amount and self._left else b''
+        if amount and self._left and not data:
+            raise DigestMismatch('%s ends after %d bytes, but its descriptor says %d'
+                                 % (self._what, self._size - self._left, self._size))
+        self._left -= len(data)
+        if not self._left and not self._checked_end:
+            self._checked_end = True
+            if self._stream.read(1):
+                raise DigestMismatch('%s holds more than the %d bytes its descriptor says' % (self._what, self._size))
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self) -> 'SizedReader':
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        self.close()
+
+
+def sized_opener(open_blob: t.Callable[[], t.BinaryIO], size: int, what: str) -> t.Callable[[], t.BinaryIO]:
+    """`open_blob`, its streams made to hold exactly `size` bytes (SizedReader): for Layer.open_blob."""
+    return lambda: t.cast(t.BinaryIO, SizedReader(open_blob(), size, what))
+
+
 @dataclass
 class Layer:
     """One layer: how to open its blob and what it must hash to.
@@ -195,7 +242,9 @@ def platform_from_json(data: t.Optional[t.Mapping[str, t.Any]], what: str) -> t.
 
 
 def check_blob(data: bytes, listed: Descriptor, what: str) -> bytes:
-    """`data`, once it is known to be what `listed` describes."""
+    """`data`, once it is known to be what `listed` describes: its size and its digest."""
+    if len(data) != listed.size:
+        raise DigestMismatch('%s: content is %d bytes, its descriptor says %d' % (what, len(data), listed.size))
     hasher = new_hasher(listed.digest)
     hasher.update(data)
     verify_digest(hasher, listed.digest, what)

@@ -22,6 +22,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     ImageManifest,
     Layer,
     Platform,
+    SizedReader,
     check_blob,
     descriptor,
     image_manifest,
@@ -30,6 +31,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     parse_json_object,
     platform_from_json,
     sha256_digest,
+    sized_opener,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.index import Candidate, IndexWalker, manifest_entries
 
@@ -267,16 +269,25 @@ class OciLayout:
                               'non-distributable or encrypted layers are not supported)'
                               % (self._location, found.digest, found.media_type))
         name = _blob_name(found.digest)
-        return Layer(open_blob=lambda: self._blobs.open_file(name), digest=found.digest, size=found.size,
-                     media_type=found.media_type)
+        return Layer(open_blob=sized_opener(lambda: self._blobs.open_file(name), found.size,
+                                            '%s: blob %s' % (self._location, found.digest)),
+                     digest=found.digest, size=found.size, media_type=found.media_type)
 
     def _read_blob(self, found: Descriptor) -> bytes:
-        """A metadata blob (manifest, config, index), as stored: whoever reads it checks it against `found`."""
-        return self._blobs.read_file(_blob_name(found.digest))
+        """A metadata blob (manifest, config, index), read no further than its descriptor's size.
+
+        Whoever reads it checks it against `found` (check_blob).
+        """
+        what = '%s: blob %s' % (self._location, found.digest)
+        if found.size > MAX_METADATA_SIZE:
+            raise SourceError('%s is %d bytes by its descriptor, more than the %d of any image metadata'
+                              % (what, found.size, MAX_METADATA_SIZE))
+        with SizedReader(self._blobs.open_file(_blob_name(found.digest)), found.size, what) as stream:
+            return stream.read()
 
     def _read_json_blob(self, found: Descriptor) -> t.Dict[str, t.Any]:
-        data = check_blob(self._read_blob(found), found, '%s: blob' % self._location)
-        return parse_json_object(data, '%s: blob %s' % (self._location, found.digest))
+        what = '%s: blob %s' % (self._location, found.digest)
+        return parse_json_object(check_blob(self._read_blob(found), found, what), what)
 
 
 def _ref_name(entry: t.Dict[str, t.Any]) -> t.Optional[str]:
@@ -360,9 +371,11 @@ class DockerArchive:
         return entries[0]
 
     def _layer(self, layer_path: str, diff_id: str) -> Layer:
+        # The size is the one the archive's tar header gives: the only one there is.
         size = self._blobs.size_of(layer_path)
-        return Layer(open_blob=lambda: self._blobs.open_file(layer_path), digest=None, size=size,
-                     media_type=MEDIA_TAR, diff_id=diff_id)
+        return Layer(open_blob=sized_opener(lambda: self._blobs.open_file(layer_path), size,
+                                            '%s: %s' % (self._path, layer_path)),
+                     digest=None, size=size, media_type=MEDIA_TAR, diff_id=diff_id)
 
 
 def _diff_ids(config: t.Dict[str, t.Any], what: str) -> t.List[str]:

@@ -16,7 +16,7 @@ import typing as t
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import PlatformError, SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DigestMismatch, PlatformError, SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Platform
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryClient, RegistryError
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
@@ -344,3 +344,10 @@ def test_a_schema1_manifest_in_an_index_is_refused_with_the_hint(served):
     with pytest.raises(SourceError, match='schema 1 manifests are not supported; convert the image with skopeo copy'):
         resolve()
 
+
+
+def test_a_nested_index_whose_size_is_not_its_descriptors_is_refused(served):
+    inner = index(served, [entry(image(served), 'linux/amd64')])
+    index(served, [entry(inner, changes={'size': inner['size'] - 1})], tag='1')
+    with pytest.raises(DigestMismatch, match=inner['digest']):
+        resolve()
