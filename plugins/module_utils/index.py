@@ -106,7 +106,7 @@ def is_attestation(entry: Descriptor, platform: t.Optional[Platform]) -> bool:
     return platform is not None and 'unknown' in (platform.os, platform.architecture)
 
 
-def choose(candidates: t.Sequence[Candidate], wanted: t.Optional[Platform], where: str,
+def choose_candidate(candidates: t.Sequence[Candidate], wanted: t.Optional[Platform], where: str,
            platform_of: PlatformOf) -> Candidate:
     """The candidate for `wanted` (the host's platform when None); `platform_of` reads a platform an entry lacks.
 

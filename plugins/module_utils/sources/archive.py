@@ -10,7 +10,6 @@ import os
 import tarfile
 import typing as t
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import index as index_walk
 from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
@@ -33,7 +32,12 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     sha256_digest,
     sized_opener,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.index import Candidate, IndexWalker, manifest_entries
+from ansible_collections.virt.bootstrap.plugins.module_utils.index import (
+    Candidate,
+    IndexWalker,
+    choose_candidate,
+    manifest_entries,
+)
 
 REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
 # Links followed to find a file in an archive before it counts as a loop (Linux's MAXSYMLINKS).
@@ -229,7 +233,7 @@ class OciLayout:
                     for number, entry in self._select_entries(manifest_entries(index, what))]
         # index.json is the layout's list of tags: what a tag names is an index's top, as in a registry.
         candidates = IndexWalker(self._location, self._read_blob).images(selected, what, depth=0)
-        chosen = index_walk.choose(candidates, wanted, self._location, self._config_platform)
+        chosen = choose_candidate(candidates, wanted, self._location, self._config_platform)
         return self._load_image(chosen, wanted)
 
     def _select_entries(self, entries: t.List[t.Dict[str, t.Any]]) -> t.List[t.Tuple[int, t.Dict[str, t.Any]]]:
@@ -247,8 +251,8 @@ class OciLayout:
         return [(number, entry) for number, entry, _name in numbered]
 
     def _config_platform(self, listed: Descriptor) -> t.Optional[Platform]:
-        config = self._read_json_blob(self._read_manifest(listed).config)
-        return platform_from_json(config, '%s: config %s' % (self._location, listed.digest))
+        config = self._read_manifest(listed).config
+        return platform_from_json(self._read_json_blob(config), '%s: config %s' % (self._location, config.digest))
 
     def _read_manifest(self, listed: Descriptor) -> ImageManifest:
         return image_manifest(self._read_json_blob(listed), '%s: manifest %s' % (self._location, listed.digest))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import index as index_walk
 from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
@@ -23,7 +22,11 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     parse_json_object,
     platform_from_json,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.index import IndexWalker, listed_descriptors
+from ansible_collections.virt.bootstrap.plugins.module_utils.index import (
+    IndexWalker,
+    choose_candidate,
+    listed_descriptors,
+)
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth import Credentials, find_credentials
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.cache import BlobCache, BlobFetcher
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryClient
@@ -124,7 +127,7 @@ class RegistrySource:
         walker = IndexWalker(str(self.reference), lambda listed: self._client.get_manifest(listed.digest)[0])
         candidates = walker.images(listed_descriptors(parse_json_object(body, what), what), what, depth=1,
                                    index_digest=digest)
-        chosen = index_walk.choose(candidates, wanted, str(self.reference), self._config_platform).descriptor
+        chosen = choose_candidate(candidates, wanted, str(self.reference), self._config_platform).descriptor
         return _Choice(chosen.digest, digest, chosen.platform)
 
     def _config_platform(self, listed: Descriptor) -> t.Optional[Platform]:
