@@ -107,7 +107,7 @@ def is_attestation(entry: Descriptor, platform: t.Optional[Platform]) -> bool:
 
 
 def choose_candidate(candidates: t.Sequence[Candidate], wanted: t.Optional[Platform], where: str,
-           platform_of: PlatformOf) -> Candidate:
+                     platform_of: PlatformOf) -> Candidate:
     """The candidate for `wanted` (the host's platform when None); `platform_of` reads a platform an entry lacks.
 
     The only image is taken whatever its platform when none was asked for (or it does not say its own):

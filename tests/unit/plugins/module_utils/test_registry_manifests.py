@@ -345,7 +345,6 @@ def test_a_schema1_manifest_in_an_index_is_refused_with_the_hint(served):
         resolve()
 
 
-
 def test_a_nested_index_whose_size_is_not_its_descriptors_is_refused(served):
     inner = index(served, [entry(image(served), 'linux/amd64')])
     index(served, [entry(inner, changes={'size': inner['size'] - 1})], tag='1')

@@ -446,8 +446,8 @@ def test_oci_only_image_beside_an_artifact_is_taken_with_a_warning(layout, kind,
 def test_oci_nested_entries_take_the_platform_of_the_index_entry_above(layout, kind, monkeypatch):
     monkeypatch.setattr(platforms._host, 'machine', lambda: 'x86_64')
     amd64, arm64 = layout.image([LAYER_A], platform=None), layout.image([LAYER_ARM], platform=None)
-    inner = {arch: nested_index(layout, [listed(manifest)]) for arch, manifest in (('amd64', amd64),
-                                                                                  ('arm64', arm64))}
+    inner = {arch: nested_index(layout, [listed(manifest)])
+             for arch, manifest in (('amd64', amd64), ('arm64', arm64))}
     write_raw_index(layout, [listed(inner['amd64'], platform=platform_fields('linux/amd64')),
                              listed(inner['arm64'], platform=platform_fields('linux/arm64'))])
     uri = source_uri(kind, layout.root)
