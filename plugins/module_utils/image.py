@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import types
 import typing as t
 from dataclasses import dataclass, field
 
@@ -90,6 +91,53 @@ class Platform:
         return '/'.join(part for part in (self.os, self.architecture, self.variant) if part)
 
 
+class SizedReader:
+    """Reads a blob that must hold exactly `size` bytes, as the OCI spec has descriptors say.
+
+    Nothing past `size` is ever returned: one byte more is read only to tell that the blob goes on,
+    which fails, as does a blob that ends early. The digest alone would not stop a descriptor that
+    lies about the size from getting round a limit set by sizes.
+    """
+
+    def __init__(self, stream: t.BinaryIO, size: int, what: str) -> None:
+        self._stream = stream
+        self._size = size
+        self._left = size
+        self._what = what
+        self._checked_end = False
+
+    def read(self, amount: t.Optional[int] = -1) -> bytes:
+        if amount is None or amount < 0:
+            return b''.join(iter(lambda: self.read(1 << 20), b''))
+        data = self._stream.read(min(amount, self._left)) if amount and self._left else b''
+        if amount and self._left and not data:
+            raise DigestMismatch('%s ends after %d bytes, but its descriptor says %d'
+                                 % (self._what, self._size - self._left, self._size))
+        self._left -= len(data)
+        if not self._left and not self._checked_end:
+            self._checked_end = True
+            if self._stream.read(1):
+                raise DigestMismatch('%s holds more than the %d bytes its descriptor says' % (self._what, self._size))
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self) -> 'SizedReader':
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        self.close()
+
+
+def sized_opener(open_blob: t.Callable[[], t.BinaryIO], size: int, what: str) -> t.Callable[[], t.BinaryIO]:
+    """`open_blob`, its streams made to hold exactly `size` bytes (SizedReader): for Layer.open_blob."""
+    return lambda: t.cast(t.BinaryIO, SizedReader(open_blob(), size, what))
+
+
 @dataclass
 class Layer:
     """One layer: how to open its blob and what it must hash to.
@@ -115,11 +163,16 @@ class Image:
     config: t.Dict[str, t.Any] = field(default_factory=dict)
     platform: t.Optional[Platform] = None
     index_digest: t.Optional[str] = None
+    # What the user should hear about the choice made (an image for another platform than the host's).
+    warnings: t.List[str] = field(default_factory=list)
 
 
 # -- reading image metadata ----------------------------------------------------------------------------------------
 # Manifests, indexes and configs come from archives and registries we do not control: every shape is
 # checked here, so a malformed one is a SourceError that says what is wrong, never a traceback.
+
+
+_NO_ANNOTATIONS: t.Mapping[str, str] = types.MappingProxyType({})
 
 
 class Descriptor(t.NamedTuple):
@@ -128,6 +181,9 @@ class Descriptor(t.NamedTuple):
     size: int
     media_type: str
     platform: t.Optional[Platform]
+    # Only the string-valued ones: annotations say what an entry is, never anything we must obey.
+    annotations: t.Mapping[str, str] = _NO_ANNOTATIONS
+    artifact_type: str = ''
 
 
 def parse_json_object(data: bytes, what: str) -> t.Dict[str, t.Any]:
@@ -159,7 +215,15 @@ def descriptor(value: t.Any, what: str) -> Descriptor:
     platform = value.get('platform')
     if platform is not None and not isinstance(platform, dict):
         raise SourceError('%s (%s) has platform %r, not an object' % (what, digest, platform))
-    return Descriptor(digest, size, media_type, platform_from_json(platform, '%s (%s) platform' % (what, digest)))
+    artifact_type = value.get('artifactType', '')
+    if not isinstance(artifact_type, str):
+        raise SourceError('%s (%s) has artifact type %r, not a string' % (what, digest, artifact_type))
+    annotations = value.get('annotations')
+    return Descriptor(digest, size, media_type, platform_from_json(platform, '%s (%s) platform' % (what, digest)),
+                      types.MappingProxyType({key: text for key, text in annotations.items()
+                                              if isinstance(key, str) and isinstance(text, str)})
+                      if isinstance(annotations, dict) else _NO_ANNOTATIONS,
+                      artifact_type)
 
 
 def platform_from_json(data: t.Optional[t.Mapping[str, t.Any]], what: str) -> t.Optional[Platform]:
@@ -175,3 +239,29 @@ def platform_from_json(data: t.Optional[t.Mapping[str, t.Any]], what: str) -> t.
     if not fields['architecture']:
         return None
     return Platform(fields['os'] or 'linux', fields['architecture'], fields['variant'])
+
+
+def check_blob(data: bytes, listed: Descriptor, what: str) -> bytes:
+    """`data`, once it is known to be what `listed` describes: its size and its digest."""
+    if len(data) != listed.size:
+        raise DigestMismatch('%s: content is %d bytes, its descriptor says %d' % (what, len(data), listed.size))
+    hasher = new_hasher(listed.digest)
+    hasher.update(data)
+    verify_digest(hasher, listed.digest, what)
+    return data
+
+
+class ImageManifest(t.NamedTuple):
+    config: Descriptor
+    layers: t.List[Descriptor]
+
+
+def image_manifest(document: t.Mapping[str, t.Any], what: str) -> ImageManifest:
+    """The config and layers of a schema 2 image manifest (OCI or Docker)."""
+    if document.get('schemaVersion') != 2 or not isinstance(document.get('layers'), list):
+        raise SourceError('%s is not a schema 2 image manifest' % what)
+    if 'config' not in document:
+        raise SourceError('%s has no config' % what)
+    return ImageManifest(descriptor(document['config'], '%s config' % what),
+                         [descriptor(layer, '%s layers[%d]' % (what, number))
+                          for number, layer in enumerate(document['layers'])])

@@ -58,6 +58,9 @@ options:
   platform:
     description:
       - The platform to pick from a multi-platform image, as C(os/arch[/variant]), for example C(linux/arm64).
+      - Names are normalised as containerd does (C(aarch64) and C(arm64/v8) are C(arm64), C(x86_64) is C(amd64),
+        C(armhf) is C(arm/v7), C(armel) is C(arm/v6)). When the index lacks the variant asked for, the best lower
+        variant of the same architecture is taken (C(arm/v7) takes C(arm/v6), C(amd64/v3) takes C(amd64/v2)).
       - Defaults to the managed host's platform. A single-platform image is used whatever its platform unless
         this option is set, in which case the image must match it.
     type: str

@@ -13,27 +13,35 @@ import typing as t
 from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
-    INDEX_MEDIA_TYPES,
     LAYER_MEDIA_TYPES,
-    MANIFEST_MEDIA_TYPES,
     MAX_METADATA_SIZE,
     MEDIA_TAR,
-    SCHEMA1_MEDIA_TYPES,
     Descriptor,
     Image,
+    ImageManifest,
     Layer,
     Platform,
+    SizedReader,
+    check_blob,
     descriptor,
+    image_manifest,
     is_digest,
-    new_hasher,
     parse_digest,
     parse_json_object,
     platform_from_json,
     sha256_digest,
-    verify_digest,
+    sized_opener,
+)
+from ansible_collections.virt.bootstrap.plugins.module_utils.index import (
+    Candidate,
+    IndexWalker,
+    choose_candidate,
+    manifest_entries,
 )
 
 REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
+# Links followed to find a file in an archive before it counts as a loop (Linux's MAXSYMLINKS).
+_MAX_LINK_HOPS = 40
 
 
 class Blobs(t.Protocol):
@@ -71,24 +79,78 @@ class DirectoryBlobs:
 
 
 class TarBlobs:
-    """Files of an image kept in a tar archive, read in place without unpacking it."""
+    """Files of an image kept in a tar archive, read in place without unpacking it.
+
+    A name may lead through links inside the archive: `docker save` before Docker 25 stores a layer
+    that appears twice as a symbolic link (`<id>/layer.tar -> ../<other>/layer.tar`).
+    """
 
     def __init__(self, path: str) -> None:
         if not os.path.isfile(path):
             raise SourceError('%s does not exist' % path if not os.path.exists(path) else
                               '%s is not a regular file' % path)
         self.path = path
+        self._members: t.Dict[str, tarfile.TarInfo] = {}
+        self._links: t.Dict[str, tarfile.TarInfo] = {}
         try:
             with tarfile.open(path, mode='r:*') as archive:
-                self._members = {os.path.normpath(member.name).lstrip('/'): member
-                                 for member in archive.getmembers() if member.isfile()}
+                for member in archive.getmembers():
+                    self._index(member)
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise SourceError('%s is not a readable tar archive: %s' % (path, exc))
 
-    def open_file(self, name: str) -> t.BinaryIO:
-        member = self._members.get(os.path.normpath(name))
+    def _index(self, member: tarfile.TarInfo) -> None:
+        # A later entry of the same name replaces an earlier one, as it would on extraction.
+        name = '/'.join(_name_parts(member.name))
+        self._members.pop(name, None)
+        self._links.pop(name, None)
+        if member.isfile():
+            self._members[name] = member
+        elif member.issym() or member.islnk():
+            self._links[name] = member
+
+    def _find(self, name: str) -> t.Tuple[t.Optional[tarfile.TarInfo], str]:
+        """The regular member `name` leads to (None if there is none), and the name it resolved to.
+
+        Links are followed inside the archive only: a symbolic link's target is taken from its own
+        directory (from the archive's root when absolute), a hard link's from the archive's root, and
+        nothing may climb above the root.
+        """
+        resolved: t.List[str] = []
+        pending = _name_parts(name)
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            if part == '..':
+                if not resolved:
+                    raise SourceError('%s: %s leads outside the archive' % (self.path, name))
+                resolved.pop()
+                continue
+            link = self._links.get('/'.join(resolved + [part]))
+            if link is None:
+                resolved.append(part)
+                continue
+            hops += 1
+            if hops > _MAX_LINK_HOPS:
+                raise SourceError('%s: %s leads through more than %d links: a loop of links'
+                                  % (self.path, name, _MAX_LINK_HOPS))
+            if link.islnk() or link.linkname.startswith('/'):
+                resolved = []
+            pending = _name_parts(link.linkname) + pending
+        found = '/'.join(resolved)
+        return self._members.get(found), found
+
+    def _member(self, name: str) -> tarfile.TarInfo:
+        member, found = self._find(name)
         if member is None:
+            if found != '/'.join(_name_parts(name)):
+                raise SourceError('%s: %s is a link to %s, which is not a file in the archive'
+                                  % (self.path, name, found))
             raise SourceError('%s: %s is missing from the archive' % (self.path, name))
+        return member
+
+    def open_file(self, name: str) -> t.BinaryIO:
+        member = self._member(name)
         # Each stream reads through its own handle on the archive: layers are read after the
         # source is closed, and one stream's position never moves another's.
         archive = tarfile.open(self.path, mode='r:*')
@@ -102,12 +164,16 @@ class TarBlobs:
         with self.open_file(name) as stream:
             return _read_limited(stream, '%s:%s' % (self.path, name))
 
-    def size_of(self, name: str) -> t.Optional[int]:
-        member = self._members.get(os.path.normpath(name))
-        return member.size if member is not None else None
+    def size_of(self, name: str) -> int:
+        return self._member(name).size
 
     def close(self) -> None:
         pass
+
+
+def _name_parts(name: str) -> t.List[str]:
+    """The components of a name in an archive, as from its root ('./a//b' and '/a/b' are a/b)."""
+    return [part for part in name.split('/') if part not in ('', '.')]
 
 
 class _MemberStream:
@@ -146,16 +212,6 @@ def _blob_name(digest: str) -> str:
     return 'blobs/%s/%s' % (algorithm, hexdigest)
 
 
-class _Candidate(t.NamedTuple):
-    descriptor: Descriptor
-    index_digest: t.Optional[str]
-
-
-class _Manifest(t.NamedTuple):
-    config: Descriptor
-    layers: t.List[Descriptor]
-
-
 class OciLayout:
     """An OCI image layout; `reference` picks an entry by its ref.name annotation."""
 
@@ -173,12 +229,11 @@ class OciLayout:
             raise SourceError('%s is not an OCI image layout (oci-layout has no imageLayoutVersion)' % self._location)
         what = '%s: index.json' % self._location
         index = parse_json_object(self._blobs.read_file('index.json'), what)
-        candidates: t.List[_Candidate] = []
-        for number, entry in self._select_entries(_manifest_list(index, what)):
-            candidates.extend(self._expand(descriptor(entry, '%s manifests[%d]' % (what, number)), None))
-        if not candidates:
-            raise SourceError('%s holds no image manifest' % self._location)
-        chosen = self._choose(candidates, wanted)
+        selected = [descriptor(entry, '%s manifests[%d]' % (what, number))
+                    for number, entry in self._select_entries(manifest_entries(index, what))]
+        # index.json is the layout's list of tags: what a tag names is an index's top, as in a registry.
+        candidates = IndexWalker(self._location, self._read_blob).images(selected, what, depth=0)
+        chosen = choose_candidate(candidates, wanted, self._location, self._config_platform)
         return self._load_image(chosen, wanted)
 
     def _select_entries(self, entries: t.List[t.Dict[str, t.Any]]) -> t.List[t.Tuple[int, t.Dict[str, t.Any]]]:
@@ -195,54 +250,22 @@ class OciLayout:
                               % (self._location, ', '.join(tags), self._location))
         return [(number, entry) for number, entry, _name in numbered]
 
-    def _expand(self, found: Descriptor, index_digest: t.Optional[str]) -> t.List[_Candidate]:
-        if found.media_type in INDEX_MEDIA_TYPES:
-            what = '%s: index %s' % (self._location, found.digest)
-            nested = self._read_json_blob(found)
-            result: t.List[_Candidate] = []
-            for number, child in enumerate(_manifest_list(nested, what)):
-                result.extend(self._expand(descriptor(child, '%s manifests[%d]' % (what, number)),
-                                           index_digest or found.digest))
-            return result
-        if found.media_type in MANIFEST_MEDIA_TYPES:
-            return [_Candidate(found, index_digest)]
-        if found.media_type in SCHEMA1_MEDIA_TYPES:
-            raise SourceError('%s: Docker schema 1 manifests are not supported; convert the image with '
-                              'skopeo copy --format v2s2' % self._location)
-        return []  # artifacts, signatures, attestations: not images
+    def _config_platform(self, listed: Descriptor) -> t.Optional[Platform]:
+        config = self._read_manifest(listed).config
+        return platform_from_json(self._read_json_blob(config), '%s: config %s' % (self._location, config.digest))
 
-    def _choose(self, candidates: t.List[_Candidate], wanted: t.Optional[Platform]) -> _Candidate:
-        if len(candidates) == 1:
-            return candidates[0]
-        target = wanted or platforms.host_platform()
-        pairs = [(candidate.descriptor.platform or self._config_platform(candidate), candidate)
-                 for candidate in candidates]
-        return platforms.choose(pairs, target, self._location)
+    def _read_manifest(self, listed: Descriptor) -> ImageManifest:
+        return image_manifest(self._read_json_blob(listed), '%s: manifest %s' % (self._location, listed.digest))
 
-    def _config_platform(self, candidate: _Candidate) -> t.Optional[Platform]:
-        config = self._read_json_blob(self._read_manifest(candidate.descriptor).config)
-        return platform_from_json(config, '%s: config %s' % (self._location, candidate.descriptor.digest))
-
-    def _read_manifest(self, found: Descriptor) -> _Manifest:
-        manifest = self._read_json_blob(found)
-        what = '%s: manifest %s' % (self._location, found.digest)
-        if manifest.get('schemaVersion') != 2 or not isinstance(manifest.get('layers'), list):
-            raise SourceError('%s is not a schema 2 image manifest' % what)
-        if 'config' not in manifest:
-            raise SourceError('%s has no config' % what)
-        return _Manifest(descriptor(manifest['config'], '%s config' % what),
-                         [descriptor(layer, '%s layers[%d]' % (what, number))
-                          for number, layer in enumerate(manifest['layers'])])
-
-    def _load_image(self, chosen: _Candidate, wanted: t.Optional[Platform]) -> Image:
+    def _load_image(self, chosen: Candidate, wanted: t.Optional[Platform]) -> Image:
         manifest = self._read_manifest(chosen.descriptor)
         config = self._read_json_blob(manifest.config)
         image_platform = platform_from_json(config, '%s: config %s' % (self._location, manifest.config.digest)) \
             or chosen.descriptor.platform
-        platforms.require_match(image_platform, wanted, self._location)
+        warnings = platforms.check_image_platform(image_platform, wanted, self._location)
         layers = [self._layer(layer) for layer in manifest.layers]
         return Image(digest=chosen.descriptor.digest, layers=layers, config=config, platform=image_platform,
-                     index_digest=chosen.index_digest)
+                     index_digest=chosen.index_digest, warnings=warnings)
 
     def _layer(self, found: Descriptor) -> Layer:
         if found.media_type not in LAYER_MEDIA_TYPES:
@@ -250,32 +273,31 @@ class OciLayout:
                               'non-distributable or encrypted layers are not supported)'
                               % (self._location, found.digest, found.media_type))
         name = _blob_name(found.digest)
-        return Layer(open_blob=lambda: self._blobs.open_file(name), digest=found.digest, size=found.size,
-                     media_type=found.media_type)
+        return Layer(open_blob=sized_opener(lambda: self._blobs.open_file(name), found.size,
+                                            '%s: blob %s' % (self._location, found.digest)),
+                     digest=found.digest, size=found.size, media_type=found.media_type)
+
+    def _read_blob(self, found: Descriptor) -> bytes:
+        """A metadata blob (manifest, config, index), read no further than its descriptor's size.
+
+        Whoever reads it checks it against `found` (check_blob).
+        """
+        what = '%s: blob %s' % (self._location, found.digest)
+        if found.size > MAX_METADATA_SIZE:
+            raise SourceError('%s is %d bytes by its descriptor, more than the %d of any image metadata'
+                              % (what, found.size, MAX_METADATA_SIZE))
+        with SizedReader(self._blobs.open_file(_blob_name(found.digest)), found.size, what) as stream:
+            return stream.read()
 
     def _read_json_blob(self, found: Descriptor) -> t.Dict[str, t.Any]:
-        data = self._blobs.read_file(_blob_name(found.digest))
-        hasher = new_hasher(found.digest)
-        hasher.update(data)
-        verify_digest(hasher, found.digest, '%s: blob' % self._location)
-        return parse_json_object(data, '%s: blob %s' % (self._location, found.digest))
+        what = '%s: blob %s' % (self._location, found.digest)
+        return parse_json_object(check_blob(self._read_blob(found), found, what), what)
 
 
 def _ref_name(entry: t.Dict[str, t.Any]) -> t.Optional[str]:
     annotations = entry.get('annotations')
     name = annotations.get(REF_NAME_ANNOTATION) if isinstance(annotations, dict) else None
     return name if isinstance(name, str) else None
-
-
-def _manifest_list(index: t.Dict[str, t.Any], what: str) -> t.List[t.Dict[str, t.Any]]:
-    """The entries of an index; each must be an object (descriptor() checks the rest)."""
-    manifests = index.get('manifests')
-    if not isinstance(manifests, list):
-        raise SourceError('%s has no list of manifests' % what)
-    for number, entry in enumerate(manifests):
-        if not isinstance(entry, dict):
-            raise SourceError('%s manifests[%d] is not a descriptor (a JSON object)' % (what, number))
-    return manifests
 
 
 class _ArchiveEntry(t.NamedTuple):
@@ -316,10 +338,11 @@ class DockerArchive:
             raise SourceError('%s: the image lists %d layers but its config names %d'
                               % (self._path, len(entry.layers), len(diff_ids)))
         image_platform = platform_from_json(config, what)
-        platforms.require_match(image_platform, wanted, self._path)
+        warnings = platforms.check_image_platform(image_platform, wanted, self._path)
         layers = [self._layer(layer_path, diff_id) for layer_path, diff_id in zip(entry.layers, diff_ids)]
         # The config digest is the image ID: it names layers and config exactly.
-        return Image(digest=sha256_digest(config_bytes), layers=layers, config=config, platform=image_platform)
+        return Image(digest=sha256_digest(config_bytes), layers=layers, config=config, platform=image_platform,
+                     warnings=warnings)
 
     def _entry(self, value: t.Any, number: int) -> _ArchiveEntry:
         what = '%s: manifest.json image @%d' % (self._path, number)
@@ -352,11 +375,11 @@ class DockerArchive:
         return entries[0]
 
     def _layer(self, layer_path: str, diff_id: str) -> Layer:
+        # The size is the one the archive's tar header gives: the only one there is.
         size = self._blobs.size_of(layer_path)
-        if size is None:
-            raise SourceError('%s: layer %s is missing from the archive' % (self._path, layer_path))
-        return Layer(open_blob=lambda: self._blobs.open_file(layer_path), digest=None, size=size,
-                     media_type=MEDIA_TAR, diff_id=diff_id)
+        return Layer(open_blob=sized_opener(lambda: self._blobs.open_file(layer_path), size,
+                                            '%s: %s' % (self._path, layer_path)),
+                     digest=None, size=size, media_type=MEDIA_TAR, diff_id=diff_id)
 
 
 def _diff_ids(config: t.Dict[str, t.Any], what: str) -> t.List[str]:

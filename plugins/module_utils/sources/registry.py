@@ -18,9 +18,14 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     Image,
     Layer,
     Platform,
-    descriptor,
+    image_manifest,
     parse_json_object,
     platform_from_json,
+)
+from ansible_collections.virt.bootstrap.plugins.module_utils.index import (
+    IndexWalker,
+    choose_candidate,
+    listed_descriptors,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth import Credentials, find_credentials
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.cache import BlobCache, BlobFetcher
@@ -29,8 +34,6 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference 
 
 _FOREIGN_HINT = ('foreign and non-distributable layers (Windows base layers) must come from elsewhere; '
                  'they cannot be part of a Linux rootfs')
-# Indexes inside an index, as the OCI layout code allows; deeper than this is not a real image.
-_MAX_INDEX_DEPTH = 3
 
 
 @dataclass
@@ -86,22 +89,16 @@ class RegistrySource:
                 raise SourceError('%s: %s is a %s, not an image manifest' % (self.reference, choice.manifest_digest,
                                                                              media_type))
         what = '%s: manifest %s' % (self.reference, choice.manifest_digest)
-        manifest = parse_json_object(body, what)
-        if manifest.get('schemaVersion') != 2 or not isinstance(manifest.get('layers'), list):
-            raise SourceError('%s is not a schema 2 image manifest' % what)
-        if 'config' not in manifest:
-            raise SourceError('%s has no config' % what)
-        config_descriptor = descriptor(manifest['config'], '%s config' % what)
-        layers = [self._layer(descriptor(layer, '%s layers[%d]' % (what, number)))
-                  for number, layer in enumerate(manifest['layers'])]
+        manifest = image_manifest(parse_json_object(body, what), what)
+        layers = [self._layer(listed) for listed in manifest.layers]
         self._check_download_size(layers, what)
-        config_what = '%s: config %s' % (self.reference, config_descriptor.digest)
-        config = parse_json_object(self._client.get_small_blob(config_descriptor.digest), config_what)
+        config_what = '%s: config %s' % (self.reference, manifest.config.digest)
+        config = parse_json_object(self._client.get_small_blob(manifest.config.digest), config_what)
         image_platform = platform_from_json(config, config_what) or choice.platform
-        platforms.require_match(image_platform, wanted, str(self.reference))
+        warnings = platforms.check_image_platform(image_platform, wanted, str(self.reference))
         self._layer_blobs = [(layer.digest or '', layer.size) for layer in layers]
         return Image(digest=choice.manifest_digest, layers=layers, config=config, platform=image_platform,
-                     index_digest=choice.index_digest)
+                     index_digest=choice.index_digest, warnings=warnings)
 
     def close(self) -> None:
         self._client.stop()
@@ -126,39 +123,21 @@ class RegistrySource:
             return _Choice(digest, None, None)
         if media_type not in INDEX_MEDIA_TYPES:
             raise SourceError('%s is a %s, not an image' % (self.reference, media_type or 'document of unknown type'))
-        candidates = self._index_entries(body, digest, None, 1)
-        if not candidates:
-            raise SourceError('%s: index %s lists no image manifest' % (self.reference, digest))
-        if len(candidates) == 1 and wanted is None:
-            chosen = candidates[0][1]
-        else:
-            chosen = platforms.choose(candidates, wanted or platforms.host_platform(), str(self.reference))
+        what = '%s: index %s' % (self.reference, digest)
+        walker = IndexWalker(str(self.reference), lambda listed: self._client.get_manifest(listed.digest)[0])
+        candidates = walker.images(listed_descriptors(parse_json_object(body, what), what), what, depth=1,
+                                   index_digest=digest)
+        chosen = choose_candidate(candidates, wanted, str(self.reference), self._config_platform).descriptor
         return _Choice(chosen.digest, digest, chosen.platform)
 
-    def _index_entries(self, body: bytes, digest: str, inherited: t.Optional[Platform],
-                       depth: int) -> t.List[t.Tuple[t.Optional[Platform], Descriptor]]:
-        """The image manifests an index lists, through nested indexes, with their platforms."""
-        what = '%s: index %s' % (self.reference, digest)
-        manifests = parse_json_object(body, what).get('manifests')
-        if not isinstance(manifests, list):
-            raise SourceError('%s has no list of manifests' % what)
-        found: t.List[t.Tuple[t.Optional[Platform], Descriptor]] = []
-        for number, entry in enumerate(manifests):
-            listed = descriptor(entry, '%s manifests[%d]' % (what, number))
-            platform = listed.platform or inherited
-            # Attestation manifests carry the platform unknown/unknown.
-            if platform is not None and platform.os == 'unknown':
-                continue
-            if listed.media_type in MANIFEST_MEDIA_TYPES:
-                found.append((platform, listed._replace(platform=platform)))
-            elif listed.media_type in INDEX_MEDIA_TYPES:
-                if depth >= _MAX_INDEX_DEPTH:
-                    raise SourceError('%s nests indexes more than %d deep' % (what, _MAX_INDEX_DEPTH))
-                nested_body, nested_type, nested_digest = self._client.get_manifest(listed.digest)
-                if nested_type not in INDEX_MEDIA_TYPES:
-                    raise SourceError('%s lists %s as an index, but it is a %s' % (what, listed.digest, nested_type))
-                found.extend(self._index_entries(nested_body, nested_digest, platform, depth + 1))
-        return found
+    def _config_platform(self, listed: Descriptor) -> t.Optional[Platform]:
+        """The platform in the config of an index entry that names none (one more manifest and blob request)."""
+        what = '%s: manifest %s' % (self.reference, listed.digest)
+        body = self._client.get_manifest(listed.digest)[0]
+        config_digest = image_manifest(parse_json_object(body, what), what).config.digest
+        config_what = '%s: config %s' % (self.reference, config_digest)
+        return platform_from_json(parse_json_object(self._client.get_small_blob(config_digest), config_what),
+                                  config_what)
 
     def _layer(self, listed: Descriptor) -> Layer:
         if listed.media_type not in LAYER_MEDIA_TYPES:

@@ -213,6 +213,38 @@ def make_docker_archive(path: str, images: t.Sequence[DockerImage], with_manifes
     return path
 
 
+def as_saved_before_docker_25(archive: str, path: str) -> str:
+    """Rewrite a single-image docker-archive as `docker save` wrote it before Docker 25.
+
+    Each layer sits at `<id>/layer.tar`, the id naming its position in the chain; a layer met again
+    is a symbolic link to the first one (`../<id>/layer.tar`), and manifest.json names every layer
+    by its `<id>/layer.tar` path, link or not.
+    """
+    with tarfile.open(archive) as source:
+        members = {member.name: source.extractfile(member).read() for member in source.getmembers() if member.isfile()}
+    manifest = json.loads(members.pop('manifest.json'))
+    assert len(manifest) == 1, 'one image only'
+    entries: t.Dict[str, TarContent] = {}
+    first_path: t.Dict[str, str] = {}
+    layer_paths = []
+    chain = ''
+    for layer in manifest[0]['Layers']:
+        chain = hashlib.sha256((chain + layer).encode()).hexdigest()
+        layer_path = '%s/layer.tar' % chain
+        entries[chain] = None
+        if layer in first_path:
+            entries[layer_path] = Symlink('../%s' % first_path[layer])
+        else:
+            entries[layer_path] = members[layer]
+            first_path[layer] = layer_path
+        layer_paths.append(layer_path)
+    for name, data in members.items():
+        if name.endswith('.json') and '/' not in name:  # the config, named by its digest
+            entries[name] = data
+    entries['manifest.json'] = json.dumps([dict(manifest[0], Layers=layer_paths)]).encode()
+    return write_file(path, make_tar(entries))
+
+
 def snapshot_tree(root: str) -> t.Dict[str, t.Any]:
     """Everything a rebuild could change: each path's type, mode, owner, mtime and content or target."""
     tree: t.Dict[str, t.Any] = {'.inode': os.lstat(root).st_ino}

@@ -16,7 +16,7 @@ import typing as t
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import PlatformError, SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DigestMismatch, PlatformError, SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Platform
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryClient, RegistryError
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
@@ -232,11 +232,28 @@ def test_an_image_exactly_max_download_size_is_resolved(served):
 
 # -- indexes --------------------------------------------------------------------------------------------------------
 
-def test_attestation_manifests_are_not_candidates(served):
-    amd64 = image(served, 'linux/amd64')
+ATTESTATION = {'vnd.docker.reference.type': 'attestation-manifest'}
+
+
+def test_an_unknown_platform_attestation_beside_the_only_image_leaves_it_the_only_one(served, monkeypatch):
+    # As BuildKit pushes a single-platform image: were the attestation a candidate, no image would suit the host.
+    monkeypatch.setattr(platforms._host, 'machine', lambda: 'x86_64')
+    arm64 = image(served, 'linux/arm64')
     attestation = image(served, None)
-    index(served, [entry(amd64, 'linux/amd64'), entry(attestation, 'unknown/unknown')], tag='1')
-    assert resolve().digest == amd64['digest']
+    index(served, [entry(arm64, 'linux/arm64'), entry(attestation, 'unknown/unknown')], tag='1')
+    resolved = resolve()
+    assert resolved.digest == arm64['digest']
+    assert len(resolved.warnings) == 1 and 'linux/arm64' in resolved.warnings[0]
+
+
+def test_an_attestation_annotated_for_the_platform_asked_for_is_not_chosen(served):
+    # Listed first and for the very platform asked for: only its annotation says it is no image.
+    arm64, amd64 = image(served, 'linux/arm64'), image(served, 'linux/amd64')
+    attestation = image(served, 'linux/arm64', layers=[layer(9)])
+    assert attestation['digest'] != arm64['digest']
+    index(served, [entry(attestation, 'linux/arm64', {'annotations': ATTESTATION}), entry(amd64, 'linux/amd64'),
+                   entry(arm64, 'linux/arm64')], tag='1')
+    assert resolve('linux/arm64').digest == arm64['digest']
 
 
 def test_a_nested_index_is_resolved_and_the_top_index_recorded(served):
@@ -272,4 +289,64 @@ def test_a_nested_index_that_turns_out_to_be_a_manifest_is_refused(served):
     index(served, [entry(manifest, changes={'mediaType': MEDIA_OCI_INDEX})], tag='1')
     expected = 'lists %s as an index, but it is a %s' % (manifest['digest'], MEDIA_OCI_MANIFEST)
     with pytest.raises(SourceError, match=re.escape(expected)):
+        resolve()
+
+
+FOREIGN_WARNING = ("registry.example/app:1: the image is for platform linux/arm64, not this host's (linux/amd64); it "
+                   "is used as no platform was asked for (set platform: linux/arm64 to say this is intended)")
+
+
+@pytest.fixture
+def amd64_host(monkeypatch):
+    monkeypatch.setattr(platforms._host, 'machine', lambda: 'x86_64')
+
+
+def test_the_only_image_of_an_index_for_another_platform_is_used_with_a_warning(served, amd64_host):
+    arm64 = image(served, 'linux/arm64')
+    index(served, [entry(arm64, 'linux/arm64')], tag='1')
+    resolved = resolve()
+    assert (resolved.digest, resolved.warnings) == (arm64['digest'], [FOREIGN_WARNING])
+    assert resolve('linux/arm64').warnings == []
+
+
+def test_a_single_manifest_for_another_platform_is_used_with_a_warning(served, amd64_host):
+    image(served, 'linux/arm64', tag='1')
+    assert resolve().warnings == [FOREIGN_WARNING]
+    with pytest.raises(PlatformError, match='no image for platform linux/s390x; available: linux/arm64$'):
+        resolve('linux/s390x')
+
+
+def test_an_image_for_the_host_has_no_warning(served, amd64_host):
+    image(served, 'linux/amd64', tag='1')
+    assert resolve().warnings == []
+
+
+def test_entries_without_a_platform_are_chosen_by_the_platform_of_their_config(served, amd64_host):
+    amd64, arm64 = image(served, 'linux/amd64'), image(served, 'linux/arm64')
+    index(served, [entry(arm64), entry(amd64)], tag='1')
+    assert resolve().digest == amd64['digest']
+    assert resolve('linux/arm64').digest == arm64['digest']
+
+
+def test_artifacts_in_an_index_are_not_images(served, amd64_host):
+    arm64 = image(served, 'linux/arm64')
+    signature = image(served, None)
+    index(served, [entry(signature, changes={'artifactType': 'application/vnd.dev.cosign.artifact.sig.v1+json'}),
+                   entry(arm64, 'linux/arm64')], tag='1')
+    resolved = resolve()
+    assert (resolved.digest, resolved.warnings) == (arm64['digest'], [FOREIGN_WARNING])
+
+
+def test_a_schema1_manifest_in_an_index_is_refused_with_the_hint(served):
+    schema1 = served.add({'schemaVersion': 1, 'name': 'app', 'fsLayers': []})
+    listed = dict(schema1, mediaType='application/vnd.docker.distribution.manifest.v1+prettyjws')
+    index(served, [entry(image(served), 'linux/amd64'), entry(listed, 'linux/arm64')], tag='1')
+    with pytest.raises(SourceError, match='schema 1 manifests are not supported; convert the image with skopeo copy'):
+        resolve()
+
+
+def test_a_nested_index_whose_size_is_not_its_descriptors_is_refused(served):
+    inner = index(served, [entry(image(served), 'linux/amd64')])
+    index(served, [entry(inner, changes={'size': inner['size'] - 1})], tag='1')
+    with pytest.raises(DigestMismatch, match=inner['digest']):
         resolve()

@@ -26,6 +26,7 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_bu
     compress,
     make_docker_archive,
     make_tar,
+    platform_fields,
     sha256,
     source_uri,
     tar_directory,
@@ -409,6 +410,103 @@ def test_oci_malformed_entry_of_a_nested_index_is_a_source_error(layout, kind):
         resolve(source_uri(kind, layout.root))
 
 
+def test_oci_single_platform_image_for_another_platform_is_used_with_a_warning(layout, kind, monkeypatch):
+    monkeypatch.setattr(platforms._host, 'machine', lambda: 'x86_64')
+    layout.write_index([(layout.image([LAYER_ARM], platform='linux/arm64'), 'latest')])
+    uri = source_uri(kind, layout.root)
+    assert resolve(uri).warnings == [
+        "%s: the image is for platform linux/arm64, not this host's (linux/amd64); it is used as no platform was "
+        "asked for (set platform: linux/arm64 to say this is intended)" % uri.split(':', 1)[1]]
+    assert resolve(uri, 'linux/arm64').warnings == []
+
+
+def test_oci_image_for_the_host_platform_has_no_warning(layout, kind, multi_platform, monkeypatch):
+    monkeypatch.setattr(platforms._host, 'machine', lambda: 'aarch64')
+    assert resolve(source_uri(kind, layout.root)).warnings == []
+
+
+def nested_index(layout, entries):
+    """An index blob listing `entries` (index entries, as listed() makes them) exactly as given."""
+    return layout.json_blob({'schemaVersion': 2, 'mediaType': MEDIA_OCI_INDEX, 'manifests': entries}, MEDIA_OCI_INDEX)
+
+
+def test_oci_only_image_beside_an_artifact_is_taken_with_a_warning(layout, kind, monkeypatch):
+    # A signature stored as an OCI 1.1 artifact (an image manifest with an artifactType) is not an image.
+    monkeypatch.setattr(platforms._host, 'machine', lambda: 'x86_64')
+    arm64 = layout.image([LAYER_ARM], platform='linux/arm64')
+    signature = layout.image([LAYER_A], platform=None)
+    index = nested_index(layout, [listed(arm64, platform=platform_fields('linux/arm64')),
+                                  listed(signature, artifactType='application/vnd.dev.cosign.artifact.sig.v1+json')])
+    layout.write_index([(index, 'latest')])
+    image = resolve(source_uri(kind, layout.root))
+    assert (image.digest, image.index_digest) == (arm64['digest'], index['digest'])
+    assert len(image.warnings) == 1 and 'linux/arm64' in image.warnings[0]
+
+
+def test_oci_nested_entries_take_the_platform_of_the_index_entry_above(layout, kind, monkeypatch):
+    monkeypatch.setattr(platforms._host, 'machine', lambda: 'x86_64')
+    amd64, arm64 = layout.image([LAYER_A], platform=None), layout.image([LAYER_ARM], platform=None)
+    inner = {arch: nested_index(layout, [listed(manifest)])
+             for arch, manifest in (('amd64', amd64), ('arm64', arm64))}
+    write_raw_index(layout, [listed(inner['amd64'], platform=platform_fields('linux/amd64')),
+                             listed(inner['arm64'], platform=platform_fields('linux/arm64'))])
+    uri = source_uri(kind, layout.root)
+    image = resolve(uri, 'linux/arm64')
+    assert (image.digest, image.index_digest, image.platform) == (arm64['digest'], inner['arm64']['digest'],
+                                                                  Platform('linux', 'arm64'))
+    assert resolve(uri).digest == amd64['digest']
+
+
+ATTESTATION = {'vnd.docker.reference.type': 'attestation-manifest'}
+
+
+def test_oci_unknown_platform_attestation_beside_the_only_image_leaves_it_the_only_one(layout, kind, monkeypatch):
+    # As `docker buildx build --output type=oci` writes a single-platform image with its provenance.
+    monkeypatch.setattr(platforms._host, 'machine', lambda: 'x86_64')
+    arm64, attestation = layout.image([LAYER_ARM], platform='linux/arm64'), layout.image([LAYER_A], platform=None)
+    layout.write_index([(nested_index(layout, [listed(arm64, platform=platform_fields('linux/arm64')),
+                                               listed(attestation, platform=platform_fields('unknown/unknown'))]),
+                         'latest')])
+    image = resolve(source_uri(kind, layout.root))
+    assert image.digest == arm64['digest']
+    assert len(image.warnings) == 1 and 'linux/arm64' in image.warnings[0]
+
+
+def test_oci_attestation_annotated_for_the_platform_asked_for_is_not_chosen(layout, kind):
+    # Listed first and for the very platform asked for: only its annotation says it is no image.
+    arm64, amd64 = layout.image([LAYER_ARM], platform='linux/arm64'), layout.image([LAYER_A], platform='linux/amd64')
+    attestation = layout.image([LAYER_B], platform='linux/arm64')
+    layout.write_index([(nested_index(layout, [
+        listed(attestation, platform=platform_fields('linux/arm64'), annotations=ATTESTATION),
+        listed(amd64, platform=platform_fields('linux/amd64')),
+        listed(arm64, platform=platform_fields('linux/arm64'))]), 'latest')])
+    assert resolve(source_uri(kind, layout.root), 'linux/arm64').digest == arm64['digest']
+
+
+@pytest.mark.parametrize('levels, message', [(3, None), (4, 'nests indexes more than 3 deep'),
+                                             (2000, 'nests indexes more than 3 deep')])
+def test_oci_indexes_nest_at_most_three_deep(layout, kind, levels, message):
+    manifest = layout.image([LAYER_A])
+    top = manifest
+    for _level in range(levels):
+        top = nested_index(layout, [listed(top)])
+    layout.write_index([(top, 'latest')])
+    if message is None:
+        assert resolve(source_uri(kind, layout.root)).digest == manifest['digest']
+    else:
+        with pytest.raises(SourceError, match=message):
+            resolve(source_uri(kind, layout.root))
+
+
+def test_oci_schema1_manifest_in_a_nested_index_is_refused_with_the_hint(layout, kind):
+    schema1 = layout.json_blob({'schemaVersion': 1, 'name': 'old', 'fsLayers': []},
+                               'application/vnd.docker.distribution.manifest.v1+prettyjws')
+    layout.write_index([(nested_index(layout, [listed(layout.image([LAYER_A]), platform=platform_fields(
+        'linux/amd64')), listed(schema1, platform=platform_fields('linux/arm64'))]), 'latest')])
+    with pytest.raises(SourceError, match='schema 1 manifests are not supported; convert the image with skopeo'):
+        resolve(source_uri(kind, layout.root))
+
+
 def set_config(value):
     return lambda manifest: manifest.update(config=value)
 
@@ -533,6 +631,14 @@ def test_docker_archive_platform_must_match_when_asked(two_images):
         resolve('docker-archive:%s:tool:2' % two_images, 'linux/amd64')
 
 
+def test_docker_archive_image_for_another_platform_is_used_with_a_warning(two_images, monkeypatch):
+    monkeypatch.setattr(platforms._host, 'machine', lambda: 'x86_64')
+    assert resolve('docker-archive:%s:tool:2' % two_images).warnings == [
+        "%s: the image is for platform linux/arm64, not this host's (linux/amd64); it is used as no platform was "
+        "asked for (set platform: linux/arm64 to say this is intended)" % two_images]
+    assert resolve('docker-archive:%s:app:1.0' % two_images).warnings == []
+
+
 def test_docker_archive_without_manifest_is_not_a_docker_archive(tmp_path):
     path = make_docker_archive(str(tmp_path / 'app.tar'), [DockerImage(['app:1.0'], [LAYER_A])], with_manifest=False)
     with pytest.raises(SourceError, match='not a docker-archive'):
@@ -570,7 +676,7 @@ def test_docker_archive_compressed_with_gzip_is_read(tmp_path):
     (lambda entry: entry.update(Layers='layer.tar'), None, r"image @0 has Layers 'layer.tar', not a list"),
     (lambda entry: entry.update(Layers=[{}]), None, r'image @0 has Layers \[\{\}\], not a list of strings'),
     (lambda entry: entry.update(RepoTags=[1]), None, r'image @0 has RepoTags \[1\], not a list of strings'),
-    (lambda entry: entry.update(Layers=['nowhere/layer.tar']), None, 'layer nowhere/layer.tar is missing'),
+    (lambda entry: entry.update(Layers=['nowhere/layer.tar']), None, 'nowhere/layer.tar is missing from the archive'),
 ])
 def test_docker_archive_malformed_metadata_is_a_source_error(tmp_path, edit_entry, edit_config, message):
     path = make_docker_archive(str(tmp_path / 'app.tar'), [DockerImage(['app:1.0'], [LAYER_A])],
