@@ -141,15 +141,25 @@ def run(request: Request, check_mode: bool = False) -> Result:
             with dest:
                 pass  # taking the lock settles what a killed run left (see Destination._recover)
         # Decide before locking: a run with nothing to do (or refused) leaves no bookkeeping behind.
-        plan = decide(request, dest, source)
-        if check_mode or plan.action == 'none':
+        plan: t.Optional[Plan]
+        try:
+            plan = decide(request, dest, source)
+        except DestinationError:
+            # Without the lock, another run's swap can be caught half-way (its tree in, its record not
+            # yet): with bookkeeping beside dest, only a decision under the lock counts.
+            if check_mode or not os.path.isdir(dest.meta_dir):
+                raise
+            plan = None
+        if plan is not None and (check_mode or plan.action == 'none'):
             if not check_mode:
                 Progress(request.progress_cb).done('Nothing to do')
             return _result(request, plan, source, dest, stats=None)
         with dest:
-            if dest.load_record() != plan.before:
+            if plan is None or dest.load_record() != plan.before:
                 plan = decide(request, dest, source)  # another run changed dest while we waited for the lock
             stats = carry_out(request, plan, dest)
+        if plan.action == 'none':
+            Progress(request.progress_cb).done('Nothing to do')
         return _result(request, plan, source, dest, stats=stats)
     finally:
         if source is not None:
@@ -361,7 +371,7 @@ def _result(request: Request, plan: Plan, source: t.Optional[Source], dest: Dest
         result.platform = record.platform
         result.layers = record.layers
     if plan.image is not None:
-        result.warnings.extend(getattr(plan.image, 'warnings', []))
+        result.warnings.extend(plan.image.warnings)
     if stats is not None:
         result.entries_written = stats.written
         result.entries_skipped = stats.skipped_total

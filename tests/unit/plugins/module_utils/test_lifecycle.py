@@ -474,3 +474,20 @@ def test_adding_and_dropping_the_root_password_edits_the_tree_in_place(site: Sit
     assert not site.run(site.v1).changed
     assert identity_of(site.dest) == identity
     assert open(os.path.join(site.dest, 'etc', 'written-by-the-guest'), 'rb').read() == b'kept'
+
+
+def test_a_refusal_seen_without_the_lock_is_decided_again_with_it(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a run sees when it reads the bookkeeping just as another run swaps its tree in: the tree is
+    # there, its record not yet. Deciding without the lock is a guess; only the locked decision counts.
+    site.run(site.v1)
+    real_load = Destination.load_record
+    reads: t.List[int] = []
+
+    def first_read_misses_the_record(self: Destination) -> t.Any:
+        reads.append(1)
+        return None if len(reads) == 1 else real_load(self)
+
+    monkeypatch.setattr(Destination, 'load_record', first_read_misses_the_record)
+    result = site.run(site.v2)
+    assert result.changed and site.content() == V2
+    assert len(reads) >= 2
