@@ -317,6 +317,16 @@ def test_oci_image_builds_its_layers_in_order(site, kind):
     assert not site.run(uri).changed
 
 
+def test_an_image_for_another_platform_is_used_with_a_warning(site):
+    layout = OciLayoutBuilder(str(site.sources / 'layout'))
+    s390x = layout.image([LAYER_1], platform='linux/s390x')
+    layout.write_index([(s390x, 'latest')])
+    result = site.run(source_uri('oci', layout.root))
+    assert result.changed and result.platform == 'linux/s390x'
+    assert [warning for warning in result.warnings if 'not this host' in warning and 'platform: linux/s390x'
+            in warning], result.warnings
+
+
 @pytest.mark.parametrize('kind', ['oci', 'oci-archive'])
 def test_multi_platform_image_records_platform_and_index_digest(site, kind):
     layout = OciLayoutBuilder(str(site.sources / 'layout'))
