@@ -8,7 +8,9 @@ request to the upstream registry (http, or https without verification) and can, 
   - answer an HTTP status (500, 429 with Retry-After, 404 NAME_UNKNOWN, ...) the first N times,
   - cut the connection after K bytes of the body the first N times (close, or reset with RST),
   - ignore Range (forward without it, so the registry answers 200 with the whole blob),
-  - slow bodies down (a pause before each chunk of 16 KiB), to make downloads overlap or finish in order.
+  - slow bodies down (a pause before each chunk of 16 KiB), to make downloads overlap or finish in order,
+  - drop a response header (Docker-Content-Digest from HEAD answers, say), as some registries do.
+Faults can be limited to one method (HEAD refused with 405 while GET works).
 Every request is recorded (method, path, Range header, status answered, bytes sent) so tests can
 count them: `proxy.count('GET', '/manifests/')`.
 
@@ -60,9 +62,10 @@ class _Fault:
     code: str = 'UNAVAILABLE'
     cut_after: t.Optional[int] = None
     reset: bool = False
+    method: t.Optional[str] = None  # None: every method
 
-    def applies(self, path: str) -> bool:
-        return self.times != 0 and self.path_contains in path
+    def applies(self, method: str, path: str) -> bool:
+        return self.times != 0 and self.path_contains in path and self.method in (None, method)
 
 
 class FaultProxy:
@@ -72,6 +75,7 @@ class FaultProxy:
         self.upstream_host = parsed.netloc
         self.ignore_range = False
         self.chunk_delay = 0.0
+        self.dropped_headers: t.Set[t.Tuple[str, str]] = set()  # (method, lower-case header name)
         self.requests: t.List[Seen] = []
         self._faults: t.List[_Fault] = []
         self._lock = threading.Lock()
@@ -81,10 +85,16 @@ class FaultProxy:
     # -- configuration ---------------------------------------------------------------------------
 
     def fail(self, path_contains: str, status: int, times: int = 1, retry_after: t.Optional[int] = None,
-             code: str = 'UNAVAILABLE') -> None:
+             code: str = 'UNAVAILABLE', method: t.Optional[str] = None) -> None:
         """Answer `status` with a registry error `code` to the next `times` (-1: all) requests for `path_contains`."""
         with self._lock:
-            self._faults.append(_Fault(path_contains, times, status=status, retry_after=retry_after, code=code))
+            self._faults.append(_Fault(path_contains, times, status=status, retry_after=retry_after, code=code,
+                                       method=method))
+
+    def drop_header(self, name: str, method: str = 'HEAD') -> None:
+        """Leave header `name` out of every answer to `method` requests."""
+        with self._lock:
+            self.dropped_headers.add((method, name.lower()))
 
     def cut(self, path_contains: str, after: int, times: int = 1, reset: bool = False) -> None:
         """Send only `after` body bytes, then close (or reset) the connection, `times` times (-1: always)."""
@@ -98,6 +108,7 @@ class FaultProxy:
             self.requests.clear()
             self.ignore_range = False
             self.chunk_delay = 0.0
+            self.dropped_headers.clear()
 
     # -- what happened ---------------------------------------------------------------------------
 
@@ -145,13 +156,17 @@ class FaultProxy:
 
     # -- used by the handler ---------------------------------------------------------------------
 
-    def _take_status_fault(self, path: str) -> t.Optional[_Fault]:
-        return self._take(lambda fault: fault.applies(path) and bool(fault.status))
+    def _take_status_fault(self, method: str, path: str) -> t.Optional[_Fault]:
+        return self._take(lambda fault: fault.applies(method, path) and bool(fault.status))
 
-    def _take_cut(self, path: str, length: t.Optional[int]) -> t.Optional[_Fault]:
+    def _take_cut(self, method: str, path: str, length: t.Optional[int]) -> t.Optional[_Fault]:
         """A cut for a body longer than its limit: a shorter one would arrive whole, and waste the fault."""
-        return self._take(lambda fault: fault.applies(path) and fault.cut_after is not None
+        return self._take(lambda fault: fault.applies(method, path) and fault.cut_after is not None
                           and (length is None or length > fault.cut_after))
+
+    def _drops(self, method: str, header: str) -> bool:
+        with self._lock:
+            return (method, header.lower()) in self.dropped_headers
 
     def _take(self, wanted: t.Callable[[_Fault], bool]) -> t.Optional[_Fault]:
         with self._lock:
@@ -189,7 +204,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         proxy = self.server.proxy
         self.close_connection = True
         range_header = self.headers.get('Range')
-        fault = proxy._take_status_fault(self.path)  # pylint: disable=protected-access
+        fault = proxy._take_status_fault(self.command, self.path)  # pylint: disable=protected-access
         if fault is not None:
             proxy._record(Seen(self.command, self.path, range_header, fault.status))  # pylint: disable=protected-access
             self._answer_status(fault)
@@ -207,10 +222,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             proxy._record(entry)  # pylint: disable=protected-access
             length = response.getheader('Content-Length')
             cut = None if self.command == 'HEAD' else proxy._take_cut(  # pylint: disable=protected-access
-                self.path, int(length) if length and length.isdigit() else None)
+                self.command, self.path, int(length) if length and length.isdigit() else None)
             self.send_response(response.status, response.reason)
             for name, value in response.getheaders():
-                if name.lower() not in HOP_BY_HOP:
+                if name.lower() not in HOP_BY_HOP and not proxy._drops(self.command, name):  # pylint: disable=protected-access
                     self.send_header(name, value)
             self.send_header('Connection', 'close')
             self.end_headers()

@@ -22,6 +22,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     MANIFEST_MEDIA_TYPES,
     MAX_METADATA_SIZE,
     SCHEMA1_MEDIA_TYPES,
+    is_digest,
     new_hasher,
     parse_json_object,
     sha256_digest,
@@ -33,6 +34,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference 
 MANIFEST_ACCEPT = ', '.join(sorted(INDEX_MEDIA_TYPES | MANIFEST_MEDIA_TYPES))
 USER_AGENT = 'virt.bootstrap'
 _RETRY_STATUS = frozenset((408, 429, 500, 502, 503, 504))
+# A HEAD answered with these is asked again as a GET, whose error body (HEAD has none) says what is wrong.
+_HEAD_REFUSED = frozenset((400, 403, 404, 405, 406, 501))
 _TRANSIENT_ERRORS = (ConnectionError, socket.timeout, http.client.IncompleteRead, http.client.RemoteDisconnected,
                      http.client.BadStatusLine, TimeoutError)
 
@@ -107,6 +110,19 @@ class RegistryClient:
             raise RegistryError('%s: the manifest for %s hashes to %s but the registry says %s'
                                 % (self.host, reference, digest, served_digest))
         return body, media_type, digest
+
+    def head_manifest(self, reference: str) -> t.Optional[t.Tuple[str, str]]:
+        """(digest, media type) of what `reference` names, from a HEAD request: registries count a manifest GET
+        as a pull (Docker Hub against its rate limit), a HEAD not. None when the registry refuses HEAD or
+        gives no digest: then only a GET can tell."""
+        response = self._request('HEAD', 'manifests/%s' % reference, {'Accept': MANIFEST_ACCEPT},
+                                 give_up_on=_HEAD_REFUSED)
+        if response is None:
+            return None
+        with response:
+            digest = response.headers.get('Docker-Content-Digest') or ''
+            media_type = (response.headers.get('Content-Type') or '').split(';')[0].strip()
+        return (digest, media_type) if is_digest(digest) else None
 
     def get_small_blob(self, digest: str, limit: int = MAX_METADATA_SIZE) -> bytes:
         """A config blob, read whole and verified."""
@@ -206,14 +222,21 @@ class RegistryClient:
                 raise RegistryError('%s: reading %s failed %d times, last: %s' % (self.host, path, failures, problem))
             self._sleep(failures, None)
 
-    def _request(self, method: str, path: str, headers: t.Dict[str, str], retry: bool = True) -> t.Any:
-        """Send a request, answering auth challenges and retrying 429/5xx and lost connections."""
+    def _request(self, method: str, path: str, headers: t.Dict[str, str], retry: bool = True,
+                 give_up_on: t.AbstractSet[int] = frozenset()) -> t.Any:
+        """Send a request, answering auth challenges and retrying 429/5xx and lost connections.
+
+        An answer with a status in `give_up_on` returns None instead of raising.
+        """
         failures = 0
         challenged = False
         while True:
             try:
                 return self._send(method, self._url(path), headers, self._authorization)
             except urllib.error.HTTPError as exc:
+                if exc.code in give_up_on:
+                    exc.close()
+                    return None
                 if exc.code == 401 and not challenged:
                     challenged = True
                     self._answer_challenge(exc.headers.get('WWW-Authenticate') or '')

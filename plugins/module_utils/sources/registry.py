@@ -63,6 +63,9 @@ class RegistrySource:
         self._client = RegistryClient(reference, self.credentials, not_secure=options.not_secure,
                                       ca_path=options.ca_path)
         self._top: t.Optional[t.Tuple[bytes, str, str]] = None
+        # (digest, media type) from a HEAD of the tag, when the registry said.
+        self._served: t.Optional[t.Tuple[str, str]] = None
+        self._asked_head = False
         self._cache: t.Optional[BlobCache] = None
         self._fetcher: t.Optional[BlobFetcher] = None
         self._layer_blobs: t.List[t.Tuple[str, t.Optional[int]]] = []
@@ -71,8 +74,23 @@ class RegistrySource:
     def credentials_origin(self) -> t.Optional[str]:
         return self.credentials.origin if self.credentials is not None else None
 
-    def probe(self, wanted: t.Optional[Platform]) -> t.Tuple[str, t.Optional[str]]:
-        """(manifest digest, index digest) with a single manifest request (one more per nested index)."""
+    def probe(self, wanted: t.Optional[Platform],
+              recorded: t.Optional[t.Tuple[str, t.Optional[str]]] = None) -> t.Tuple[str, t.Optional[str]]:
+        """(manifest digest, index digest) that src names now, asking the registry as little as it can.
+
+        `recorded` is what dest holds, (manifest digest, index digest). A pinned digest dest already holds
+        needs no request at all; a tag one HEAD when it still names the recorded index or manifest (a HEAD
+        is not a pull, a GET is). Otherwise the top-level document is fetched and chosen from.
+        """
+        if recorded is not None and self.reference.digest is not None and self.reference.digest in recorded:
+            return recorded
+        served = self._served_manifest()
+        if served is not None:
+            digest, media_type = served
+            if recorded is not None and digest == (recorded[1] or recorded[0]):
+                return recorded
+            if media_type in MANIFEST_MEDIA_TYPES:
+                return digest, None
         choice = self._choose(wanted)
         return choice.manifest_digest, choice.index_digest
 
@@ -114,10 +132,21 @@ class RegistrySource:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _served_manifest(self) -> t.Optional[t.Tuple[str, str]]:
+        """(digest, media type) the tag names, from one HEAD; None for a pinned digest or when HEAD cannot tell."""
+        if not self._asked_head and self.reference.digest is None:
+            self._asked_head = True
+            self._served = self._client.head_manifest(self.reference.manifest_reference)
+        return self._served
+
     def _top_manifest(self) -> t.Tuple[bytes, str, str]:
-        """What the tag (or digest) names, fetched once: every later request uses digests."""
+        """What the tag (or digest) names, fetched once: every later request uses digests.
+
+        After a HEAD it is fetched by the digest the HEAD gave, so a tag moving in between cannot mix two images.
+        """
         if self._top is None:
-            self._top = self._client.get_manifest(self.reference.manifest_reference)
+            wanted = self._served[0] if self._served else self.reference.manifest_reference
+            self._top = self._client.get_manifest(wanted)
         return self._top
 
     def _choose(self, wanted: t.Optional[Platform]) -> _Choice:

@@ -17,7 +17,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import Boots
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry import cache as cache_module
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryClient, RegistryError
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
+from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import parse_platform
+from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions, RegistrySource
 from ansible_collections.virt.bootstrap.tests.registry import push as pusher
 from ansible_collections.virt.bootstrap.tests.registry.fault_proxy import FaultProxy
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry_support import (
@@ -229,27 +230,87 @@ def test_max_download_size_refuses_a_bigger_image_before_any_blob_request(tmp_pa
 
 # -- idempotency ----------------------------------------------------------------------------------------------------
 
-def test_an_unchanged_rerun_makes_one_manifest_request_and_no_blob_request(tmp_path, proxy):
+def test_an_unchanged_rerun_makes_one_head_request_and_no_get(tmp_path, proxy):
     first = pull(proxy, tmp_path, 'app:base')
     proxy.clear()
     rerun = pull(proxy, tmp_path, 'app:base')
     assert not rerun.changed
     assert rerun.msg == '%s already holds %s' % (tmp_path / 'rootfs', first.digest)
     assert rerun.entries_written == 0
-    assert [(seen.method, seen.path) for seen in proxy.requests] == [('GET', '/v2/app/manifests/base')]
+    # A HEAD is not a pull: Docker Hub counts manifest GETs against its rate limit, HEADs not.
+    assert [(seen.method, seen.path) for seen in proxy.requests] == [('HEAD', '/v2/app/manifests/base')]
     proxy.clear()
     check = pull(proxy, tmp_path, 'app:base', check_mode=True)
     assert not check.changed and check.digest == first.digest
-    assert proxy.count() == 1
+    assert [seen.method for seen in proxy.requests] == ['HEAD']
 
 
-def test_an_unchanged_rerun_of_an_index_asks_for_the_index_only(tmp_path, proxy):
+@pytest.mark.parametrize('refusal', ['no digest', 'HEAD refused'])
+def test_a_registry_that_will_not_tell_the_digest_on_head_is_asked_with_one_get(tmp_path, proxy, refusal):
+    first = pull(proxy, tmp_path, 'app:base')
+    proxy.clear()
+    if refusal == 'no digest':
+        proxy.drop_header('Docker-Content-Digest', method='HEAD')
+    else:
+        proxy.fail('/manifests/', 405, times=-1, method='HEAD', code='UNSUPPORTED')
+    rerun = pull(proxy, tmp_path, 'app:base')
+    assert not rerun.changed and rerun.digest == first.digest
+    assert [(seen.method, seen.path) for seen in proxy.requests] == [('HEAD', '/v2/app/manifests/base'),
+                                                                     ('GET', '/v2/app/manifests/base')]
+
+
+def probe(proxy, name, platform=None, recorded=None):
+    """What RegistrySource.probe says for docker://PROXY/NAME, given what dest holds (`recorded`)."""
+    source = RegistrySource(parse_reference('%s/%s' % (proxy.host, name)), RegistryOptions(not_secure=True))
+    try:
+        return source.probe(parse_platform(platform) if platform else None, recorded)
+    finally:
+        source.close()
+
+
+def requests_made(proxy):
+    return [(seen.method, seen.path) for seen in proxy.requests]
+
+
+def test_an_unchanged_index_is_told_by_one_head_without_any_get(tmp_path, proxy, http_registry):
+    first = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
+    assert first.index_digest == http_registry.digests['app:multi']
+    recorded = (first.digest, first.index_digest)
+    proxy.clear()
+    # The index digest the HEAD gives is the one recorded: the platform's manifest in it is the recorded one.
+    assert probe(proxy, 'app:multi', 'linux/arm64', recorded) == recorded
+    assert requests_made(proxy) == [('HEAD', '/v2/app/manifests/multi')]
+
+
+def test_without_a_record_an_index_is_fetched_once_by_the_digest_its_head_gave(tmp_path, proxy, http_registry):
     first = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
     proxy.clear()
-    rerun = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
-    assert not rerun.changed
-    assert (rerun.digest, rerun.index_digest) == (first.digest, first.index_digest)
-    assert [seen.path for seen in proxy.requests] == ['/v2/app/manifests/multi']
+    assert probe(proxy, 'app:multi', 'linux/arm64') == (first.digest, first.index_digest)
+    assert requests_made(proxy) == [('HEAD', '/v2/app/manifests/multi'),
+                                    ('GET', '/v2/app/manifests/%s' % first.index_digest)]
+
+
+@pytest.mark.parametrize('held_as', ['manifest', 'index'])
+def test_a_pinned_digest_dest_already_holds_needs_no_request(tmp_path, proxy, http_registry, held_as):
+    first = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
+    recorded = (first.digest, first.index_digest)
+    pinned = first.digest if held_as == 'manifest' else first.index_digest
+    proxy.clear()
+    assert probe(proxy, 'app@' + pinned, 'linux/arm64', recorded) == recorded
+    assert proxy.requests == []
+
+
+def test_a_pinned_digest_dest_does_not_hold_is_fetched(tmp_path, proxy, http_registry):
+    recorded = (http_registry.digests['app:other'], None)
+    pinned = http_registry.digests['app:base']
+    assert probe(proxy, 'app@' + pinned, recorded=recorded) == (pinned, None)
+    assert requests_made(proxy) == [('GET', '/v2/app/manifests/%s' % pinned)]
+
+
+def test_a_moved_tag_is_fetched_by_the_digest_its_head_gave(proxy, http_registry):
+    recorded = (http_registry.digests['app:other'], None)
+    assert probe(proxy, 'app:base', recorded=recorded) == (http_registry.digests['app:base'], None)
+    assert requests_made(proxy) == [('HEAD', '/v2/app/manifests/base')]
 
 
 def test_another_platform_of_the_same_index_rebuilds(tmp_path, proxy):
@@ -279,8 +340,11 @@ def test_a_moved_tag_rebuilds_and_shows_both_digests(tmp_path, proxy, http_regis
     assert (moved.before.digest, moved.after.digest, moved.digest) == (old, new, new)
     assert (tmp_path / 'rootfs' / 'etc' / 'os-release').read_bytes() == b'ID=registry-test-moved\n'
     assert not (tmp_path / 'rootfs' / 'srv').exists()
-    # The tag was resolved once; the shared bottom layer came from the cache.
-    assert proxy.count('GET', '/manifests/') == 1
+    # The tag was resolved once, by a HEAD, and its manifest fetched by that digest; the shared bottom layer
+    # came from the cache.
+    repository, tag = name.split(':')
+    assert [(seen.method, seen.path) for seen in proxy.seen(None, '/manifests/')] == [
+        ('HEAD', '/v2/%s/manifests/%s' % (repository, tag)), ('GET', '/v2/%s/manifests/%s' % (repository, new))]
     shared_layer, new_layer = layer_digests(http_registry.layout, 'other')
     fetched = [seen.path.rsplit('/', 1)[1] for seen in proxy.seen('GET', '/blobs/')]
     assert len(fetched) == 2 and new_layer in fetched and shared_layer not in fetched  # the config and new_layer
