@@ -58,8 +58,9 @@ class _Fault:
     path_contains: str
     times: int  # how many more requests it applies to; -1 for always
     status: int = 0
-    retry_after: t.Optional[int] = None
+    retry_after: t.Union[int, str, None] = None  # seconds, or an HTTP date
     code: str = 'UNAVAILABLE'
+    message: str = 'injected by the fault proxy'
     cut_after: t.Optional[int] = None
     reset: bool = False
     method: t.Optional[str] = None  # None: every method
@@ -84,12 +85,13 @@ class FaultProxy:
 
     # -- configuration ---------------------------------------------------------------------------
 
-    def fail(self, path_contains: str, status: int, times: int = 1, retry_after: t.Optional[int] = None,
-             code: str = 'UNAVAILABLE', method: t.Optional[str] = None) -> None:
+    def fail(self, path_contains: str, status: int, times: int = 1, retry_after: t.Union[int, str, None] = None,
+             code: str = 'UNAVAILABLE', method: t.Optional[str] = None,
+             message: str = 'injected by the fault proxy') -> None:
         """Answer `status` with a registry error `code` to the next `times` (-1: all) requests for `path_contains`."""
         with self._lock:
             self._faults.append(_Fault(path_contains, times, status=status, retry_after=retry_after, code=code,
-                                       method=method))
+                                       message=message, method=method))
 
     def drop_header(self, name: str, method: str = 'HEAD') -> None:
         """Leave header `name` out of every answer to `method` requests."""
@@ -235,7 +237,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             connection.close()
 
     def _answer_status(self, fault: _Fault) -> None:
-        body = json.dumps({'errors': [{'code': fault.code, 'message': 'injected by the fault proxy'}]}).encode()
+        body = json.dumps({'errors': [{'code': fault.code, 'message': fault.message}]}).encode()
         self.send_response(fault.status)
         if fault.retry_after is not None:
             self.send_header('Retry-After', str(fault.retry_after))

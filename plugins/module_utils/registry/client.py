@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import email.utils
 import http.client
 import json
 import socket
@@ -36,6 +38,13 @@ USER_AGENT = 'virt.bootstrap'
 _RETRY_STATUS = frozenset((408, 429, 500, 502, 503, 504))
 # A HEAD answered with these is asked again as a GET, whose error body (HEAD has none) says what is wrong.
 _HEAD_REFUSED = frozenset((400, 403, 404, 405, 406, 501))
+# The longest back-off between two tries, and the longest wait a Retry-After header is granted: a registry
+# that asks for longer (Docker Hub's rate limit asks for hours) is given up on at once, with its reason.
+MAX_BACKOFF = 30.0
+MAX_RETRY_AFTER = 60.0
+# How much of a registry's own explanation of an error goes into a message: errors, characters of each.
+_EXPLAINED_ERRORS = 3
+_EXPLANATION_LENGTH = 300
 _TRANSIENT_ERRORS = (ConnectionError, socket.timeout, http.client.IncompleteRead, http.client.RemoteDisconnected,
                      http.client.BadStatusLine, TimeoutError)
 
@@ -243,11 +252,13 @@ class RegistryClient:
                     exc.close()
                     continue
                 if exc.code in _RETRY_STATUS and failures < self._retries:
-                    failures += 1
-                    retry_after = exc.headers.get('Retry-After')
-                    exc.close()
-                    self._sleep(failures, retry_after)
-                    continue
+                    wait = _retry_after_seconds(exc.headers.get('Retry-After'))
+                    if wait is None or wait <= MAX_RETRY_AFTER:
+                        failures += 1
+                        exc.close()
+                        self._sleep(failures, wait)
+                        continue
+                    raise self._http_error(exc, path, '; it asks to wait %d s before trying again' % wait)
                 raise self._http_error(exc, path)
             except urllib.error.URLError as exc:
                 if self._switch_to_http(exc):
@@ -303,7 +314,9 @@ class RegistryClient:
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 raise self._refused()
-            raise RegistryError('the token service of %s answered HTTP %d' % (self.host, exc.code))
+            explanation = self._explain(_registry_errors(exc))
+            raise RegistryError('the token service of %s answered HTTP %d%s' % (
+                self.host, exc.code, ' (%s)' % explanation if explanation else ''))
         except urllib.error.URLError as exc:
             raise self._connection_error(exc, 'the token service of %s' % self.host)
         except ValueError:
@@ -331,9 +344,10 @@ class RegistryClient:
         return AuthError('%s refused the credentials from %s for %s' % (self.host, self._credentials.origin,
                                                                         self.reference.repository))
 
-    def _http_error(self, exc: urllib.error.HTTPError, path: str) -> BootstrapError:
-        codes = _error_codes(exc)
+    def _http_error(self, exc: urllib.error.HTTPError, path: str, postscript: str = '') -> BootstrapError:
+        errors = _registry_errors(exc)
         exc.close()
+        codes = [code for code, _message in errors]
         if exc.code == 401 or exc.code == 403 and 'DENIED' in codes:
             return self._refused(token_denied=(self._authorization or '').startswith('Bearer '))
         if exc.code == 404 or 'MANIFEST_UNKNOWN' in codes or 'NAME_UNKNOWN' in codes:
@@ -345,8 +359,30 @@ class RegistryClient:
                                                                  '@' if ':' in wanted else ':', wanted))
             return RegistryError('%s has no blob %s in %s' % (self.host, path[len('blobs/'):],
                                                               self.reference.repository))
-        return RegistryError('%s answered HTTP %d for %s%s' % (self.host, exc.code, path,
-                                                               ' (%s)' % ', '.join(codes) if codes else ''))
+        explanation = self._explain(errors)
+        return RegistryError('%s answered HTTP %d for %s%s%s' % (self.host, exc.code, path,
+                                                                 ' (%s)' % explanation if explanation else '',
+                                                                 postscript))
+
+    def _explain(self, errors: t.Sequence[t.Tuple[str, str]]) -> str:
+        """The registry's own words on an error ("TOOMANYREQUESTS: You have reached your pull rate limit..."),
+        bounded, printable, and without any secret of ours it may have echoed."""
+        parts = []
+        for code, message in errors[:_EXPLAINED_ERRORS]:
+            text = '%s: %s' % (code, message) if code and message else code or message
+            for secret in self._secrets():  # before cutting, which could leave half a secret
+                text = text.replace(secret, '***')
+            text = ''.join(char if char.isprintable() else ' ' for char in text)
+            if len(text) > _EXPLANATION_LENGTH:
+                text = text[:_EXPLANATION_LENGTH - 3] + '...'
+            parts.append(text)
+        return '; '.join(parts)
+
+    def _secrets(self) -> t.List[str]:
+        secrets = [self._authorization.partition(' ')[2]] if self._authorization else []
+        if self._credentials is not None:
+            secrets.append(self._credentials.password)
+        return [secret for secret in secrets if secret]
 
     def _connection_error(self, exc: urllib.error.URLError, what: t.Optional[str] = None) -> RegistryError:
         what = what or self.host
@@ -363,11 +399,12 @@ class RegistryClient:
         """Make retries waiting in other threads give up at once (the run is ending)."""
         self._stopping.set()
 
-    def _sleep(self, failures: int, retry_after: t.Optional[str]) -> None:
-        delay = self._backoff * (2 ** (failures - 1))
-        if retry_after and retry_after.strip().isdigit():
-            delay = max(delay, float(retry_after))
-        _pause(self._stopping, min(delay, 30.0))
+    def _sleep(self, failures: int, retry_after: t.Optional[float]) -> None:
+        """Back off before try `failures` + 1: doubling each time, at least as long as the registry asked."""
+        delay = min(self._backoff * (2 ** (failures - 1)), MAX_BACKOFF)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+        _pause(self._stopping, delay)
         if self._stopping.is_set():
             raise BootstrapError('%s: stopped while waiting to retry' % self.host)
 
@@ -396,12 +433,30 @@ def _content_range_start(header: t.Optional[str]) -> t.Optional[int]:
         return None
 
 
-def _error_codes(exc: urllib.error.HTTPError) -> t.List[str]:
+def _registry_errors(exc: urllib.error.HTTPError) -> t.List[t.Tuple[str, str]]:
+    """(code, message) of each entry of a registry's error body ({"errors": [{"code", "message"}]})."""
     try:
         body = json.loads(exc.read(1 << 16))
-        return [str(error.get('code')) for error in body.get('errors', []) if isinstance(error, dict)]
+        return [(str(error.get('code') or ''), str(error.get('message') or '')) for error in body.get('errors', [])
+                if isinstance(error, dict)]
     except (ValueError, AttributeError, OSError, http.client.HTTPException):
         return []
+
+
+def _retry_after_seconds(header: t.Optional[str]) -> t.Optional[float]:
+    """Retry-After as seconds from now: given as seconds, or as an HTTP date (RFC 9110); None when absent or unreadable."""
+    text = (header or '').strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):  # TypeError on Python < 3.10
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
 def _is_transient(exc: urllib.error.URLError) -> bool:

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import email.utils
 import multiprocessing
 import os
+import re
 import tempfile
 import time
 
@@ -66,21 +68,80 @@ def test_5xx_answers_are_retried_with_backoff(tmp_path, proxy, sleeps):
     assert rootfs_tree(str(tmp_path / 'rootfs')) == BASE_TREE
 
 
-def test_429_waits_as_long_as_retry_after_says(tmp_path, proxy, sleeps):
+HUB_RATE_LIMIT = ('You have reached your pull rate limit. You may increase the limit by authenticating and '
+                  'upgrading: https://www.docker.com/increase-rate-limit')
+
+
+def test_429_waits_as_long_as_retry_after_says_in_seconds(tmp_path, proxy, sleeps):
     proxy.fail('/blobs/', 429, times=1, retry_after=7)
     pull(proxy, tmp_path, 'app:base')
     assert sleeps == [7.0]
     assert [seen.status for seen in proxy.seen('GET', '/blobs/')].count(429) == 1
 
 
-def test_a_registry_that_keeps_failing_is_given_up_on(tmp_path, proxy, sleeps):
-    proxy.fail('/manifests/', 503, times=-1)
+def test_429_waits_until_the_http_date_retry_after_gives(tmp_path, proxy, sleeps):
+    proxy.fail('/manifests/', 429, times=1, retry_after=email.utils.formatdate(time.time() + 20, usegmt=True))
+    pull(proxy, tmp_path, 'app:base')
+    assert len(sleeps) == 1
+    assert 17.0 <= sleeps[0] <= 20.0  # the date has whole seconds, and some time passed on the way
+    assert [seen.status for seen in proxy.seen('GET', '/manifests/')] == [429, 200]
+
+
+@pytest.mark.parametrize('retry_after', ['Thu, 01 Jan 1970 00:00:00 GMT', 'soon', '-3'])
+def test_a_retry_after_in_the_past_or_unreadable_leaves_the_backoff(tmp_path, proxy, sleeps, retry_after):
+    proxy.fail('/manifests/', 503, times=1, retry_after=retry_after)
+    pull(proxy, tmp_path, 'app:base')
+    assert sleeps == [0.5]
+
+
+def test_a_retry_after_of_up_to_a_minute_is_waited_for(tmp_path, proxy, sleeps):
+    proxy.fail('/manifests/', 429, times=1, retry_after=60)
+    pull(proxy, tmp_path, 'app:base')
+    assert sleeps == [60.0]
+
+
+def test_a_registry_asking_to_wait_longer_than_the_cap_is_given_up_on_with_its_reason(tmp_path, proxy, sleeps):
+    proxy.fail('/manifests/', 429, times=-1, retry_after=6 * 3600, code='TOOMANYREQUESTS', message=HUB_RATE_LIMIT)
     with pytest.raises(RegistryError) as caught:
         pull(proxy, tmp_path, 'app:base')
-    assert str(caught.value) == '%s answered HTTP 503 for manifests/base (UNAVAILABLE)' % proxy.host
-    assert proxy.count('GET', '/manifests/') == 6  # the first try and 5 retries
-    assert len(sleeps) == 5
-    assert not os.path.lexists(tmp_path / 'rootfs')
+    assert str(caught.value) == '%s answered HTTP 429 for manifests/base (TOOMANYREQUESTS: %s); it asks to wait ' \
+        '21600 s before trying again' % (proxy.host, HUB_RATE_LIMIT)
+    assert sleeps == []
+    assert proxy.count('GET', '/manifests/') == 1
+
+
+def test_when_429_retries_run_out_the_registry_explanation_is_in_the_error(tmp_path, proxy, sleeps):
+    proxy.fail('/blobs/', 429, times=-1, retry_after=1, code='TOOMANYREQUESTS', message=HUB_RATE_LIMIT)
+    with pytest.raises(RegistryError) as caught:
+        pull(proxy, tmp_path, 'app:base')
+    assert re.fullmatch(r'%s answered HTTP 429 for blobs/sha256:[0-9a-f]{64} \(TOOMANYREQUESTS: %s\)'
+                        % (re.escape(proxy.host), re.escape(HUB_RATE_LIMIT)), str(caught.value))
+    assert sleeps == [1.0, 1.0, 2.0, 4.0, 8.0]  # the back-off, never shorter than the registry asked
+
+
+def test_the_registry_explanation_is_bounded_and_printable(tmp_path, proxy, sleeps):
+    proxy.fail('/manifests/', 500, times=-1, code='INTERNAL', message='line one\nline two\x1b[31m ' + 'x' * 5000)
+    with pytest.raises(RegistryError) as caught:
+        pull(proxy, tmp_path, 'app:base')
+    message = str(caught.value)
+    assert message.startswith('%s answered HTTP 500 for manifests/base (INTERNAL: line one line two [31m xxx'
+                              % proxy.host)
+    assert message.endswith('xxx...)')
+    assert len(message) < 400
+    assert message.isprintable()
+
+
+# 'INTERNAL: ' and 263 characters, 'bad login tester:': the password would straddle the cut at 300 characters.
+@pytest.mark.parametrize('padding', [0, 263], ids=['whole', 'where the message is cut'])
+def test_a_secret_the_registry_echoes_is_not_in_the_error(tmp_path, tls_registry, sleeps, padding):
+    registry = tls_registry.registry
+    with FaultProxy(registry.url) as proxy:
+        proxy.fail('/manifests/', 500, times=-1, code='INTERNAL', message='%sbad login %s:%s'
+                   % ('x' * padding, registry.username, registry.password))
+        with pytest.raises(RegistryError) as caught:
+            pull(proxy, tmp_path, 'app:base', username=registry.username, password=registry.password)
+    assert registry.password[:6] not in str(caught.value)
+    assert str(caught.value).endswith('bad login %s:***)' % registry.username)
 
 
 def test_name_unknown_names_the_repository(tmp_path, proxy):
