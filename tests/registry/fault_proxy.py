@@ -9,9 +9,12 @@ request to the upstream registry (http, or https without verification) and can, 
   - cut the connection after K bytes of the body the first N times (close, or reset with RST),
   - ignore Range (forward without it, so the registry answers 200 with the whole blob),
   - slow bodies down (a pause before each chunk of 16 KiB), to make downloads overlap or finish in order,
-  - drop a response header (Docker-Content-Digest from HEAD answers, say), as some registries do.
+  - drop a response header (Docker-Content-Digest from HEAD answers, say), as some registries do,
+  - redirect requests elsewhere (307): a Location ending in /moved/ORIGINAL-PATH on this proxy is
+    forwarded to the registry as ORIGINAL-PATH, like a repository moved on the same host.
 Faults can be limited to one method (HEAD refused with 405 while GET works).
-Every request is recorded (method, path, Range header, status answered, bytes sent) so tests can
+Every request is recorded (method, path, Range header, whether it carried Authorization, status
+answered, bytes sent) so tests can
 count them: `proxy.count('GET', '/manifests/')`.
 
     with FaultProxy('http://127.0.0.1:5000') as proxy:
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 HOP_BY_HOP = frozenset(('connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer',
                         'transfer-encoding', 'upgrade', 'host'))
 CHUNK = 16 * 1024
+MOVED = '/moved'
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Seen:
     status: int
     sent: int = 0  # body bytes sent to the client
     cut: bool = False
+    authorization: bool = False  # whether the request carried an Authorization header
 
 
 @dataclass
@@ -63,6 +68,7 @@ class _Fault:
     message: str = 'injected by the fault proxy'
     cut_after: t.Optional[int] = None
     reset: bool = False
+    location: t.Optional[str] = None  # redirect to this prefix + the request's path
     method: t.Optional[str] = None  # None: every method
 
     def applies(self, method: str, path: str) -> bool:
@@ -92,6 +98,17 @@ class FaultProxy:
         with self._lock:
             self._faults.append(_Fault(path_contains, times, status=status, retry_after=retry_after, code=code,
                                        message=message, method=method))
+
+    def redirect(self, path_contains: str, location_prefix: str, times: int = -1) -> None:
+        """Answer 307 with Location LOCATION_PREFIX + the request's path; LOCATION_PREFIX may be
+        `self.moved_prefix` (this proxy, forwarding to the registry) or another server's URL."""
+        with self._lock:
+            self._faults.append(_Fault(path_contains, times, location=location_prefix))
+
+    @property
+    def moved_prefix(self) -> str:
+        """http://127.0.0.1:PORT/moved: a redirect there stays on this proxy (the same origin)."""
+        return 'http://%s%s' % (self.host, MOVED)
 
     def drop_header(self, name: str, method: str = 'HEAD') -> None:
         """Leave header `name` out of every answer to `method` requests."""
@@ -161,6 +178,9 @@ class FaultProxy:
     def _take_status_fault(self, method: str, path: str) -> t.Optional[_Fault]:
         return self._take(lambda fault: fault.applies(method, path) and bool(fault.status))
 
+    def _take_redirect(self, method: str, path: str) -> t.Optional[_Fault]:
+        return self._take(lambda fault: fault.applies(method, path) and fault.location is not None)
+
     def _take_cut(self, method: str, path: str, length: t.Optional[int]) -> t.Optional[_Fault]:
         """A cut for a body longer than its limit: a shorter one would arrive whole, and waste the fault."""
         return self._take(lambda fault: fault.applies(method, path) and fault.cut_after is not None
@@ -206,9 +226,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         proxy = self.server.proxy
         self.close_connection = True
         range_header = self.headers.get('Range')
+        authorization = 'Authorization' in self.headers
+        moved = self.path.startswith(MOVED + '/')
+        upstream_path = self.path[len(MOVED):] if moved else self.path
+        fault = None if moved else proxy._take_redirect(self.command, self.path)  # pylint: disable=protected-access
+        if fault is not None:
+            proxy._record(Seen(self.command, self.path, range_header, 307,  # pylint: disable=protected-access
+                               authorization=authorization))
+            self._redirect(t.cast(str, fault.location) + self.path)
+            return
         fault = proxy._take_status_fault(self.command, self.path)  # pylint: disable=protected-access
         if fault is not None:
-            proxy._record(Seen(self.command, self.path, range_header, fault.status))  # pylint: disable=protected-access
+            proxy._record(Seen(self.command, self.path, range_header, fault.status,  # pylint: disable=protected-access
+                               authorization=authorization))
             self._answer_status(fault)
             return
         headers = {name: value for name, value in self.headers.items() if name.lower() not in HOP_BY_HOP}
@@ -217,10 +247,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         headers['Host'] = proxy.upstream_host
         connection = proxy._connect()  # pylint: disable=protected-access
         try:
-            connection.request(self.command, self.path, headers=headers)
+            connection.request(self.command, upstream_path, headers=headers)
             response = connection.getresponse()
             # Recorded before the client can see an answer, so a test never looks before it is there.
-            entry = Seen(self.command, self.path, range_header, response.status)
+            entry = Seen(self.command, self.path, range_header, response.status, authorization=authorization)
             proxy._record(entry)  # pylint: disable=protected-access
             length = response.getheader('Content-Length')
             cut = None if self.command == 'HEAD' else proxy._take_cut(  # pylint: disable=protected-access
@@ -235,6 +265,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._copy_body(response, entry, cut)
         finally:
             connection.close()
+
+    def _redirect(self, location: str) -> None:
+        self.send_response(307)
+        self.send_header('Location', location)
+        self.send_header('Content-Length', '0')
+        self.send_header('Connection', 'close')
+        self.end_headers()
 
     def _answer_status(self, fault: _Fault) -> None:
         body = json.dumps({'errors': [{'code': fault.code, 'message': fault.message}]}).encode()

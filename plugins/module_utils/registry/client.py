@@ -53,8 +53,12 @@ class RegistryError(SourceError):
     """The registry could not be reached or refused a request."""
 
 
-class _NoRedirectAuth(urllib.request.HTTPRedirectHandler):
-    """Follow redirects (blob storage often lives elsewhere) without carrying credentials along."""
+class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
+    """Follow redirects (blob storage often lives elsewhere); credentials go along only to the same origin.
+
+    The same origin is the same scheme, host and port, as for docker and browsers: a registry that moves a
+    repository on its own host keeps working, a storage service elsewhere never sees the registry's login.
+    """
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
@@ -62,7 +66,22 @@ class _NoRedirectAuth(urllib.request.HTTPRedirectHandler):
             for name in list(new.headers):
                 if name.lower() == 'authorization':
                     del new.headers[name]
+            authorization = req.unredirected_hdrs.get('Authorization')
+            origin = _origin(req.full_url)
+            if authorization and origin is not None and origin == _origin(new.full_url):
+                new.add_unredirected_header('Authorization', authorization)
         return new
+
+
+def _origin(url: str) -> t.Optional[t.Tuple[str, str, t.Optional[int]]]:
+    """(scheme, host, port) of a URL, the port made explicit; None for a URL with a malformed port."""
+    parsed = urllib.parse.urlsplit(url)
+    scheme = parsed.scheme.lower()
+    try:
+        port = parsed.port or {'https': 443, 'http': 80}.get(scheme)
+    except ValueError:
+        return None
+    return scheme, (parsed.hostname or '').lower(), port
 
 
 class RegistryClient:
@@ -89,7 +108,7 @@ class RegistryClient:
                 context = ssl.create_default_context(cafile=ca_path)
             except (OSError, ssl.SSLError) as exc:
                 raise RegistryError('ca_path %s cannot be used: %s' % (ca_path, exc))
-        self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirectAuth())
+        self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _SameOriginAuth())
 
     @property
     def host(self) -> str:
@@ -273,8 +292,10 @@ class RegistryClient:
                 failures += 1
                 self._sleep(failures, None)
 
-    def _send(self, method: str, url: str, headers: t.Dict[str, str], authorization: t.Optional[str]) -> t.Any:
-        request = urllib.request.Request(url, method=method, headers=dict(headers, **{'User-Agent': USER_AGENT}))
+    def _send(self, method: str, url: str, headers: t.Dict[str, str], authorization: t.Optional[str],
+              data: t.Optional[bytes] = None) -> t.Any:
+        request = urllib.request.Request(url, data=data, method=method,
+                                         headers=dict(headers, **{'User-Agent': USER_AGENT}))
         if authorization:
             request.add_unredirected_header('Authorization', authorization)
         return self._opener.open(request, timeout=self._timeout)
@@ -285,6 +306,9 @@ class RegistryClient:
             if self._credentials is None:
                 raise AuthError('%s requires a login for %s: give username and password, or an auth file'
                                 % (self.host, self.reference.repository))
+            if self._credentials.identity_token and not self._credentials.password:
+                raise AuthError('%s asks for a user name and password, but %s holds only an identity token for it, '
+                                'which only a token service takes' % (self.host, self._credentials.origin))
             self._authorization = 'Basic ' + _basic_token(self._credentials)
         elif scheme == 'bearer' and params.get('realm'):
             self._authorization = 'Bearer ' + self._fetch_token(params)
@@ -293,12 +317,13 @@ class RegistryClient:
                                 % (self.host, scheme or 'none'))
 
     def _fetch_token(self, params: t.Dict[str, str]) -> str:
+        """A bearer token from the realm: GET with basic credentials (or none), or, for an identity token,
+        POST of an OAuth2 refresh_token grant, as docker and containers/image do."""
         query = {'scope': params.get('scope') or 'repository:%s:pull' % self.reference.repository}
         if params.get('service'):
             query['service'] = params['service']
         realm = params['realm']
-        url = realm + ('&' if '?' in realm else '?') + urllib.parse.urlencode(query)
-        parsed = urllib.parse.urlsplit(url)
+        parsed = urllib.parse.urlsplit(realm)
         if parsed.scheme not in ('https', 'http'):
             raise RegistryError('%s names a token service that is not http(s)' % self.host)
         # Credentials go in the clear only where the user accepted plain HTTP (not_secure), or where the
@@ -307,12 +332,21 @@ class RegistryClient:
             raise RegistryError('%s names a token service over plain HTTP (http://%s): the credentials from %s are '
                                 'not sent unencrypted; set not_secure: true to allow it'
                                 % (self.host, parsed.netloc.rpartition('@')[2], self._credentials.origin))
-        authorization = 'Basic ' + _basic_token(self._credentials) if self._credentials is not None else None
+        identity_token = self._credentials.identity_token if self._credentials is not None else None
         try:
-            with self._send('GET', url, {}, authorization) as response:
+            if identity_token:
+                form = dict(query, grant_type='refresh_token', refresh_token=identity_token, client_id=USER_AGENT)
+                response = self._send('POST', realm, {'Content-Type': 'application/x-www-form-urlencoded'}, None,
+                                      data=urllib.parse.urlencode(form).encode('ascii'))
+            else:
+                authorization = 'Basic ' + _basic_token(self._credentials) if self._credentials is not None else None
+                url = realm + ('&' if '?' in realm else '?') + urllib.parse.urlencode(query)
+                response = self._send('GET', url, {}, authorization)
+            with response:
                 answer = json.loads(response.read(1 << 20))
         except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
+            # An OAuth2 server answers a refresh token it does not take with 400 invalid_grant.
+            if exc.code in (401, 403) or (exc.code == 400 and identity_token):
                 raise self._refused()
             explanation = self._explain(_registry_errors(exc))
             raise RegistryError('the token service of %s answered HTTP %d%s' % (
@@ -381,7 +415,7 @@ class RegistryClient:
     def _secrets(self) -> t.List[str]:
         secrets = [self._authorization.partition(' ')[2]] if self._authorization else []
         if self._credentials is not None:
-            secrets.append(self._credentials.password)
+            secrets.extend((self._credentials.password, self._credentials.identity_token or ''))
         return [secret for secret in secrets if secret]
 
     def _connection_error(self, exc: urllib.error.URLError, what: t.Optional[str] = None) -> RegistryError:
