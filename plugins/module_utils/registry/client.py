@@ -10,6 +10,7 @@ import datetime
 import email.utils
 import http.client
 import json
+import re
 import socket
 import ssl
 import threading
@@ -108,7 +109,11 @@ class RegistryClient:
                 context = ssl.create_default_context(cafile=ca_path)
             except (OSError, ssl.SSLError) as exc:
                 raise RegistryError('ca_path %s cannot be used: %s' % (ca_path, exc))
-        self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _SameOriginAuth())
+        # As urllib reads them: https_proxy, http_proxy (lower case first, then upper case); no_proxy is
+        # consulted for each request. Only a proxy URL's own user:password@ becomes Proxy-Authorization.
+        self._proxies = urllib.request.getproxies()
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler(self._proxies),
+                                                   urllib.request.HTTPSHandler(context=context), _SameOriginAuth())
 
     @property
     def host(self) -> str:
@@ -283,7 +288,7 @@ class RegistryClient:
                 if self._switch_to_http(exc):
                     continue
                 if not retry or not _is_transient(exc) or failures >= self._retries:
-                    raise self._connection_error(exc)
+                    raise self._connection_error(exc, self._url(path))
                 failures += 1
                 self._sleep(failures, None)
             except _TRANSIENT_ERRORS as exc:
@@ -298,7 +303,25 @@ class RegistryClient:
                                          headers=dict(headers, **{'User-Agent': USER_AGENT}))
         if authorization:
             request.add_unredirected_header('Authorization', authorization)
-        return self._opener.open(request, timeout=self._timeout)
+        try:
+            return self._opener.open(request, timeout=self._timeout)
+        except ValueError as exc:
+            # A malformed proxy URL, redirect or header. urllib's words are never repeated: they would quote a
+            # proxy URL with its password, or a header with its token.
+            parsed = urllib.parse.urlsplit(url)
+            if self._proxy_for(url) is not None:
+                raise RegistryError('the proxy for %s (%s_proxy) is not a valid URL' % (parsed.netloc, parsed.scheme))
+            raise RegistryError('%s: a request to %s could not be made (%s)' % (self.host, parsed.netloc,
+                                                                                type(exc).__name__))
+
+    def _proxy_for(self, url: str) -> t.Optional[str]:
+        """HOST:PORT of the proxy a request for `url` goes through (never its user:password), or None."""
+        parsed = urllib.parse.urlsplit(url)
+        proxy = self._proxies.get(parsed.scheme)
+        if not proxy or urllib.request.proxy_bypass(parsed.netloc):
+            return None
+        after_scheme = proxy.partition('://')[2] or proxy
+        return after_scheme.split('/', 1)[0].rpartition('@')[2]
 
     def _answer_challenge(self, header: str) -> None:
         scheme, params = parse_challenge(header)
@@ -352,7 +375,7 @@ class RegistryClient:
             raise RegistryError('the token service of %s answered HTTP %d%s' % (
                 self.host, exc.code, ' (%s)' % explanation if explanation else ''))
         except urllib.error.URLError as exc:
-            raise self._connection_error(exc, 'the token service of %s' % self.host)
+            raise self._connection_error(exc, realm, 'the token service of %s' % self.host)
         except ValueError:
             raise RegistryError('the token service of %s did not answer with JSON' % self.host)
         token = answer.get('token') or answer.get('access_token') if isinstance(answer, dict) else None
@@ -382,6 +405,9 @@ class RegistryClient:
         errors = _registry_errors(exc)
         exc.close()
         codes = [code for code, _message in errors]
+        if exc.code == 407:
+            return RegistryError('the proxy %s asks for a login (HTTP 407) to reach %s: give it in the proxy URL, '
+                                 'http://USER:PASSWORD@HOST:PORT' % (self._proxy_for(self._url(path)), self.host))
         if exc.code == 401 or exc.code == 403 and 'DENIED' in codes:
             return self._refused(token_denied=(self._authorization or '').startswith('Bearer '))
         if exc.code == 404 or 'MANIFEST_UNKNOWN' in codes or 'NAME_UNKNOWN' in codes:
@@ -418,8 +444,11 @@ class RegistryClient:
             secrets.extend((self._credentials.password, self._credentials.identity_token or ''))
         return [secret for secret in secrets if secret]
 
-    def _connection_error(self, exc: urllib.error.URLError, what: t.Optional[str] = None) -> RegistryError:
+    def _connection_error(self, exc: urllib.error.URLError, url: str, what: t.Optional[str] = None) -> RegistryError:
         what = what or self.host
+        proxy = self._proxy_for(url)
+        if proxy is not None:
+            what += ' (through the proxy %s)' % proxy
         reason = exc.reason
         if isinstance(reason, ssl.SSLCertVerificationError):
             return RegistryError('TLS verification of %s failed: %s; give the CA with ca_path, or set not_secure: '
@@ -494,10 +523,14 @@ def _retry_after_seconds(header: t.Optional[str]) -> t.Optional[float]:
 
 
 def _is_transient(exc: urllib.error.URLError) -> bool:
-    """Lost or reset connections and timeouts are retried; refused connections, DNS and TLS are not."""
+    """Lost or reset connections and timeouts are retried; refused connections, DNS, TLS and a proxy's refusal
+    to open a tunnel (other than 502-504) are not."""
     reason = exc.reason
     if isinstance(reason, (ssl.SSLError, socket.gaierror, ConnectionRefusedError)):
         return False
+    tunnel = re.match(r'Tunnel connection failed: (\d+)', str(reason))  # http.client's words for a refused CONNECT
+    if tunnel:
+        return tunnel.group(1) in ('502', '503', '504')
     return isinstance(reason, (OSError,) + _TRANSIENT_ERRORS)
 
 
