@@ -9,7 +9,7 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     INDEX_MEDIA_TYPES,
     LAYER_MEDIA_TYPES,
@@ -23,7 +23,14 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     platform_from_json,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth import Credentials, find_credentials
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.cache import BlobCache, BlobFetcher
+from ansible_collections.virt.bootstrap.plugins.module_utils.registry.cache import (
+    BlobCache,
+    BlobFetcher,
+    default_cache_dir,
+    nothing_pruned,
+    parse_max_age,
+    prune_cache,
+)
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryClient
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import ImageReference
 
@@ -47,6 +54,13 @@ class RegistryOptions:
     # Where a no_cache run keeps its temporary cache (default: the system's temporary directory, often a
     # small tmpfs); the engine points it at dest's bookkeeping directory, on dest's filesystem.
     scratch_dir: t.Optional[str] = None
+    # Prune, at the end of a present run, cached blobs no dest holds that were not used for this long
+    # (seconds, or '30d', '12h', ...; see cache.parse_max_age). None: never prune.
+    cache_max_age: t.Union[str, int, float, None] = None
+
+    def __post_init__(self) -> None:
+        if parse_max_age(self.cache_max_age) is not None and self.no_cache:
+            raise BootstrapError('cache_max_age prunes the blob cache, which no_cache does not use: set only one')
 
 
 class _Choice(t.NamedTuple):
@@ -121,8 +135,38 @@ class RegistrySource:
         return Image(digest=choice.manifest_digest, layers=layers, config=config, platform=image_platform,
                      index_digest=choice.index_digest)
 
+    def tidy_cache(self, dest_path: str, record_path: str, blob_digests: t.Iterable[str]) -> t.Optional[
+            t.Dict[str, t.Any]]:
+        """At the end of a present run: name the blobs dest holds in the cache, then prune it if cache_max_age
+        is set. Returns what pruning did (see cache.prune_cache), else None.
+
+        Never fails the run, whose rootfs is in place by now: a cache that cannot be written is reported in
+        the result's `error` (and with no pruning asked for, not at all: an unnamed dest only loses the
+        protection of its blobs from pruning).
+        """
+        if self._options.no_cache:
+            self._close_cache()
+            return None
+        max_age = parse_max_age(self._options.cache_max_age)
+        try:
+            # Named while the run still holds the cache, so no prune can take the blobs it has just used.
+            cache = self._cache = self._cache or BlobCache(self._options.cache_dir)
+            try:
+                cache.name_dest_blobs(dest_path, record_path, blob_digests)
+            finally:
+                self._close_cache()  # our own shared lock would keep pruning out
+            return None if max_age is None else prune_cache(cache.root, max_age)
+        except OSError as exc:
+            if max_age is None:
+                return None
+            return dict(nothing_pruned(), error='the blob cache %s could not be pruned: %s' % (
+                self._options.cache_dir or default_cache_dir(), exc.strerror or exc))
+
     def close(self) -> None:
         self._client.stop()
+        self._close_cache()
+
+    def _close_cache(self) -> None:
         if self._fetcher is not None:
             self._fetcher.close()
             self._fetcher = None
