@@ -429,6 +429,10 @@ class BlobFetcher:
                     transfer.advance(len(chunk))
 
                 self._download(digest, write, 0, self._cancelled.is_set)
+                # The digest may match all the same: the descriptor lied about the size, which must match too.
+                if size is not None and transfer.written != size:
+                    raise DigestMismatch('downloaded blob %s: %d bytes, fewer than the %d bytes the manifest gives it'
+                                         % (digest, transfer.written, size))
                 verify_digest(hasher, digest, 'downloaded blob')
             # Readers keep their open handle on the renamed file.
             with transfer.condition:
