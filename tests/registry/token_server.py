@@ -6,10 +6,11 @@
 GET /token?service=S&scope=repository:NAME:ACTIONS with HTTP basic credentials answers
 {"token": JWT}. POST /token with the OAuth2 form grant_type=refresh_token&refresh_token=T&service=S
 &scope=...&client_id=C (how docker and containers/image use an auth file's `identitytoken`) answers
-{"access_token": JWT} for a refresh token it knows, 400 invalid_grant for one it does not. The JWT is signed RS256 with `openssl dgst -sign` (the `cryptography` package is not
-needed) and names its signing certificate in the `x5c` header; that certificate must be in the
-registry's `rootcertbundle`. Known users get what they ask for, anonymous callers a token that grants
-nothing (as Docker Hub does for private repositories), wrong credentials a 401.
+{"access_token": JWT} for a refresh token it knows, 400 invalid_grant for one it does not. The JWT
+is signed RS256 with `openssl dgst -sign` (the `cryptography` package is not needed) and names its
+signing certificate in the `x5c` header; that certificate must be in the registry's `rootcertbundle`.
+Known users get what they ask for, anonymous callers a token that grants nothing (as Docker Hub does
+for private repositories), wrong credentials a 401.
 
     python3 token_server.py CONFIG.json
 

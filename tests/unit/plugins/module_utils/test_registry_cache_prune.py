@@ -236,11 +236,10 @@ def test_pruning_while_another_process_pulls_takes_nothing_from_it(tmp_path, htt
 def tidy(tmp_path, registry_host, dest, digests, **options):
     """What the engine does at the end of a present run: RegistrySource.tidy_cache."""
     options.setdefault('cache_dir', str(tmp_path / 'cache'))
-    source = RegistrySource(parse_reference('%s/app:base' % registry_host), RegistryOptions(not_secure=True,
-                                                                                           **options))
+    source = RegistrySource(parse_reference('%s/app:base' % registry_host), RegistryOptions(not_secure=True, **options))
+    record = tmp_path / ('.%s.virt-bootstrap' % os.path.basename(str(dest))) / 'state.json'
     try:
-        return source.tidy_cache(str(dest), str(tmp_path / ('.%s.virt-bootstrap' % os.path.basename(str(dest))) /
-                                                'state.json'), digests)
+        return source.tidy_cache(str(dest), str(record), digests)
     finally:
         source.close()
 

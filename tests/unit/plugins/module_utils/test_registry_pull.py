@@ -236,8 +236,8 @@ def test_credentials_from_an_auth_file_are_reported_by_path(tmp_path, tls_regist
 
 @pytest.mark.parametrize('rule', ['XDG_RUNTIME_DIR', 'per-uid', 'XDG_CONFIG_HOME', 'DOCKER_CONFIG', 'HOME',
                                   'REGISTRY_AUTH_FILE'])
-def test_credentials_from_each_auth_file_podman_reads_are_reported_by_path(tmp_path, tls_registry, monkeypatch,
-                                                                            auth_home, per_uid_auth_file, rule):
+def test_credentials_from_each_auth_file_podman_reads_are_reported_by_path(
+        tmp_path, tls_registry, monkeypatch, auth_home, per_uid_auth_file, rule):
     registry = tls_registry.registry
     places = {
         'XDG_RUNTIME_DIR': ('XDG_RUNTIME_DIR', tmp_path / 'run', tmp_path / 'run' / 'containers' / 'auth.json'),
