@@ -8,8 +8,13 @@ request to the upstream registry (http, or https without verification) and can, 
   - answer an HTTP status (500, 429 with Retry-After, 404 NAME_UNKNOWN, ...) the first N times,
   - cut the connection after K bytes of the body the first N times (close, or reset with RST),
   - ignore Range (forward without it, so the registry answers 200 with the whole blob),
-  - slow bodies down (a pause before each chunk of 16 KiB), to make downloads overlap or finish in order.
-Every request is recorded (method, path, Range header, status answered, bytes sent) so tests can
+  - slow bodies down (a pause before each chunk of 16 KiB), to make downloads overlap or finish in order,
+  - drop a response header (Docker-Content-Digest from HEAD answers, say), as some registries do,
+  - redirect requests elsewhere (307): a Location ending in /moved/ORIGINAL-PATH on this proxy is
+    forwarded to the registry as ORIGINAL-PATH, like a repository moved on the same host.
+Faults can be limited to one method (HEAD refused with 405 while GET works).
+Every request is recorded (method, path, Range header, whether it carried Authorization, status
+answered, bytes sent) so tests can
 count them: `proxy.count('GET', '/manifests/')`.
 
     with FaultProxy('http://127.0.0.1:5000') as proxy:
@@ -38,6 +43,7 @@ from dataclasses import dataclass
 HOP_BY_HOP = frozenset(('connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer',
                         'transfer-encoding', 'upgrade', 'host'))
 CHUNK = 16 * 1024
+MOVED = '/moved'
 
 
 @dataclass
@@ -49,6 +55,7 @@ class Seen:
     status: int
     sent: int = 0  # body bytes sent to the client
     cut: bool = False
+    authorization: bool = False  # whether the request carried an Authorization header
 
 
 @dataclass
@@ -56,13 +63,16 @@ class _Fault:
     path_contains: str
     times: int  # how many more requests it applies to; -1 for always
     status: int = 0
-    retry_after: t.Optional[int] = None
+    retry_after: t.Union[int, str, None] = None  # seconds, or an HTTP date
     code: str = 'UNAVAILABLE'
+    message: str = 'injected by the fault proxy'
     cut_after: t.Optional[int] = None
     reset: bool = False
+    location: t.Optional[str] = None  # redirect to this prefix + the request's path
+    method: t.Optional[str] = None  # None: every method
 
-    def applies(self, path: str) -> bool:
-        return self.times != 0 and self.path_contains in path
+    def applies(self, method: str, path: str) -> bool:
+        return self.times != 0 and self.path_contains in path and self.method in (None, method)
 
 
 class FaultProxy:
@@ -72,6 +82,7 @@ class FaultProxy:
         self.upstream_host = parsed.netloc
         self.ignore_range = False
         self.chunk_delay = 0.0
+        self.dropped_headers: t.Set[t.Tuple[str, str]] = set()  # (method, lower-case header name)
         self.requests: t.List[Seen] = []
         self._faults: t.List[_Fault] = []
         self._lock = threading.Lock()
@@ -80,11 +91,29 @@ class FaultProxy:
 
     # -- configuration ---------------------------------------------------------------------------
 
-    def fail(self, path_contains: str, status: int, times: int = 1, retry_after: t.Optional[int] = None,
-             code: str = 'UNAVAILABLE') -> None:
+    def fail(self, path_contains: str, status: int, times: int = 1, retry_after: t.Union[int, str, None] = None,
+             code: str = 'UNAVAILABLE', method: t.Optional[str] = None,
+             message: str = 'injected by the fault proxy') -> None:
         """Answer `status` with a registry error `code` to the next `times` (-1: all) requests for `path_contains`."""
         with self._lock:
-            self._faults.append(_Fault(path_contains, times, status=status, retry_after=retry_after, code=code))
+            self._faults.append(_Fault(path_contains, times, status=status, retry_after=retry_after, code=code,
+                                       message=message, method=method))
+
+    def redirect(self, path_contains: str, location_prefix: str, times: int = -1) -> None:
+        """Answer 307 with Location LOCATION_PREFIX + the request's path; LOCATION_PREFIX may be
+        `self.moved_prefix` (this proxy, forwarding to the registry) or another server's URL."""
+        with self._lock:
+            self._faults.append(_Fault(path_contains, times, location=location_prefix))
+
+    @property
+    def moved_prefix(self) -> str:
+        """http://127.0.0.1:PORT/moved: a redirect there stays on this proxy (the same origin)."""
+        return 'http://%s%s' % (self.host, MOVED)
+
+    def drop_header(self, name: str, method: str = 'HEAD') -> None:
+        """Leave header `name` out of every answer to `method` requests."""
+        with self._lock:
+            self.dropped_headers.add((method, name.lower()))
 
     def cut(self, path_contains: str, after: int, times: int = 1, reset: bool = False) -> None:
         """Send only `after` body bytes, then close (or reset) the connection, `times` times (-1: always)."""
@@ -98,6 +127,7 @@ class FaultProxy:
             self.requests.clear()
             self.ignore_range = False
             self.chunk_delay = 0.0
+            self.dropped_headers.clear()
 
     # -- what happened ---------------------------------------------------------------------------
 
@@ -145,13 +175,20 @@ class FaultProxy:
 
     # -- used by the handler ---------------------------------------------------------------------
 
-    def _take_status_fault(self, path: str) -> t.Optional[_Fault]:
-        return self._take(lambda fault: fault.applies(path) and bool(fault.status))
+    def _take_status_fault(self, method: str, path: str) -> t.Optional[_Fault]:
+        return self._take(lambda fault: fault.applies(method, path) and bool(fault.status))
 
-    def _take_cut(self, path: str, length: t.Optional[int]) -> t.Optional[_Fault]:
+    def _take_redirect(self, method: str, path: str) -> t.Optional[_Fault]:
+        return self._take(lambda fault: fault.applies(method, path) and fault.location is not None)
+
+    def _take_cut(self, method: str, path: str, length: t.Optional[int]) -> t.Optional[_Fault]:
         """A cut for a body longer than its limit: a shorter one would arrive whole, and waste the fault."""
-        return self._take(lambda fault: fault.applies(path) and fault.cut_after is not None
+        return self._take(lambda fault: fault.applies(method, path) and fault.cut_after is not None
                           and (length is None or length > fault.cut_after))
+
+    def _drops(self, method: str, header: str) -> bool:
+        with self._lock:
+            return (method, header.lower()) in self.dropped_headers
 
     def _take(self, wanted: t.Callable[[_Fault], bool]) -> t.Optional[_Fault]:
         with self._lock:
@@ -189,9 +226,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         proxy = self.server.proxy
         self.close_connection = True
         range_header = self.headers.get('Range')
-        fault = proxy._take_status_fault(self.path)  # pylint: disable=protected-access
+        authorization = 'Authorization' in self.headers
+        moved = self.path.startswith(MOVED + '/')
+        upstream_path = self.path[len(MOVED):] if moved else self.path
+        fault = None if moved else proxy._take_redirect(self.command, self.path)  # pylint: disable=protected-access
         if fault is not None:
-            proxy._record(Seen(self.command, self.path, range_header, fault.status))  # pylint: disable=protected-access
+            proxy._record(Seen(self.command, self.path, range_header, 307,  # pylint: disable=protected-access
+                               authorization=authorization))
+            self._redirect(t.cast(str, fault.location) + self.path)
+            return
+        fault = proxy._take_status_fault(self.command, self.path)  # pylint: disable=protected-access
+        if fault is not None:
+            proxy._record(Seen(self.command, self.path, range_header, fault.status,  # pylint: disable=protected-access
+                               authorization=authorization))
             self._answer_status(fault)
             return
         headers = {name: value for name, value in self.headers.items() if name.lower() not in HOP_BY_HOP}
@@ -200,17 +247,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         headers['Host'] = proxy.upstream_host
         connection = proxy._connect()  # pylint: disable=protected-access
         try:
-            connection.request(self.command, self.path, headers=headers)
+            connection.request(self.command, upstream_path, headers=headers)
             response = connection.getresponse()
             # Recorded before the client can see an answer, so a test never looks before it is there.
-            entry = Seen(self.command, self.path, range_header, response.status)
+            entry = Seen(self.command, self.path, range_header, response.status, authorization=authorization)
             proxy._record(entry)  # pylint: disable=protected-access
             length = response.getheader('Content-Length')
             cut = None if self.command == 'HEAD' else proxy._take_cut(  # pylint: disable=protected-access
-                self.path, int(length) if length and length.isdigit() else None)
+                self.command, self.path, int(length) if length and length.isdigit() else None)
             self.send_response(response.status, response.reason)
             for name, value in response.getheaders():
-                if name.lower() not in HOP_BY_HOP:
+                if name.lower() not in HOP_BY_HOP and not proxy._drops(self.command, name):  # pylint: disable=protected-access
                     self.send_header(name, value)
             self.send_header('Connection', 'close')
             self.end_headers()
@@ -219,8 +266,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         finally:
             connection.close()
 
+    def _redirect(self, location: str) -> None:
+        self.send_response(307)
+        self.send_header('Location', location)
+        self.send_header('Content-Length', '0')
+        self.send_header('Connection', 'close')
+        self.end_headers()
+
     def _answer_status(self, fault: _Fault) -> None:
-        body = json.dumps({'errors': [{'code': fault.code, 'message': 'injected by the fault proxy'}]}).encode()
+        body = json.dumps({'errors': [{'code': fault.code, 'message': fault.message}]}).encode()
         self.send_response(fault.status)
         if fault.retry_after is not None:
             self.send_header('Retry-After', str(fault.retry_after))

@@ -7,7 +7,8 @@ Three kinds:
   http   plain HTTP, anonymous
   tls    HTTPS with a self-signed certificate (SAN IP:127.0.0.1, DNS:localhost) and htpasswd basic auth
   token  HTTPS and bearer tokens from token_server.py (itself on HTTPS with the same certificate);
-         no token grants access to the repository DENIED_REPOSITORY
+         no token grants access to the repository DENIED_REPOSITORY; refresh_token is an OAuth2 refresh
+         token (an auth file's `identitytoken`) the token server takes for the user
 
 From Python: `with running('tls', workdir) as registry: ...`, or start()/stop().
 From the shell (the processes outlive the command; WORKDIR/registry.json describes them):
@@ -58,6 +59,7 @@ class Registry:
     password: t.Optional[str] = field(default=None, repr=False)
     auth_file: t.Optional[str] = None  # auth.json with the credentials for this host
     token_log: t.Optional[str] = None
+    refresh_token: t.Optional[str] = field(default=None, repr=False)
 
     @property
     def scheme(self) -> str:
@@ -166,16 +168,19 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _start_token_server(workdir: str, cert: str, key: str, username: str, password: str) -> t.Tuple[
-        subprocess.Popen, str, str]:
+def _start_token_server(workdir: str, cert: str, key: str, username: str, password: str,
+                        refresh_token: str) -> t.Tuple[subprocess.Popen, str, str]:
     """(process, realm URL, signing certificate to trust)."""
     signing_cert, signing_key = make_certificate(workdir, 'token-signer', rsa=True)
     users_file = os.path.join(workdir, 'token-users.json')
     _write_private(users_file, json.dumps({username: password}))
+    refresh_tokens_file = os.path.join(workdir, 'token-refresh.json')
+    _write_private(refresh_tokens_file, json.dumps({refresh_token: username}))
     port_file = os.path.join(workdir, 'token.port')
     config = {
         'signing_key': signing_key, 'signing_cert': signing_cert, 'issuer': 'virt-bootstrap-test-issuer',
         'service': 'virt-bootstrap-test-registry', 'users_file': users_file, 'tls_cert': cert, 'tls_key': key,
+        'refresh_tokens_file': refresh_tokens_file,
         'port': 0, 'port_file': port_file, 'log_file': os.path.join(workdir, 'token-requests.jsonl'),
         'deny_repositories': [DENIED_REPOSITORY],
     }
@@ -226,8 +231,9 @@ def start(kind: str, workdir: str, username: str = 'tester', password: t.Optiona
             make_htpasswd(htpasswd, username, password)
             auth = {'htpasswd': {'realm': 'virt-bootstrap-test', 'path': htpasswd}}
         elif kind == 'token':
+            registry.refresh_token = secrets.token_urlsafe(24)
             token_process, realm, signing_cert = _start_token_server(workdir, t.cast(str, cert), t.cast(str, key),
-                                                                     username, password)
+                                                                     username, password, registry.refresh_token)
             processes.append(token_process)
             registry.token_log = os.path.join(workdir, 'token-requests.jsonl')
             auth = {'token': {'realm': realm, 'service': 'virt-bootstrap-test-registry',

@@ -4,16 +4,20 @@
 """A small token issuer for the distribution registry's `auth.token` mode (test fixture, stdlib only).
 
 GET /token?service=S&scope=repository:NAME:ACTIONS with HTTP basic credentials answers
-{"token": JWT}. The JWT is signed RS256 with `openssl dgst -sign` (the `cryptography` package is not
-needed) and names its signing certificate in the `x5c` header; that certificate must be in the
-registry's `rootcertbundle`. Known users get what they ask for, anonymous callers a token that grants
-nothing (as Docker Hub does for private repositories), wrong credentials a 401.
+{"token": JWT}. POST /token with the OAuth2 form grant_type=refresh_token&refresh_token=T&service=S
+&scope=...&client_id=C (how docker and containers/image use an auth file's `identitytoken`) answers
+{"access_token": JWT} for a refresh token it knows, 400 invalid_grant for one it does not. The JWT
+is signed RS256 with `openssl dgst -sign` (the `cryptography` package is not needed) and names its
+signing certificate in the `x5c` header; that certificate must be in the registry's `rootcertbundle`.
+Known users get what they ask for, anonymous callers a token that grants nothing (as Docker Hub does
+for private repositories), wrong credentials a 401.
 
     python3 token_server.py CONFIG.json
 
 CONFIG holds: signing_key, signing_cert (PEM paths), issuer, service, users_file (JSON
 {"user": "password"}), optional tls_cert/tls_key (serve HTTPS), port (0 picks one), port_file (where
-the port is written once listening), log_file (JSON lines: path, scope, user, status; never secrets),
+the port is written once listening), refresh_tokens_file (optional JSON {"token": "user"}), log_file
+(JSON lines: method, path, grant_type, scope, user, status; never secrets),
 token_lifetime (seconds), deny_repositories (names nobody gets access to, though the token is issued).
 """
 
@@ -80,6 +84,17 @@ class TokenIssuer:
         self._x5c = [base64.b64encode(certificate_der(str(config['signing_cert']))).decode('ascii')]
         with open(str(config['users_file']), encoding='utf-8') as stream:
             self.users: t.Dict[str, str] = json.load(stream)
+        self.refresh_tokens: t.Dict[str, str] = {}
+        if config.get('refresh_tokens_file'):
+            with open(str(config['refresh_tokens_file']), encoding='utf-8') as stream:
+                self.refresh_tokens = json.load(stream)
+
+    def refresh_user(self, refresh_token: str) -> t.Optional[str]:
+        """The user a refresh token was issued to, or None."""
+        for known, user in self.refresh_tokens.items():
+            if hmac.compare_digest(known.encode('utf-8'), refresh_token.encode('utf-8')):
+                return user
+        return None
 
     def check(self, authorization: t.Optional[str]) -> t.Tuple[bool, t.Optional[str]]:
         """(accepted, user): no header is anonymous (accepted, None); wrong credentials are refused."""
@@ -130,7 +145,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             token = issuer.token(user, service, scopes)
             status, body = 200, {'token': token, 'access_token': token, 'expires_in': issuer.lifetime,
                                  'issued_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
-        self.server.log({'path': url.path, 'scope': scopes, 'user': user, 'status': status})
+        self.server.log({'method': 'GET', 'path': url.path, 'scope': scopes, 'user': user, 'status': status})
+        self._answer(status, body)
+
+    def do_POST(self) -> None:  # pylint: disable=invalid-name
+        url = urllib.parse.urlsplit(self.path)
+        length = int(self.headers.get('Content-Length') or 0)
+        form = urllib.parse.parse_qs(self.rfile.read(min(length, 1 << 16)).decode('utf-8', 'replace'))
+        issuer = self.server.issuer
+        grant_type = (form.get('grant_type') or [''])[0]
+        service = (form.get('service') or [issuer.service])[0]
+        scopes = form.get('scope') or []
+        user = issuer.refresh_user((form.get('refresh_token') or [''])[0])
+        if url.path != '/token':
+            status, body = 404, {'error': 'not_found'}
+        elif grant_type != 'refresh_token' or not form.get('client_id'):
+            status, body = 400, {'error': 'unsupported_grant_type'}
+        elif user is None:
+            status, body = 400, {'error': 'invalid_grant'}
+        elif service != issuer.service:
+            status, body = 400, {'error': 'invalid_request'}
+        else:
+            token = issuer.token(user, service, scopes)
+            status, body = 200, {'access_token': token, 'scope': ' '.join(scopes), 'expires_in': issuer.lifetime}
+        self.server.log({'method': 'POST', 'path': url.path, 'grant_type': grant_type, 'scope': scopes, 'user': user,
+                         'status': status})
+        self._answer(status, body)
+
+    def _answer(self, status: int, body: t.Mapping[str, t.Any]) -> None:
         data = json.dumps(body).encode('utf-8')
         self.send_response(status)
         if status == 401:

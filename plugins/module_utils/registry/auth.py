@@ -22,36 +22,56 @@ class AuthError(BootstrapError):
     """Credentials were refused or cannot be read."""
 
 
+# Where `podman login` writes as root (and as any user) when XDG_RUNTIME_DIR is not set; %d is the uid.
+PER_UID_AUTH_FILE = '/run/containers/%d/auth.json'
+
+
 @dataclass(frozen=True)
 class Credentials:
     username: str
     password: str = field(repr=False)
     # Where they came from ('the username/password options' or an auth file path): safe to show.
     origin: str = 'the username/password options'
+    # An OAuth2 refresh token (`identitytoken` in an auth file), exchanged for a bearer token at the realm.
+    identity_token: t.Optional[str] = field(default=None, repr=False)
 
 
 def default_auth_files() -> t.List[str]:
-    """The files searched when no auth_file is given, in the order podman and skopeo use."""
+    """The files searched when no auth file is named, in the order podman and skopeo use.
+
+    As containers/image (pkg/docker/config) does: ${XDG_RUNTIME_DIR}/containers/auth.json, or without
+    XDG_RUNTIME_DIR /run/containers/UID/auth.json; ${XDG_CONFIG_HOME:-~/.config}/containers/auth.json;
+    ${DOCKER_CONFIG:-~/.docker}/config.json. An XDG_RUNTIME_DIR that does not exist is passed over.
+    """
     files = []
     runtime_dir = os.environ.get('XDG_RUNTIME_DIR')
     if runtime_dir:
-        files.append(os.path.join(runtime_dir, 'containers', 'auth.json'))
+        if os.path.isdir(runtime_dir):
+            files.append(os.path.join(runtime_dir, 'containers', 'auth.json'))
+    else:
+        files.append(PER_UID_AUTH_FILE % os.getuid())
     home = os.path.expanduser('~')
     config_home = os.environ.get('XDG_CONFIG_HOME') or os.path.join(home, '.config')
     files.append(os.path.join(config_home, 'containers', 'auth.json'))
-    files.append(os.path.join(home, '.docker', 'config.json'))
+    files.append(os.path.join(os.environ.get('DOCKER_CONFIG') or os.path.join(home, '.docker'), 'config.json'))
     return files
 
 
 def find_credentials(registry: str, repository: str, auth_file: t.Optional[str] = None) -> t.Optional[Credentials]:
-    """Credentials for `registry`/`repository`, from `auth_file` alone when given, else the default files.
+    """Credentials for `registry`/`repository`: from `auth_file` alone when given, else from the file
+    REGISTRY_AUTH_FILE names alone when it is set (as podman and skopeo read it), else the default files.
 
-    An explicit file that does not exist is an error; missing default files are skipped.
+    A named file that does not exist is an error; missing default files are skipped.
     """
     if auth_file:
         if not os.path.exists(auth_file):
             raise AuthError('auth_file %s does not exist' % auth_file)
         return _from_file(auth_file, registry, repository)
+    named = os.environ.get('REGISTRY_AUTH_FILE')
+    if named:
+        if not os.path.exists(named):
+            raise AuthError('REGISTRY_AUTH_FILE names %s, which does not exist' % named)
+        return _from_file(named, registry, repository)
     for path in default_auth_files():
         if os.path.exists(path):
             found = _from_file(path, registry, repository)
@@ -78,8 +98,8 @@ def _from_file(path: str, registry: str, repository: str) -> t.Optional[Credenti
         normalised = {_normalise_key(key): value for key, value in auths.items()}
         for key in keys:
             entry = normalised.get(key)
-            if isinstance(entry, dict) and entry.get('auth'):
-                return _decode_auth(str(entry['auth']), path)
+            if isinstance(entry, dict) and (entry.get('auth') or entry.get('identitytoken')):
+                return _from_entry(entry, path)
     if data.get('credsStore'):
         return _from_helper(str(data['credsStore']), keys[-1], path)
     return None
@@ -103,12 +123,21 @@ def _normalise_key(key: str) -> str:
     return 'docker.io' if key in ('index.docker.io', 'registry-1.docker.io') else key
 
 
-def _decode_auth(encoded: str, origin: str) -> Credentials:
+def _from_entry(entry: t.Mapping[str, t.Any], origin: str) -> Credentials:
+    """An `auths` entry: base64 user:password in `auth`, and/or an OAuth2 refresh token in `identitytoken`."""
+    username, password = _decode_auth(str(entry['auth']), origin) if entry.get('auth') else ('', '')
+    token = entry.get('identitytoken')
+    if token is not None and not isinstance(token, str):
+        raise AuthError('auth file %s has an identitytoken that is not a string' % origin)
+    return Credentials(username, password, origin, identity_token=token or None)
+
+
+def _decode_auth(encoded: str, origin: str) -> t.Tuple[str, str]:
     try:
         username, _sep, password = base64.b64decode(encoded).decode('utf-8').partition(':')
     except (ValueError, UnicodeDecodeError):
         raise AuthError('auth file %s has an entry that is not base64 of user:password' % origin)
-    return Credentials(username, password, origin)
+    return username, password
 
 
 def _from_helper(helper: str, server: str, origin: str) -> Credentials:

@@ -5,12 +5,28 @@
 
 A blob enters the cache only once it is complete and hashes to its digest: it is downloaded to a
 private partial file and renamed into place. Two runs fetching one blob each write their own partial
-file; whichever renames last replaces identical content, so no lock is needed.
+file; whichever renames last replaces identical content, so no lock is needed for that.
+
+Pruning (prune_cache) removes blobs no dest holds that were not used for a while. What dests hold is
+kept in the cache itself, one file per dest under refs/ (the cache cannot find every state record on
+the host); a ref whose state record is gone protects nothing and is dropped.
+
+Why a lock, and not only ages: every run holds a shared flock on `lock` for as long as it uses the
+cache, and pruning takes it exclusively, without waiting; a cache in use is left for a later run to
+prune. Refreshing a blob's mtime when it is used and never deleting anything younger than the limit
+would leave a window: a run finds an old blob, a prune deletes it, the run then fails to open it. The
+lock closes every such window, costs one flock per run, and no run waits on a prune for longer than
+the prune's own short walk. The mtime is still refreshed on use, as the blob's age of last use.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -19,10 +35,19 @@ import typing as t
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DigestMismatch
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import new_hasher, parse_digest, verify_digest
+from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
+    is_digest,
+    new_hasher,
+    parse_digest,
+    verify_digest,
+)
 
 DOWNLOAD_WORKERS = 3
 STALE_PARTIAL_SECONDS = 24 * 3600
+LOCK_NAME = 'lock'
+REFS_DIR = 'refs'
+_AGE_UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 7 * 86400}
+_AGE_RE = re.compile(r'^(?:\d+[smhdw])+$')
 
 
 def default_cache_dir() -> str:
@@ -32,32 +57,77 @@ def default_cache_dir() -> str:
     return os.path.join(base, 'virt-bootstrap')
 
 
+def parse_max_age(value: t.Union[str, int, float, None]) -> t.Optional[float]:
+    """Seconds from a cache_max_age: a number of seconds, or units such as '30d', '12h', '1d12h', '90m', '2w'."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        if text.isdigit():
+            seconds = float(text)
+        elif _AGE_RE.match(text):
+            seconds = float(sum(int(number) * _AGE_UNITS[unit] for number, unit in re.findall(r'(\d+)([a-z])', text)))
+        else:
+            raise BootstrapError('cache_max_age %r is not an age: give seconds, or a number with a unit s, m, h, d '
+                                 'or w (for example 30d or 1d12h)' % (value,))
+    if seconds < 0:
+        raise BootstrapError('cache_max_age %r is negative' % (value,))
+    return seconds
+
+
+class _CacheLock:
+    """The flock on `root`/lock: shared while a run uses the cache, exclusive while it is pruned."""
+
+    def __init__(self, root: str) -> None:
+        path = os.path.join(root, LOCK_NAME)
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not os.path.exists(path):
+                raise
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # a cache we may only read: flock works all the same
+
+    def share(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    def try_exclusive(self) -> bool:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return False
+            raise
+        return True
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = -1
+
+
 class BlobCache:
-    """Content-addressed files under `root`/blobs/ALGO/HEX; `temporary` ones vanish on close()."""
+    """Content-addressed files under `root`/blobs/ALGO/HEX; `temporary` ones vanish on close().
+
+    A shared cache is held under a shared lock from construction to close() (see the module docstring).
+    """
 
     def __init__(self, root: t.Optional[str] = None, temporary: bool = False,
                  scratch_dir: t.Optional[str] = None) -> None:
+        self._lock: t.Optional[_CacheLock] = None
         if temporary:
             # 'build-' marks it as debris for Destination if a killed run leaves it in its bookkeeping.
             self.root = tempfile.mkdtemp(prefix='build-cache-', dir=scratch_dir)
         else:
             self.root = root or default_cache_dir()
             os.makedirs(self.root, mode=0o700, exist_ok=True)
+            self._lock = _CacheLock(self.root)
+            self._lock.share()
         self.temporary = temporary
         self._partial_dir = os.path.join(self.root, 'partial')
         os.makedirs(self._partial_dir, mode=0o700, exist_ok=True)
-        self._remove_stale_partials()
-
-    def _remove_stale_partials(self) -> None:
-        """Partial files of runs that were killed; a day old is surely not a download in progress."""
-        cutoff = time.time() - STALE_PARTIAL_SECONDS
-        for name in os.listdir(self._partial_dir):
-            path = os.path.join(self._partial_dir, name)
-            try:
-                if os.lstat(path).st_mtime < cutoff:
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
+        _remove_stale_partials(self._partial_dir, time.time() - STALE_PARTIAL_SECONDS)
 
     def path(self, digest: str) -> str:
         algorithm, hexdigest = parse_digest(digest)
@@ -86,9 +156,124 @@ class BlobCache:
         except FileNotFoundError:
             pass
 
+    def name_dest_blobs(self, dest_path: str, record_path: str, digests: t.Iterable[str]) -> None:
+        """Say which blobs dest now holds (a ref protecting them from pruning while `record_path` exists).
+
+        Written to a partial file and renamed into refs/, like a blob: a reader sees the old ref or the new one.
+        """
+        dest_path = os.path.abspath(dest_path)
+        refs_dir = os.path.join(self.root, REFS_DIR)
+        os.makedirs(refs_dir, mode=0o700, exist_ok=True)
+        ref = {'dest': dest_path, 'record': os.path.abspath(record_path), 'blobs': sorted(set(digests))}
+        fd, partial = tempfile.mkstemp(prefix='ref-', dir=self._partial_dir)
+        try:
+            with os.fdopen(fd, 'w', encoding='utf-8') as stream:
+                json.dump(ref, stream, indent=1)
+            os.replace(partial, os.path.join(refs_dir, _ref_name(dest_path)))
+        except BaseException:
+            _unlink_quietly(partial)
+            raise
+
     def close(self) -> None:
         if self.temporary:
             shutil.rmtree(self.root, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def nothing_pruned() -> t.Dict[str, t.Any]:
+    """What prune_cache returns when it removed nothing."""
+    return {'blobs_removed': 0, 'bytes_freed': 0, 'blobs_kept': 0, 'refs_removed': 0, 'partials_removed': 0,
+            'in_use': False}
+
+
+def prune_cache(cache_dir: str, max_age_seconds: float, now: t.Optional[float] = None) -> t.Dict[str, t.Any]:
+    """Remove the blobs no dest holds (per refs/) that were last used more than `max_age_seconds` ago.
+
+    Returns what it did: blobs_removed, bytes_freed, blobs_kept, refs_removed (of dests whose state record
+    is gone), partials_removed (of killed runs), and in_use: True, with nothing removed, when some run was
+    using the cache (pruning never waits; a later run prunes).
+    """
+    pruned = nothing_pruned()
+    if not os.path.isdir(cache_dir):
+        return pruned
+    lock = _CacheLock(cache_dir)
+    try:
+        if not lock.try_exclusive():
+            pruned['in_use'] = True
+            return pruned
+        now = time.time() if now is None else now
+        held = _blobs_held(os.path.join(cache_dir, REFS_DIR), pruned)
+        for digest, path in _cached_blobs(os.path.join(cache_dir, 'blobs')):
+            try:
+                info = os.lstat(path)
+                if digest in held or info.st_mtime > now - max_age_seconds:
+                    pruned['blobs_kept'] += 1
+                    continue
+                os.unlink(path)
+            except OSError:  # gone already, or not ours to remove
+                continue
+            pruned['blobs_removed'] += 1
+            pruned['bytes_freed'] += info.st_size
+        partial_dir = os.path.join(cache_dir, 'partial')
+        if os.path.isdir(partial_dir):
+            pruned['partials_removed'] = _remove_stale_partials(partial_dir, now - STALE_PARTIAL_SECONDS)
+    finally:
+        lock.release()
+    return pruned
+
+
+def _blobs_held(refs_dir: str, pruned: t.Dict[str, t.Any]) -> t.Set[str]:
+    """The digests the refs name whose state record still exists; refs of gone (or unreadable) ones are dropped."""
+    held: t.Set[str] = set()
+    names = os.listdir(refs_dir) if os.path.isdir(refs_dir) else []
+    for name in names:
+        path = os.path.join(refs_dir, name)
+        try:
+            with open(path, encoding='utf-8') as stream:
+                ref = json.load(stream)
+            record = ref['record'] if isinstance(ref, dict) else None
+            blobs = ref.get('blobs') if isinstance(ref, dict) else None
+        except (OSError, ValueError, KeyError):
+            record = blobs = None
+        if isinstance(record, str) and os.path.exists(record) and isinstance(blobs, list):
+            held.update(blob for blob in blobs if isinstance(blob, str))
+            continue
+        _unlink_quietly(path)
+        pruned['refs_removed'] += 1
+    return held
+
+
+def _cached_blobs(blobs_dir: str) -> t.Iterator[t.Tuple[str, str]]:
+    """(digest, path) of every entry under blobs/ALGO/HEX."""
+    if not os.path.isdir(blobs_dir):
+        return
+    for algorithm in sorted(os.listdir(blobs_dir)):
+        directory = os.path.join(blobs_dir, algorithm)
+        if not os.path.isdir(directory):
+            continue
+        for hexdigest in sorted(os.listdir(directory)):
+            digest = '%s:%s' % (algorithm, hexdigest)
+            yield (digest if is_digest(digest) else ''), os.path.join(directory, hexdigest)
+
+
+def _remove_stale_partials(partial_dir: str, cutoff: float) -> int:
+    """Partial files of runs that were killed; a day old is surely not a download in progress. How many went."""
+    removed = 0
+    for name in os.listdir(partial_dir):
+        path = os.path.join(partial_dir, name)
+        try:
+            if os.lstat(path).st_mtime < cutoff:
+                os.unlink(path)
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _ref_name(dest_path: str) -> str:
+    return hashlib.sha256(dest_path.encode('utf-8', 'surrogateescape')).hexdigest() + '.json'
 
 
 class _Transfer:
@@ -162,6 +347,10 @@ class _CachedReader:
         self._hasher = new_hasher(digest)
         self._checked = False
         self._stream = open(cache.path(digest), 'rb')
+        try:
+            os.utime(self._stream.fileno())  # its age of last use, for pruning
+        except OSError:
+            pass  # a cache of another user's, read only: the age is only a hint
 
     def read(self, size: int = -1) -> bytes:
         data = self._stream.read(size)
@@ -240,6 +429,10 @@ class BlobFetcher:
                     transfer.advance(len(chunk))
 
                 self._download(digest, write, 0, self._cancelled.is_set)
+                # The digest may match all the same: the descriptor lied about the size, which must match too.
+                if size is not None and transfer.written != size:
+                    raise DigestMismatch('downloaded blob %s: %d bytes, fewer than the %d bytes the manifest gives it'
+                                         % (digest, transfer.written, size))
                 verify_digest(hasher, digest, 'downloaded blob')
             # Readers keep their open handle on the renamed file.
             with transfer.condition:

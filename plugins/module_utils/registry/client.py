@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import email.utils
 import http.client
 import json
+import re
 import socket
 import ssl
 import threading
@@ -22,6 +25,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     MANIFEST_MEDIA_TYPES,
     MAX_METADATA_SIZE,
     SCHEMA1_MEDIA_TYPES,
+    is_digest,
     new_hasher,
     parse_json_object,
     sha256_digest,
@@ -33,6 +37,15 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference 
 MANIFEST_ACCEPT = ', '.join(sorted(INDEX_MEDIA_TYPES | MANIFEST_MEDIA_TYPES))
 USER_AGENT = 'virt.bootstrap'
 _RETRY_STATUS = frozenset((408, 429, 500, 502, 503, 504))
+# A HEAD answered with these is asked again as a GET, whose error body (HEAD has none) says what is wrong.
+_HEAD_REFUSED = frozenset((400, 403, 404, 405, 406, 501))
+# The longest back-off between two tries, and the longest wait a Retry-After header is granted: a registry
+# that asks for longer (Docker Hub's rate limit asks for hours) is given up on at once, with its reason.
+MAX_BACKOFF = 30.0
+MAX_RETRY_AFTER = 60.0
+# How much of a registry's own explanation of an error goes into a message: errors, characters of each.
+_EXPLAINED_ERRORS = 3
+_EXPLANATION_LENGTH = 300
 _TRANSIENT_ERRORS = (ConnectionError, socket.timeout, http.client.IncompleteRead, http.client.RemoteDisconnected,
                      http.client.BadStatusLine, TimeoutError)
 
@@ -41,8 +54,12 @@ class RegistryError(SourceError):
     """The registry could not be reached or refused a request."""
 
 
-class _NoRedirectAuth(urllib.request.HTTPRedirectHandler):
-    """Follow redirects (blob storage often lives elsewhere) without carrying credentials along."""
+class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
+    """Follow redirects (blob storage often lives elsewhere); credentials go along only to the same origin.
+
+    The same origin is the same scheme, host and port, as for docker and browsers: a registry that moves a
+    repository on its own host keeps working, a storage service elsewhere never sees the registry's login.
+    """
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
@@ -50,7 +67,22 @@ class _NoRedirectAuth(urllib.request.HTTPRedirectHandler):
             for name in list(new.headers):
                 if name.lower() == 'authorization':
                     del new.headers[name]
+            authorization = req.unredirected_hdrs.get('Authorization')
+            origin = _origin(req.full_url)
+            if authorization and origin is not None and origin == _origin(new.full_url):
+                new.add_unredirected_header('Authorization', authorization)
         return new
+
+
+def _origin(url: str) -> t.Optional[t.Tuple[str, str, t.Optional[int]]]:
+    """(scheme, host, port) of a URL, the port made explicit; None for a URL with a malformed port."""
+    parsed = urllib.parse.urlsplit(url)
+    scheme = parsed.scheme.lower()
+    try:
+        port = parsed.port or {'https': 443, 'http': 80}.get(scheme)
+    except ValueError:
+        return None
+    return scheme, (parsed.hostname or '').lower(), port
 
 
 class RegistryClient:
@@ -77,7 +109,11 @@ class RegistryClient:
                 context = ssl.create_default_context(cafile=ca_path)
             except (OSError, ssl.SSLError) as exc:
                 raise RegistryError('ca_path %s cannot be used: %s' % (ca_path, exc))
-        self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirectAuth())
+        # As urllib reads them: https_proxy, http_proxy (lower case first, then upper case); no_proxy is
+        # consulted for each request. Only a proxy URL's own user:password@ becomes Proxy-Authorization.
+        self._proxies = urllib.request.getproxies()
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler(self._proxies),
+                                                   urllib.request.HTTPSHandler(context=context), _SameOriginAuth())
 
     @property
     def host(self) -> str:
@@ -107,6 +143,19 @@ class RegistryClient:
             raise RegistryError('%s: the manifest for %s hashes to %s but the registry says %s'
                                 % (self.host, reference, digest, served_digest))
         return body, media_type, digest
+
+    def head_manifest(self, reference: str) -> t.Optional[t.Tuple[str, str]]:
+        """(digest, media type) of what `reference` names, from a HEAD request: registries count a manifest GET
+        as a pull (Docker Hub against its rate limit), a HEAD not. None when the registry refuses HEAD or
+        gives no digest: then only a GET can tell."""
+        response = self._request('HEAD', 'manifests/%s' % reference, {'Accept': MANIFEST_ACCEPT},
+                                 give_up_on=_HEAD_REFUSED)
+        if response is None:
+            return None
+        with response:
+            digest = response.headers.get('Docker-Content-Digest') or ''
+            media_type = (response.headers.get('Content-Type') or '').split(';')[0].strip()
+        return (digest, media_type) if is_digest(digest) else None
 
     def get_small_blob(self, digest: str, limit: int = MAX_METADATA_SIZE) -> bytes:
         """A config blob, read whole and verified."""
@@ -206,31 +255,40 @@ class RegistryClient:
                 raise RegistryError('%s: reading %s failed %d times, last: %s' % (self.host, path, failures, problem))
             self._sleep(failures, None)
 
-    def _request(self, method: str, path: str, headers: t.Dict[str, str], retry: bool = True) -> t.Any:
-        """Send a request, answering auth challenges and retrying 429/5xx and lost connections."""
+    def _request(self, method: str, path: str, headers: t.Dict[str, str], retry: bool = True,
+                 give_up_on: t.AbstractSet[int] = frozenset()) -> t.Any:
+        """Send a request, answering auth challenges and retrying 429/5xx and lost connections.
+
+        An answer with a status in `give_up_on` returns None instead of raising.
+        """
         failures = 0
         challenged = False
         while True:
             try:
                 return self._send(method, self._url(path), headers, self._authorization)
             except urllib.error.HTTPError as exc:
+                if exc.code in give_up_on:
+                    exc.close()
+                    return None
                 if exc.code == 401 and not challenged:
                     challenged = True
                     self._answer_challenge(exc.headers.get('WWW-Authenticate') or '')
                     exc.close()
                     continue
                 if exc.code in _RETRY_STATUS and failures < self._retries:
-                    failures += 1
-                    retry_after = exc.headers.get('Retry-After')
-                    exc.close()
-                    self._sleep(failures, retry_after)
-                    continue
+                    wait = _retry_after_seconds(exc.headers.get('Retry-After'))
+                    if wait is None or wait <= MAX_RETRY_AFTER:
+                        failures += 1
+                        exc.close()
+                        self._sleep(failures, wait)
+                        continue
+                    raise self._http_error(exc, path, '; it asks to wait %d s before trying again' % wait)
                 raise self._http_error(exc, path)
             except urllib.error.URLError as exc:
                 if self._switch_to_http(exc):
                     continue
                 if not retry or not _is_transient(exc) or failures >= self._retries:
-                    raise self._connection_error(exc)
+                    raise self._connection_error(exc, self._url(path))
                 failures += 1
                 self._sleep(failures, None)
             except _TRANSIENT_ERRORS as exc:
@@ -239,11 +297,31 @@ class RegistryClient:
                 failures += 1
                 self._sleep(failures, None)
 
-    def _send(self, method: str, url: str, headers: t.Dict[str, str], authorization: t.Optional[str]) -> t.Any:
-        request = urllib.request.Request(url, method=method, headers=dict(headers, **{'User-Agent': USER_AGENT}))
+    def _send(self, method: str, url: str, headers: t.Dict[str, str], authorization: t.Optional[str],
+              data: t.Optional[bytes] = None) -> t.Any:
+        request = urllib.request.Request(url, data=data, method=method,
+                                         headers=dict(headers, **{'User-Agent': USER_AGENT}))
         if authorization:
             request.add_unredirected_header('Authorization', authorization)
-        return self._opener.open(request, timeout=self._timeout)
+        try:
+            return self._opener.open(request, timeout=self._timeout)
+        except ValueError as exc:
+            # A malformed proxy URL, redirect or header. urllib's words are never repeated: they would quote a
+            # proxy URL with its password, or a header with its token.
+            parsed = urllib.parse.urlsplit(url)
+            if self._proxy_for(url) is not None:
+                raise RegistryError('the proxy for %s (%s_proxy) is not a valid URL' % (parsed.netloc, parsed.scheme))
+            raise RegistryError('%s: a request to %s could not be made (%s)' % (self.host, parsed.netloc,
+                                                                                type(exc).__name__))
+
+    def _proxy_for(self, url: str) -> t.Optional[str]:
+        """HOST:PORT of the proxy a request for `url` goes through (never its user:password), or None."""
+        parsed = urllib.parse.urlsplit(url)
+        proxy = self._proxies.get(parsed.scheme)
+        if not proxy or urllib.request.proxy_bypass(parsed.netloc):
+            return None
+        after_scheme = proxy.partition('://')[2] or proxy
+        return after_scheme.split('/', 1)[0].rpartition('@')[2]
 
     def _answer_challenge(self, header: str) -> None:
         scheme, params = parse_challenge(header)
@@ -251,6 +329,9 @@ class RegistryClient:
             if self._credentials is None:
                 raise AuthError('%s requires a login for %s: give username and password, or an auth file'
                                 % (self.host, self.reference.repository))
+            if self._credentials.identity_token and not self._credentials.password:
+                raise AuthError('%s asks for a user name and password, but %s holds only an identity token for it, '
+                                'which only a token service takes' % (self.host, self._credentials.origin))
             self._authorization = 'Basic ' + _basic_token(self._credentials)
         elif scheme == 'bearer' and params.get('realm'):
             self._authorization = 'Bearer ' + self._fetch_token(params)
@@ -259,12 +340,13 @@ class RegistryClient:
                                 % (self.host, scheme or 'none'))
 
     def _fetch_token(self, params: t.Dict[str, str]) -> str:
+        """A bearer token from the realm: GET with basic credentials (or none), or, for an identity token,
+        POST of an OAuth2 refresh_token grant, as docker and containers/image do."""
         query = {'scope': params.get('scope') or 'repository:%s:pull' % self.reference.repository}
         if params.get('service'):
             query['service'] = params['service']
         realm = params['realm']
-        url = realm + ('&' if '?' in realm else '?') + urllib.parse.urlencode(query)
-        parsed = urllib.parse.urlsplit(url)
+        parsed = urllib.parse.urlsplit(realm)
         if parsed.scheme not in ('https', 'http'):
             raise RegistryError('%s names a token service that is not http(s)' % self.host)
         # Credentials go in the clear only where the user accepted plain HTTP (not_secure), or where the
@@ -273,16 +355,27 @@ class RegistryClient:
             raise RegistryError('%s names a token service over plain HTTP (http://%s): the credentials from %s are '
                                 'not sent unencrypted; set not_secure: true to allow it'
                                 % (self.host, parsed.netloc.rpartition('@')[2], self._credentials.origin))
-        authorization = 'Basic ' + _basic_token(self._credentials) if self._credentials is not None else None
+        identity_token = self._credentials.identity_token if self._credentials is not None else None
         try:
-            with self._send('GET', url, {}, authorization) as response:
+            if identity_token:
+                form = dict(query, grant_type='refresh_token', refresh_token=identity_token, client_id=USER_AGENT)
+                response = self._send('POST', realm, {'Content-Type': 'application/x-www-form-urlencoded'}, None,
+                                      data=urllib.parse.urlencode(form).encode('ascii'))
+            else:
+                authorization = 'Basic ' + _basic_token(self._credentials) if self._credentials is not None else None
+                url = realm + ('&' if '?' in realm else '?') + urllib.parse.urlencode(query)
+                response = self._send('GET', url, {}, authorization)
+            with response:
                 answer = json.loads(response.read(1 << 20))
         except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
+            # An OAuth2 server answers a refresh token it does not take with 400 invalid_grant.
+            if exc.code in (401, 403) or (exc.code == 400 and identity_token):
                 raise self._refused()
-            raise RegistryError('the token service of %s answered HTTP %d' % (self.host, exc.code))
+            explanation = self._explain(_registry_errors(exc))
+            raise RegistryError('the token service of %s answered HTTP %d%s' % (
+                self.host, exc.code, ' (%s)' % explanation if explanation else ''))
         except urllib.error.URLError as exc:
-            raise self._connection_error(exc, 'the token service of %s' % self.host)
+            raise self._connection_error(exc, realm, 'the token service of %s' % self.host)
         except ValueError:
             raise RegistryError('the token service of %s did not answer with JSON' % self.host)
         token = answer.get('token') or answer.get('access_token') if isinstance(answer, dict) else None
@@ -308,9 +401,13 @@ class RegistryClient:
         return AuthError('%s refused the credentials from %s for %s' % (self.host, self._credentials.origin,
                                                                         self.reference.repository))
 
-    def _http_error(self, exc: urllib.error.HTTPError, path: str) -> BootstrapError:
-        codes = _error_codes(exc)
+    def _http_error(self, exc: urllib.error.HTTPError, path: str, postscript: str = '') -> BootstrapError:
+        errors = _registry_errors(exc)
         exc.close()
+        codes = [code for code, _message in errors]
+        if exc.code == 407:
+            return RegistryError('the proxy %s asks for a login (HTTP 407) to reach %s: give it in the proxy URL, '
+                                 'http://USER:PASSWORD@HOST:PORT' % (self._proxy_for(self._url(path)), self.host))
         if exc.code == 401 or exc.code == 403 and 'DENIED' in codes:
             return self._refused(token_denied=(self._authorization or '').startswith('Bearer '))
         if exc.code == 404 or 'MANIFEST_UNKNOWN' in codes or 'NAME_UNKNOWN' in codes:
@@ -322,11 +419,36 @@ class RegistryClient:
                                                                  '@' if ':' in wanted else ':', wanted))
             return RegistryError('%s has no blob %s in %s' % (self.host, path[len('blobs/'):],
                                                               self.reference.repository))
-        return RegistryError('%s answered HTTP %d for %s%s' % (self.host, exc.code, path,
-                                                               ' (%s)' % ', '.join(codes) if codes else ''))
+        explanation = self._explain(errors)
+        return RegistryError('%s answered HTTP %d for %s%s%s' % (self.host, exc.code, path,
+                                                                 ' (%s)' % explanation if explanation else '',
+                                                                 postscript))
 
-    def _connection_error(self, exc: urllib.error.URLError, what: t.Optional[str] = None) -> RegistryError:
+    def _explain(self, errors: t.Sequence[t.Tuple[str, str]]) -> str:
+        """The registry's own words on an error ("TOOMANYREQUESTS: You have reached your pull rate limit..."),
+        bounded, printable, and without any secret of ours it may have echoed."""
+        parts = []
+        for code, message in errors[:_EXPLAINED_ERRORS]:
+            text = '%s: %s' % (code, message) if code and message else code or message
+            for secret in self._secrets():  # before cutting, which could leave half a secret
+                text = text.replace(secret, '***')
+            text = ''.join(char if char.isprintable() else ' ' for char in text)
+            if len(text) > _EXPLANATION_LENGTH:
+                text = text[:_EXPLANATION_LENGTH - 3] + '...'
+            parts.append(text)
+        return '; '.join(parts)
+
+    def _secrets(self) -> t.List[str]:
+        secrets = [self._authorization.partition(' ')[2]] if self._authorization else []
+        if self._credentials is not None:
+            secrets.extend((self._credentials.password, self._credentials.identity_token or ''))
+        return [secret for secret in secrets if secret]
+
+    def _connection_error(self, exc: urllib.error.URLError, url: str, what: t.Optional[str] = None) -> RegistryError:
         what = what or self.host
+        proxy = self._proxy_for(url)
+        if proxy is not None:
+            what += ' (through the proxy %s)' % proxy
         reason = exc.reason
         if isinstance(reason, ssl.SSLCertVerificationError):
             return RegistryError('TLS verification of %s failed: %s; give the CA with ca_path, or set not_secure: '
@@ -340,11 +462,12 @@ class RegistryClient:
         """Make retries waiting in other threads give up at once (the run is ending)."""
         self._stopping.set()
 
-    def _sleep(self, failures: int, retry_after: t.Optional[str]) -> None:
-        delay = self._backoff * (2 ** (failures - 1))
-        if retry_after and retry_after.strip().isdigit():
-            delay = max(delay, float(retry_after))
-        _pause(self._stopping, min(delay, 30.0))
+    def _sleep(self, failures: int, retry_after: t.Optional[float]) -> None:
+        """Back off before try `failures` + 1: doubling each time, at least as long as the registry asked."""
+        delay = min(self._backoff * (2 ** (failures - 1)), MAX_BACKOFF)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+        _pause(self._stopping, delay)
         if self._stopping.is_set():
             raise BootstrapError('%s: stopped while waiting to retry' % self.host)
 
@@ -373,19 +496,41 @@ def _content_range_start(header: t.Optional[str]) -> t.Optional[int]:
         return None
 
 
-def _error_codes(exc: urllib.error.HTTPError) -> t.List[str]:
+def _registry_errors(exc: urllib.error.HTTPError) -> t.List[t.Tuple[str, str]]:
+    """(code, message) of each entry of a registry's error body ({"errors": [{"code", "message"}]})."""
     try:
         body = json.loads(exc.read(1 << 16))
-        return [str(error.get('code')) for error in body.get('errors', []) if isinstance(error, dict)]
+        return [(str(error.get('code') or ''), str(error.get('message') or '')) for error in body.get('errors', [])
+                if isinstance(error, dict)]
     except (ValueError, AttributeError, OSError, http.client.HTTPException):
         return []
 
 
+def _retry_after_seconds(header: t.Optional[str]) -> t.Optional[float]:
+    """Retry-After as seconds from now: given as seconds, or as an HTTP date (RFC 9110); None when absent or unreadable."""
+    text = (header or '').strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):  # TypeError on Python < 3.10
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+
+
 def _is_transient(exc: urllib.error.URLError) -> bool:
-    """Lost or reset connections and timeouts are retried; refused connections, DNS and TLS are not."""
+    """Lost or reset connections and timeouts are retried; refused connections, DNS, TLS and a proxy's refusal
+    to open a tunnel (other than 502-504) are not."""
     reason = exc.reason
     if isinstance(reason, (ssl.SSLError, socket.gaierror, ConnectionRefusedError)):
         return False
+    tunnel = re.match(r'Tunnel connection failed: (\d+)', str(reason))  # http.client's words for a refused CONNECT
+    if tunnel:
+        return tunnel.group(1) in ('502', '503', '504')
     return isinstance(reason, (OSError,) + _TRANSIENT_ERRORS)
 
 

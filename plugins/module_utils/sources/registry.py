@@ -9,7 +9,7 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, SourceError
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     INDEX_MEDIA_TYPES,
     LAYER_MEDIA_TYPES,
@@ -28,7 +28,14 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.index import (
     listed_descriptors,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth import Credentials, find_credentials
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.cache import BlobCache, BlobFetcher
+from ansible_collections.virt.bootstrap.plugins.module_utils.registry.cache import (
+    BlobCache,
+    BlobFetcher,
+    default_cache_dir,
+    nothing_pruned,
+    parse_max_age,
+    prune_cache,
+)
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryClient
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import ImageReference
 
@@ -50,6 +57,13 @@ class RegistryOptions:
     # Where a no_cache run keeps its temporary cache (default: the system's temporary directory, often a
     # small tmpfs); the engine points it at dest's bookkeeping directory, on dest's filesystem.
     scratch_dir: t.Optional[str] = None
+    # Prune, at the end of a present run, cached blobs no dest holds that were not used for this long
+    # (seconds, or '30d', '12h', ...; see cache.parse_max_age). None: never prune.
+    cache_max_age: t.Union[str, int, float, None] = None
+
+    def __post_init__(self) -> None:
+        if parse_max_age(self.cache_max_age) is not None and self.no_cache:
+            raise BootstrapError('cache_max_age prunes the blob cache, which no_cache does not use: set only one')
 
 
 class _Choice(t.NamedTuple):
@@ -66,6 +80,9 @@ class RegistrySource:
         self._client = RegistryClient(reference, self.credentials, not_secure=options.not_secure,
                                       ca_path=options.ca_path)
         self._top: t.Optional[t.Tuple[bytes, str, str]] = None
+        # (digest, media type) from a HEAD of the tag, when the registry said.
+        self._served: t.Optional[t.Tuple[str, str]] = None
+        self._asked_head = False
         self._cache: t.Optional[BlobCache] = None
         self._fetcher: t.Optional[BlobFetcher] = None
         self._layer_blobs: t.List[t.Tuple[str, t.Optional[int]]] = []
@@ -74,8 +91,23 @@ class RegistrySource:
     def credentials_origin(self) -> t.Optional[str]:
         return self.credentials.origin if self.credentials is not None else None
 
-    def probe(self, wanted: t.Optional[Platform]) -> t.Tuple[str, t.Optional[str]]:
-        """(manifest digest, index digest) with a single manifest request (one more per nested index)."""
+    def probe(self, wanted: t.Optional[Platform],
+              recorded: t.Optional[t.Tuple[str, t.Optional[str]]] = None) -> t.Tuple[str, t.Optional[str]]:
+        """(manifest digest, index digest) that src names now, asking the registry as little as it can.
+
+        `recorded` is what dest holds, (manifest digest, index digest). A pinned digest dest already holds
+        needs no request at all; a tag one HEAD when it still names the recorded index or manifest (a HEAD
+        is not a pull, a GET is). Otherwise the top-level document is fetched and chosen from.
+        """
+        if recorded is not None and self.reference.digest is not None and self.reference.digest in recorded:
+            return recorded
+        served = self._served_manifest()
+        if served is not None:
+            digest, media_type = served
+            if recorded is not None and digest == (recorded[1] or recorded[0]):
+                return recorded
+            if media_type in MANIFEST_MEDIA_TYPES:
+                return digest, None
         choice = self._choose(wanted)
         return choice.manifest_digest, choice.index_digest
 
@@ -100,8 +132,38 @@ class RegistrySource:
         return Image(digest=choice.manifest_digest, layers=layers, config=config, platform=image_platform,
                      index_digest=choice.index_digest, warnings=warnings)
 
+    def tidy_cache(self, dest_path: str, record_path: str, blob_digests: t.Iterable[str]) -> t.Optional[
+            t.Dict[str, t.Any]]:
+        """At the end of a present run: name the blobs dest holds in the cache, then prune it if cache_max_age
+        is set. Returns what pruning did (see cache.prune_cache), else None.
+
+        Never fails the run, whose rootfs is in place by now: a cache that cannot be written is reported in
+        the result's `error` (and with no pruning asked for, not at all: an unnamed dest only loses the
+        protection of its blobs from pruning).
+        """
+        if self._options.no_cache:
+            self._close_cache()
+            return None
+        max_age = parse_max_age(self._options.cache_max_age)
+        try:
+            # Named while the run still holds the cache, so no prune can take the blobs it has just used.
+            cache = self._cache = self._cache or BlobCache(self._options.cache_dir)
+            try:
+                cache.name_dest_blobs(dest_path, record_path, blob_digests)
+            finally:
+                self._close_cache()  # our own shared lock would keep pruning out
+            return None if max_age is None else prune_cache(cache.root, max_age)
+        except OSError as exc:
+            if max_age is None:
+                return None
+            return dict(nothing_pruned(), error='the blob cache %s could not be pruned: %s' % (
+                self._options.cache_dir or default_cache_dir(), exc.strerror or exc))
+
     def close(self) -> None:
         self._client.stop()
+        self._close_cache()
+
+    def _close_cache(self) -> None:
         if self._fetcher is not None:
             self._fetcher.close()
             self._fetcher = None
@@ -111,10 +173,21 @@ class RegistrySource:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _served_manifest(self) -> t.Optional[t.Tuple[str, str]]:
+        """(digest, media type) the tag names, from one HEAD; None for a pinned digest or when HEAD cannot tell."""
+        if not self._asked_head and self.reference.digest is None:
+            self._asked_head = True
+            self._served = self._client.head_manifest(self.reference.manifest_reference)
+        return self._served
+
     def _top_manifest(self) -> t.Tuple[bytes, str, str]:
-        """What the tag (or digest) names, fetched once: every later request uses digests."""
+        """What the tag (or digest) names, fetched once: every later request uses digests.
+
+        After a HEAD it is fetched by the digest the HEAD gave, so a tag moving in between cannot mix two images.
+        """
         if self._top is None:
-            self._top = self._client.get_manifest(self.reference.manifest_reference)
+            wanted = self._served[0] if self._served else self.reference.manifest_reference
+            self._top = self._client.get_manifest(wanted)
         return self._top
 
     def _choose(self, wanted: t.Optional[Platform]) -> _Choice:

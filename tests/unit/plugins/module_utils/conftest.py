@@ -5,12 +5,15 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
 import shutil
 import tempfile
 import typing as t
 
 import pytest
 
+from ansible_collections.virt.bootstrap.plugins.module_utils.registry import auth as auth_module
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry import client as client_module
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils import registry_support
 
@@ -61,3 +64,22 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> t.List[float]:
     recorded: t.List[float] = []
     monkeypatch.setattr(client_module, '_pause', lambda _stopping, seconds: recorded.append(seconds))
     return recorded
+
+
+@pytest.fixture
+def auth_home(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    """A HOME of its own, no auth file variable set, and podman's per-uid file (/run/containers/UID/auth.json)
+    moved below tmp_path: only the auth files a test writes are found."""
+    home = tmp_path / 'home'
+    home.mkdir()
+    monkeypatch.setenv('HOME', str(home))
+    for variable in ('XDG_RUNTIME_DIR', 'XDG_CONFIG_HOME', 'DOCKER_CONFIG', 'REGISTRY_AUTH_FILE'):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(auth_module, 'PER_UID_AUTH_FILE', str(tmp_path / 'run-containers' / '%d' / 'auth.json'))
+    return home
+
+
+@pytest.fixture
+def per_uid_auth_file(auth_home: pathlib.Path, tmp_path: pathlib.Path) -> str:
+    """Where podman login writes without XDG_RUNTIME_DIR (/run/containers/UID/auth.json), below tmp_path."""
+    return str(tmp_path / 'run-containers' / str(os.getuid()) / 'auth.json')

@@ -197,9 +197,12 @@ def layer_digests(layout: str, tag: str) -> t.List[str]:
 
 
 def unverified_cache_files(cache_dir: str) -> t.List[str]:
-    """Cache files that are not a complete blob hashing to its name: partial files count too."""
+    """Cache files that are not a complete blob hashing to its name: partial files count too (the lock and
+    the refs naming what each dest holds are not blobs)."""
     bad = []
     for path in files_below(cache_dir):
+        if path == os.path.join(cache_dir, 'lock') or os.path.dirname(path) == os.path.join(cache_dir, 'refs'):
+            continue
         algorithm, hexdigest = os.path.basename(os.path.dirname(path)), os.path.basename(path)
         with open(path, 'rb') as stream:
             if algorithm not in ('sha256', 'sha512') or hashlib.new(algorithm, stream.read()).hexdigest() != hexdigest:

@@ -39,23 +39,14 @@ def write_json(path, value):
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    """A HOME of its own with no runtime or config dir set, so only what a test writes is found."""
-    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
-    monkeypatch.delenv('XDG_RUNTIME_DIR', raising=False)
-    monkeypatch.delenv('XDG_CONFIG_HOME', raising=False)
-    (tmp_path / 'home').mkdir()
-    return tmp_path / 'home'
-
-
-@pytest.fixture
-def files(home, tmp_path, monkeypatch):
-    """The three default locations, with XDG_RUNTIME_DIR set."""
+def files(auth_home, tmp_path, monkeypatch):
+    """The three default locations, with XDG_RUNTIME_DIR set (and existing)."""
     monkeypatch.setenv('XDG_RUNTIME_DIR', str(tmp_path / 'run'))
+    (tmp_path / 'run').mkdir()
     return {
         'runtime': str(tmp_path / 'run' / 'containers' / 'auth.json'),
-        'config': str(home / '.config' / 'containers' / 'auth.json'),
-        'docker': str(home / '.docker' / 'config.json'),
+        'config': str(auth_home / '.config' / 'containers' / 'auth.json'),
+        'docker': str(auth_home / '.docker' / 'config.json'),
     }
 
 
@@ -63,14 +54,76 @@ def test_default_files_are_searched_in_podman_order(files):
     assert default_auth_files() == [files['runtime'], files['config'], files['docker']]
 
 
-def test_without_a_runtime_dir_the_config_files_remain(home):
-    assert default_auth_files() == [str(home / '.config' / 'containers' / 'auth.json'),
-                                    str(home / '.docker' / 'config.json')]
+def test_without_a_runtime_dir_the_per_uid_file_comes_first(auth_home, per_uid_auth_file):
+    assert default_auth_files() == [per_uid_auth_file, str(auth_home / '.config' / 'containers' / 'auth.json'),
+                                    str(auth_home / '.docker' / 'config.json')]
 
 
-def test_xdg_config_home_moves_the_containers_file(home, tmp_path, monkeypatch):
+def test_the_per_uid_file_is_read_where_podman_login_writes_as_root(auth_home, per_uid_auth_file):
+    write_json(per_uid_auth_file, {'auths': {'reg.example': auth_entry('root-login')}})
+    assert find_credentials('reg.example', 'app') == Credentials('root-login', SECRET, per_uid_auth_file)
+
+
+def test_a_runtime_dir_that_does_not_exist_is_passed_over(auth_home, tmp_path, monkeypatch, per_uid_auth_file):
+    # As podman: a warning there, the other files still searched, and not the per-uid file instead.
+    monkeypatch.setenv('XDG_RUNTIME_DIR', str(tmp_path / 'no-such-dir'))
+    write_json(per_uid_auth_file, {'auths': {'reg.example': auth_entry('per-uid')}})
+    assert default_auth_files() == [str(auth_home / '.config' / 'containers' / 'auth.json'),
+                                    str(auth_home / '.docker' / 'config.json')]
+    assert find_credentials('reg.example', 'app') is None
+
+
+def test_xdg_config_home_moves_the_containers_file(files, tmp_path, monkeypatch):
     monkeypatch.setenv('XDG_CONFIG_HOME', str(tmp_path / 'xdg'))
-    assert default_auth_files()[0] == str(tmp_path / 'xdg' / 'containers' / 'auth.json')
+    assert default_auth_files()[1] == str(tmp_path / 'xdg' / 'containers' / 'auth.json')
+
+
+def test_docker_config_replaces_dot_docker(files, auth_home, tmp_path, monkeypatch):
+    monkeypatch.setenv('DOCKER_CONFIG', str(tmp_path / 'docker-config'))
+    write_json(files['docker'], {'auths': {'reg.example': auth_entry('dot-docker')}})
+    moved = write_json(str(tmp_path / 'docker-config' / 'config.json'), {'auths': {'reg.example': auth_entry('moved')}})
+    assert default_auth_files() == [files['runtime'], files['config'], moved]
+    assert find_credentials('reg.example', 'app') == Credentials('moved', SECRET, moved)
+
+
+def test_registry_auth_file_is_the_only_file_read_when_set(files, tmp_path, monkeypatch):
+    write_json(files['runtime'], {'auths': {'reg.example': auth_entry('default-user')}})
+    named = write_json(str(tmp_path / 'named.json'), {'auths': {'other.example': auth_entry('x')}})
+    monkeypatch.setenv('REGISTRY_AUTH_FILE', named)
+    assert find_credentials('reg.example', 'app') is None
+    write_json(named, {'auths': {'reg.example': auth_entry('named-user')}})
+    assert find_credentials('reg.example', 'app') == Credentials('named-user', SECRET, named)
+
+
+def test_an_explicit_auth_file_wins_over_registry_auth_file(auth_home, tmp_path, monkeypatch):
+    monkeypatch.setenv('REGISTRY_AUTH_FILE', write_json(str(tmp_path / 'named.json'),
+                                                        {'auths': {'reg.example': auth_entry('named')}}))
+    explicit = write_json(str(tmp_path / 'explicit.json'), {'auths': {'reg.example': auth_entry('explicit')}})
+    assert find_credentials('reg.example', 'app', explicit).origin == explicit
+
+
+def test_a_registry_auth_file_that_does_not_exist_is_an_error(auth_home, tmp_path, monkeypatch):
+    monkeypatch.setenv('REGISTRY_AUTH_FILE', str(tmp_path / 'nope.json'))
+    with pytest.raises(AuthError) as caught:
+        find_credentials('reg.example', 'app')
+    assert str(caught.value) == 'REGISTRY_AUTH_FILE names %s, which does not exist' % (tmp_path / 'nope.json')
+
+
+@pytest.mark.parametrize('entry, username', [
+    ({'identitytoken': SECRET}, ''),
+    ({'auth': base64.b64encode(b'<token>:').decode(), 'identitytoken': SECRET}, '<token>'),
+])
+def test_an_identity_token_entry_gives_the_refresh_token(tmp_path, entry, username):
+    path = write_json(str(tmp_path / 'config.json'), {'auths': {'reg.example': entry}})
+    found = find_credentials('reg.example', 'app', path)
+    assert found == Credentials(username, '', path, identity_token=SECRET)
+    assert SECRET not in repr(found)
+
+
+def test_an_identity_token_that_is_not_a_string_is_an_error(tmp_path):
+    path = write_json(str(tmp_path / 'config.json'), {'auths': {'reg.example': {'identitytoken': 42}}})
+    with pytest.raises(AuthError, match='identitytoken that is not a string'):
+        find_credentials('reg.example', 'app', path)
 
 
 @pytest.mark.parametrize('present, expected', [
@@ -105,7 +158,7 @@ def test_an_explicit_auth_file_is_the_only_one_read(files, tmp_path):
     assert find_credentials('reg.example', 'app', explicit) == Credentials('explicit-user', SECRET, explicit)
 
 
-def test_a_missing_explicit_auth_file_is_an_error(home, tmp_path):
+def test_a_missing_explicit_auth_file_is_an_error(auth_home, tmp_path):
     with pytest.raises(AuthError, match='auth_file .*nope.json does not exist'):
         find_credentials('reg.example', 'app', str(tmp_path / 'nope.json'))
 

@@ -97,6 +97,18 @@ def test_a_blob_longer_than_its_manifest_says_is_stopped_early(tmp_path):
     assert not cache.has(DIGEST) and os.listdir(tmp_path / 'cache' / 'partial') == []
 
 
+def test_a_blob_shorter_than_its_manifest_says_is_refused_though_its_digest_matches(tmp_path):
+    cache = BlobCache(str(tmp_path / 'cache'))
+    fetcher = BlobFetcher(cache, serve(BLOB))
+    fetcher.prefetch([(DIGEST, len(BLOB) + 1)])
+    with pytest.raises(DigestMismatch) as caught:
+        read_all(fetcher.open(DIGEST, len(BLOB) + 1))
+    fetcher.close()
+    assert str(caught.value) == 'downloaded blob %s: %d bytes, fewer than the %d bytes the manifest gives it' % (
+        DIGEST, len(BLOB), len(BLOB) + 1)
+    assert not cache.has(DIGEST) and os.listdir(tmp_path / 'cache' / 'partial') == []
+
+
 def test_a_failed_download_is_reported_to_a_reader_that_comes_late(tmp_path):
     cache = BlobCache(str(tmp_path / 'cache'))
 

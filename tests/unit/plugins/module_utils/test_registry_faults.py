@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import email.utils
 import multiprocessing
 import os
+import re
 import tempfile
 import time
 
@@ -17,7 +19,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import Boots
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry import cache as cache_module
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryClient, RegistryError
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
+from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import parse_platform
+from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions, RegistrySource
 from ansible_collections.virt.bootstrap.tests.registry import push as pusher
 from ansible_collections.virt.bootstrap.tests.registry.fault_proxy import FaultProxy
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry_support import (
@@ -65,21 +68,80 @@ def test_5xx_answers_are_retried_with_backoff(tmp_path, proxy, sleeps):
     assert rootfs_tree(str(tmp_path / 'rootfs')) == BASE_TREE
 
 
-def test_429_waits_as_long_as_retry_after_says(tmp_path, proxy, sleeps):
+HUB_RATE_LIMIT = ('You have reached your pull rate limit. You may increase the limit by authenticating and '
+                  'upgrading: https://www.docker.com/increase-rate-limit')
+
+
+def test_429_waits_as_long_as_retry_after_says_in_seconds(tmp_path, proxy, sleeps):
     proxy.fail('/blobs/', 429, times=1, retry_after=7)
     pull(proxy, tmp_path, 'app:base')
     assert sleeps == [7.0]
     assert [seen.status for seen in proxy.seen('GET', '/blobs/')].count(429) == 1
 
 
-def test_a_registry_that_keeps_failing_is_given_up_on(tmp_path, proxy, sleeps):
-    proxy.fail('/manifests/', 503, times=-1)
+def test_429_waits_until_the_http_date_retry_after_gives(tmp_path, proxy, sleeps):
+    proxy.fail('/manifests/', 429, times=1, retry_after=email.utils.formatdate(time.time() + 20, usegmt=True))
+    pull(proxy, tmp_path, 'app:base')
+    assert len(sleeps) == 1
+    assert 17.0 <= sleeps[0] <= 20.0  # the date has whole seconds, and some time passed on the way
+    assert [seen.status for seen in proxy.seen('GET', '/manifests/')] == [429, 200]
+
+
+@pytest.mark.parametrize('retry_after', ['Thu, 01 Jan 1970 00:00:00 GMT', 'soon', '-3'])
+def test_a_retry_after_in_the_past_or_unreadable_leaves_the_backoff(tmp_path, proxy, sleeps, retry_after):
+    proxy.fail('/manifests/', 503, times=1, retry_after=retry_after)
+    pull(proxy, tmp_path, 'app:base')
+    assert sleeps == [0.5]
+
+
+def test_a_retry_after_of_up_to_a_minute_is_waited_for(tmp_path, proxy, sleeps):
+    proxy.fail('/manifests/', 429, times=1, retry_after=60)
+    pull(proxy, tmp_path, 'app:base')
+    assert sleeps == [60.0]
+
+
+def test_a_registry_asking_to_wait_longer_than_the_cap_is_given_up_on_with_its_reason(tmp_path, proxy, sleeps):
+    proxy.fail('/manifests/', 429, times=-1, retry_after=6 * 3600, code='TOOMANYREQUESTS', message=HUB_RATE_LIMIT)
     with pytest.raises(RegistryError) as caught:
         pull(proxy, tmp_path, 'app:base')
-    assert str(caught.value) == '%s answered HTTP 503 for manifests/base (UNAVAILABLE)' % proxy.host
-    assert proxy.count('GET', '/manifests/') == 6  # the first try and 5 retries
-    assert len(sleeps) == 5
-    assert not os.path.lexists(tmp_path / 'rootfs')
+    assert str(caught.value) == '%s answered HTTP 429 for manifests/base (TOOMANYREQUESTS: %s); it asks to wait ' \
+        '21600 s before trying again' % (proxy.host, HUB_RATE_LIMIT)
+    assert sleeps == []
+    assert proxy.count('GET', '/manifests/') == 1
+
+
+def test_when_429_retries_run_out_the_registry_explanation_is_in_the_error(tmp_path, proxy, sleeps):
+    proxy.fail('/blobs/', 429, times=-1, retry_after=1, code='TOOMANYREQUESTS', message=HUB_RATE_LIMIT)
+    with pytest.raises(RegistryError) as caught:
+        pull(proxy, tmp_path, 'app:base')
+    assert re.fullmatch(r'%s answered HTTP 429 for blobs/sha256:[0-9a-f]{64} \(TOOMANYREQUESTS: %s\)'
+                        % (re.escape(proxy.host), re.escape(HUB_RATE_LIMIT)), str(caught.value))
+    assert sleeps == [1.0, 1.0, 2.0, 4.0, 8.0]  # the back-off, never shorter than the registry asked
+
+
+def test_the_registry_explanation_is_bounded_and_printable(tmp_path, proxy, sleeps):
+    proxy.fail('/manifests/', 500, times=-1, code='INTERNAL', message='line one\nline two\x1b[31m ' + 'x' * 5000)
+    with pytest.raises(RegistryError) as caught:
+        pull(proxy, tmp_path, 'app:base')
+    message = str(caught.value)
+    assert message.startswith('%s answered HTTP 500 for manifests/base (INTERNAL: line one line two [31m xxx'
+                              % proxy.host)
+    assert message.endswith('xxx...)')
+    assert len(message) < 400
+    assert message.isprintable()
+
+
+# 'INTERNAL: ' and 263 characters, 'bad login tester:': the password would straddle the cut at 300 characters.
+@pytest.mark.parametrize('padding', [0, 263], ids=['whole', 'where the message is cut'])
+def test_a_secret_the_registry_echoes_is_not_in_the_error(tmp_path, tls_registry, sleeps, padding):
+    registry = tls_registry.registry
+    with FaultProxy(registry.url) as proxy:
+        proxy.fail('/manifests/', 500, times=-1, code='INTERNAL', message='%sbad login %s:%s'
+                   % ('x' * padding, registry.username, registry.password))
+        with pytest.raises(RegistryError) as caught:
+            pull(proxy, tmp_path, 'app:base', username=registry.username, password=registry.password)
+    assert registry.password[:6] not in str(caught.value)
+    assert str(caught.value).endswith('bad login %s:***)' % registry.username)
 
 
 def test_name_unknown_names_the_repository(tmp_path, proxy):
@@ -229,27 +291,87 @@ def test_max_download_size_refuses_a_bigger_image_before_any_blob_request(tmp_pa
 
 # -- idempotency ----------------------------------------------------------------------------------------------------
 
-def test_an_unchanged_rerun_makes_one_manifest_request_and_no_blob_request(tmp_path, proxy):
+def test_an_unchanged_rerun_makes_one_head_request_and_no_get(tmp_path, proxy):
     first = pull(proxy, tmp_path, 'app:base')
     proxy.clear()
     rerun = pull(proxy, tmp_path, 'app:base')
     assert not rerun.changed
     assert rerun.msg == '%s already holds %s' % (tmp_path / 'rootfs', first.digest)
     assert rerun.entries_written == 0
-    assert [(seen.method, seen.path) for seen in proxy.requests] == [('GET', '/v2/app/manifests/base')]
+    # A HEAD is not a pull: Docker Hub counts manifest GETs against its rate limit, HEADs not.
+    assert [(seen.method, seen.path) for seen in proxy.requests] == [('HEAD', '/v2/app/manifests/base')]
     proxy.clear()
     check = pull(proxy, tmp_path, 'app:base', check_mode=True)
     assert not check.changed and check.digest == first.digest
-    assert proxy.count() == 1
+    assert [seen.method for seen in proxy.requests] == ['HEAD']
 
 
-def test_an_unchanged_rerun_of_an_index_asks_for_the_index_only(tmp_path, proxy):
+@pytest.mark.parametrize('refusal', ['no digest', 'HEAD refused'])
+def test_a_registry_that_will_not_tell_the_digest_on_head_is_asked_with_one_get(tmp_path, proxy, refusal):
+    first = pull(proxy, tmp_path, 'app:base')
+    proxy.clear()
+    if refusal == 'no digest':
+        proxy.drop_header('Docker-Content-Digest', method='HEAD')
+    else:
+        proxy.fail('/manifests/', 405, times=-1, method='HEAD', code='UNSUPPORTED')
+    rerun = pull(proxy, tmp_path, 'app:base')
+    assert not rerun.changed and rerun.digest == first.digest
+    assert [(seen.method, seen.path) for seen in proxy.requests] == [('HEAD', '/v2/app/manifests/base'),
+                                                                     ('GET', '/v2/app/manifests/base')]
+
+
+def probe(proxy, name, platform=None, recorded=None):
+    """What RegistrySource.probe says for docker://PROXY/NAME, given what dest holds (`recorded`)."""
+    source = RegistrySource(parse_reference('%s/%s' % (proxy.host, name)), RegistryOptions(not_secure=True))
+    try:
+        return source.probe(parse_platform(platform) if platform else None, recorded)
+    finally:
+        source.close()
+
+
+def requests_made(proxy):
+    return [(seen.method, seen.path) for seen in proxy.requests]
+
+
+def test_an_unchanged_index_is_told_by_one_head_without_any_get(tmp_path, proxy, http_registry):
+    first = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
+    assert first.index_digest == http_registry.digests['app:multi']
+    recorded = (first.digest, first.index_digest)
+    proxy.clear()
+    # The index digest the HEAD gives is the one recorded: the platform's manifest in it is the recorded one.
+    assert probe(proxy, 'app:multi', 'linux/arm64', recorded) == recorded
+    assert requests_made(proxy) == [('HEAD', '/v2/app/manifests/multi')]
+
+
+def test_without_a_record_an_index_is_fetched_once_by_the_digest_its_head_gave(tmp_path, proxy, http_registry):
     first = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
     proxy.clear()
-    rerun = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
-    assert not rerun.changed
-    assert (rerun.digest, rerun.index_digest) == (first.digest, first.index_digest)
-    assert [seen.path for seen in proxy.requests] == ['/v2/app/manifests/multi']
+    assert probe(proxy, 'app:multi', 'linux/arm64') == (first.digest, first.index_digest)
+    assert requests_made(proxy) == [('HEAD', '/v2/app/manifests/multi'),
+                                    ('GET', '/v2/app/manifests/%s' % first.index_digest)]
+
+
+@pytest.mark.parametrize('held_as', ['manifest', 'index'])
+def test_a_pinned_digest_dest_already_holds_needs_no_request(tmp_path, proxy, http_registry, held_as):
+    first = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
+    recorded = (first.digest, first.index_digest)
+    pinned = first.digest if held_as == 'manifest' else first.index_digest
+    proxy.clear()
+    assert probe(proxy, 'app@' + pinned, 'linux/arm64', recorded) == recorded
+    assert proxy.requests == []
+
+
+def test_a_pinned_digest_dest_does_not_hold_is_fetched(tmp_path, proxy, http_registry):
+    recorded = (http_registry.digests['app:other'], None)
+    pinned = http_registry.digests['app:base']
+    assert probe(proxy, 'app@' + pinned, recorded=recorded) == (pinned, None)
+    assert requests_made(proxy) == [('GET', '/v2/app/manifests/%s' % pinned)]
+
+
+def test_a_moved_tag_is_fetched_by_the_digest_its_head_gave(proxy, http_registry):
+    recorded = (http_registry.digests['app:other'], None)
+    assert probe(proxy, 'app:base', recorded=recorded) == (http_registry.digests['app:base'], None)
+    assert requests_made(proxy) == [('HEAD', '/v2/app/manifests/base')]
 
 
 def test_another_platform_of_the_same_index_rebuilds(tmp_path, proxy):
@@ -279,8 +401,11 @@ def test_a_moved_tag_rebuilds_and_shows_both_digests(tmp_path, proxy, http_regis
     assert (moved.before.digest, moved.after.digest, moved.digest) == (old, new, new)
     assert (tmp_path / 'rootfs' / 'etc' / 'os-release').read_bytes() == b'ID=registry-test-moved\n'
     assert not (tmp_path / 'rootfs' / 'srv').exists()
-    # The tag was resolved once; the shared bottom layer came from the cache.
-    assert proxy.count('GET', '/manifests/') == 1
+    # The tag was resolved once, by a HEAD, and its manifest fetched by that digest; the shared bottom layer
+    # came from the cache.
+    repository, tag = name.split(':')
+    assert [(seen.method, seen.path) for seen in proxy.seen(None, '/manifests/')] == [
+        ('HEAD', '/v2/%s/manifests/%s' % (repository, tag)), ('GET', '/v2/%s/manifests/%s' % (repository, new))]
     shared_layer, new_layer = layer_digests(http_registry.layout, 'other')
     fetched = [seen.path.rsplit('/', 1)[1] for seen in proxy.seen('GET', '/blobs/')]
     assert len(fetched) == 2 and new_layer in fetched and shared_layer not in fetched  # the config and new_layer

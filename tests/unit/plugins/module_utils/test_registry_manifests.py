@@ -76,13 +76,10 @@ class FakeRegistry:
 
 
 @pytest.fixture
-def served(monkeypatch, tmp_path):
+def served(monkeypatch, auth_home):
     """The FakeRegistry every RegistrySource made in the test talks to; no auth file of the machine is read."""
     fake = FakeRegistry()
     monkeypatch.setattr(registry_source, 'RegistryClient', lambda *args, **kwargs: fake)
-    monkeypatch.setenv('HOME', str(tmp_path))
-    monkeypatch.delenv('XDG_RUNTIME_DIR', raising=False)
-    monkeypatch.delenv('XDG_CONFIG_HOME', raising=False)
     return fake
 
 

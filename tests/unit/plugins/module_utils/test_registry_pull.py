@@ -16,6 +16,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import Platf
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth import AuthError
 from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryError
 from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
+from ansible_collections.virt.bootstrap.tests.registry.fault_proxy import FaultProxy
 from ansible_collections.virt.bootstrap.tests.registry.registry import DENIED_REPOSITORY, free_port, write_auth_file
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry_support import (
     BASE_TREE,
@@ -33,6 +34,13 @@ def pull(tmp_path, src: str, platform=None, **registry_options) -> Result:
     request = Request(src=src, dest=str(tmp_path / 'rootfs'), platform=platform,
                       registry=RegistryOptions(**registry_options))
     return run(request)
+
+
+def write_identity_token_file(path: str, host: str, token: str) -> str:
+    """A docker config.json whose entry for `host` holds only an identitytoken (an OAuth2 refresh token)."""
+    with open(path, 'w', encoding='utf-8') as stream:
+        json.dump({'auths': {host: {'identitytoken': token}}}, stream)
+    return path
 
 
 def fails(tmp_path, error, src, **registry_options) -> str:
@@ -194,9 +202,7 @@ def test_a_ca_path_that_holds_no_certificate_is_named(tmp_path, tls_registry):
     assert message.startswith('ca_path %s cannot be used' % (tmp_path / 'empty.pem'))
 
 
-def test_basic_auth_without_credentials_asks_for_them(tmp_path, tls_registry, monkeypatch):
-    monkeypatch.setenv('HOME', str(tmp_path))  # no auth file of the machine's user may answer
-    monkeypatch.delenv('XDG_RUNTIME_DIR', raising=False)
+def test_basic_auth_without_credentials_asks_for_them(tmp_path, tls_registry, auth_home):
     message = fails(tmp_path, AuthError, tls_registry.ref('app:base'), ca_path=tls_registry.registry.ca_path)
     assert message == '%s requires a login for app: give username and password, or an auth file' % (
         tls_registry.registry.host)
@@ -228,14 +234,55 @@ def test_credentials_from_an_auth_file_are_reported_by_path(tmp_path, tls_regist
     assert result.digest == tls_registry.digests['app:base']
 
 
-def test_credentials_from_the_default_auth_file(tmp_path, tls_registry, monkeypatch):
+@pytest.mark.parametrize('rule', ['XDG_RUNTIME_DIR', 'per-uid', 'XDG_CONFIG_HOME', 'DOCKER_CONFIG', 'HOME',
+                                  'REGISTRY_AUTH_FILE'])
+def test_credentials_from_each_auth_file_podman_reads_are_reported_by_path(
+        tmp_path, tls_registry, monkeypatch, auth_home, per_uid_auth_file, rule):
     registry = tls_registry.registry
-    monkeypatch.setenv('XDG_RUNTIME_DIR', str(tmp_path / 'run'))
-    (tmp_path / 'run' / 'containers').mkdir(parents=True)
-    default_file = write_auth_file(str(tmp_path / 'run' / 'containers' / 'auth.json'), registry.host,
-                                   registry.username, registry.password)
+    places = {
+        'XDG_RUNTIME_DIR': ('XDG_RUNTIME_DIR', tmp_path / 'run', tmp_path / 'run' / 'containers' / 'auth.json'),
+        'per-uid': (None, None, per_uid_auth_file),
+        'XDG_CONFIG_HOME': ('XDG_CONFIG_HOME', tmp_path / 'xdg', tmp_path / 'xdg' / 'containers' / 'auth.json'),
+        'DOCKER_CONFIG': ('DOCKER_CONFIG', tmp_path / 'docker', tmp_path / 'docker' / 'config.json'),
+        'HOME': (None, None, auth_home / '.docker' / 'config.json'),
+        'REGISTRY_AUTH_FILE': ('REGISTRY_AUTH_FILE', tmp_path / 'named.json', tmp_path / 'named.json'),
+    }
+    variable, value, path = places[rule]
+    if variable:
+        monkeypatch.setenv(variable, str(value))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_auth_file(str(path), registry.host, registry.username, registry.password)
     result = pull(tmp_path, tls_registry.ref('app:base'), ca_path=registry.ca_path)
-    assert result.credentials_from == default_file
+    assert result.credentials_from == str(path)
+    assert result.digest == tls_registry.digests['app:base']
+
+
+def test_same_origin_redirects_keep_the_credentials(tmp_path, tls_registry):
+    """A registry that moves a path on its own host (same scheme, host and port) still gets the login."""
+    registry = tls_registry.registry
+    with FaultProxy(registry.url) as proxy:
+        proxy.redirect('/blobs/', proxy.moved_prefix)
+        result = pull(tmp_path, 'docker://%s/app:base' % proxy.host, not_secure=True, username=registry.username,
+                      password=registry.password)
+        moved = proxy.seen(None, '/moved/')
+    assert result.digest == tls_registry.digests['app:base']
+    assert rootfs_tree(str(tmp_path / 'rootfs')) == BASE_TREE
+    assert len(moved) == 4  # the config and three layers
+    assert [(seen.status, seen.authorization) for seen in moved] == [(200, True)] * 4
+
+
+def test_redirects_to_another_origin_get_no_credentials(tmp_path, tls_registry, http_registry):
+    """Blobs sent to storage elsewhere (here: the same blobs in another, anonymous registry) go without the login."""
+    registry = tls_registry.registry
+    with FaultProxy(registry.url) as front, FaultProxy(http_registry.registry.url) as storage:
+        # localhost is another host name than 127.0.0.1, so another origin, though the same machine.
+        front.redirect('/blobs/', 'http://localhost:%d' % storage.port)
+        result = pull(tmp_path, 'docker://%s/app:base' % front.host, not_secure=True, username=registry.username,
+                      password=registry.password)
+        redirected, stored = front.seen(None, '/blobs/'), storage.seen(None, '/blobs/')
+    assert result.digest == tls_registry.digests['app:base']
+    assert [(seen.status, seen.authorization) for seen in redirected] == [(307, True)] * 4
+    assert [(seen.status, seen.authorization) for seen in stored] == [(200, False)] * 4
 
 
 # -- bearer tokens --------------------------------------------------------------------------------------------------
@@ -249,7 +296,40 @@ def test_the_bearer_token_flow(tmp_path, token_registry):
     assert rootfs_tree(str(tmp_path / 'rootfs')) == BASE_TREE
     # One token, for pulling this repository, serves the manifest, the config and every layer.
     assert registry.token_requests()[before:] == [
-        {'path': '/token', 'scope': ['repository:app:pull'], 'user': registry.username, 'status': 200}]
+        {'method': 'GET', 'path': '/token', 'scope': ['repository:app:pull'], 'user': registry.username,
+         'status': 200}]
+
+
+def test_an_identity_token_is_exchanged_at_the_realm_for_a_bearer_token(tmp_path, token_registry):
+    registry = token_registry.registry
+    auth_file = write_identity_token_file(str(tmp_path / 'config.json'), registry.host, registry.refresh_token)
+    before = len(registry.token_requests())
+    result = pull(tmp_path, token_registry.ref('app:base'), ca_path=registry.ca_path, auth_file=auth_file)
+    assert result.digest == token_registry.digests['app:base']
+    assert result.credentials_from == auth_file
+    assert rootfs_tree(str(tmp_path / 'rootfs')) == BASE_TREE
+    # An OAuth2 refresh_token grant, POSTed as a form, as docker and containers/image do.
+    assert registry.token_requests()[before:] == [
+        {'method': 'POST', 'path': '/token', 'grant_type': 'refresh_token', 'scope': ['repository:app:pull'],
+         'user': registry.username, 'status': 200}]
+
+
+def test_a_refused_identity_token_names_the_file_not_the_token(tmp_path, token_registry):
+    registry = token_registry.registry
+    wrong = 'Wrong-' + registry.refresh_token
+    auth_file = write_identity_token_file(str(tmp_path / 'config.json'), registry.host, wrong)
+    message = fails(tmp_path, AuthError, token_registry.ref('app:base'), ca_path=registry.ca_path,
+                    auth_file=auth_file)
+    assert message == '%s refused the credentials from %s for app' % (registry.host, auth_file)
+    assert registry.token_requests()[-1]['status'] == 400
+
+
+def test_an_identity_token_is_no_use_to_a_registry_asking_for_basic_auth(tmp_path, tls_registry):
+    registry = tls_registry.registry
+    auth_file = write_identity_token_file(str(tmp_path / 'config.json'), registry.host, 'some-refresh-token')
+    message = fails(tmp_path, AuthError, tls_registry.ref('app:base'), ca_path=registry.ca_path, auth_file=auth_file)
+    assert message == ('%s asks for a user name and password, but %s holds only an identity token for it, which '
+                       'only a token service takes' % (registry.host, auth_file))
 
 
 def test_the_token_service_refusing_the_credentials(tmp_path, token_registry):
@@ -261,9 +341,7 @@ def test_the_token_service_refusing_the_credentials(tmp_path, token_registry):
     assert registry.token_requests()[-1]['status'] == 401
 
 
-def test_an_anonymous_token_without_access(tmp_path, token_registry, monkeypatch):
-    monkeypatch.setenv('HOME', str(tmp_path))
-    monkeypatch.delenv('XDG_RUNTIME_DIR', raising=False)
+def test_an_anonymous_token_without_access(tmp_path, token_registry, auth_home):
     message = fails(tmp_path, AuthError, token_registry.ref('app:base'), ca_path=token_registry.registry.ca_path)
     assert message.startswith('%s refused anonymous access to app: it needs a login' % token_registry.registry.host)
 

@@ -67,6 +67,25 @@ def test_a_pull_with_credentials_leaves_them_nowhere(tmp_path, auth_registry):
     assert_nowhere(forms, *file_texts(str(tmp_path / '.rootfs.virt-bootstrap'), str(tmp_path / 'cache')))
 
 
+@pytest.mark.parametrize('good', [True, False], ids=['taken', 'refused'])
+def test_an_identity_token_goes_nowhere_but_the_token_service(tmp_path, token_registry, good):
+    registry = token_registry.registry
+    token = registry.refresh_token if good else 'Wrong-' + registry.refresh_token
+    auth_file = str(tmp_path / 'config.json')
+    with open(auth_file, 'w', encoding='utf-8') as stream:
+        json.dump({'auths': {registry.host: {'identitytoken': token}}}, stream)
+    texts = []
+    try:
+        result = pull(tmp_path, token_registry, auth_file=auth_file)
+        assert good and result.credentials_from == auth_file
+        texts += [str(result), repr(result), json.dumps(asdict(result))]
+    except BootstrapError as exc:
+        assert not good
+        texts += [''.join(traceback.format_exception(type(exc), exc, exc.__traceback__)), repr(exc)]
+    assert_nowhere([token], *texts)
+    assert_nowhere([token], *file_texts(str(tmp_path / '.rootfs.virt-bootstrap'), str(tmp_path / 'cache')))
+
+
 def test_refused_credentials_are_not_in_the_error_or_its_traceback(tmp_path, auth_registry):
     registry = auth_registry.registry
     wrong = 'Wrong-' + registry.password
