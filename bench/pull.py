@@ -308,7 +308,7 @@ def print_report(image: t.Dict[str, t.Any], summary: t.Dict[str, t.Any], measure
         ', '.join('%s %d' % item for item in cached['layer_requests'].items()), 'none' if cached['ok'] else 'SOME'))
     rerun = checks['ours_rerun']
     print('          ours rerun: changed=False, registry requests per run %s: %s' % (
-        '/'.join(str(count) for count in rerun['requests']), 'one manifest request' if rerun['ok'] else 'NOT ONE'))
+        '/'.join(str(count) for count in rerun['requests']), 'one manifest HEAD' if rerun['ok'] else 'NOT ONE'))
     print('note      umoci has no idempotent mode: the "rerun" of %s is skopeo copy onto the layout it already'
           ' filled' % PEER)
     print('          (manifest and config fetched again, layers skipped) and a full umoci unpack into a fresh bundle')

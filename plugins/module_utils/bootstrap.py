@@ -22,7 +22,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.layers import DEFAU
 from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import matches, parse_platform
 from ansible_collections.virt.bootstrap.plugins.module_utils.progress import Progress, ProgressCallback
 from ansible_collections.virt.bootstrap.plugins.module_utils.sources import Source, open_source, parse_source
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
+from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions, RegistrySource
 from ansible_collections.virt.bootstrap.plugins.module_utils.state import StateRecord, options_hash
 from ansible_collections.virt.bootstrap.plugins.module_utils.writers.dir import write_dir
 
@@ -116,6 +116,8 @@ class Result:
     warnings: t.List[str] = field(default_factory=list)
     # Where registry credentials came from (an auth file path or the options); never the secret.
     credentials_from: t.Optional[str] = None
+    # What pruning the blob cache did (cache_max_age), for registry sources.
+    cache_pruned: t.Optional[t.Dict[str, t.Any]] = None
     before: t.Optional[StateRecord] = None
     after: t.Optional[StateRecord] = None
 
@@ -150,17 +152,19 @@ def run(request: Request, check_mode: bool = False) -> Result:
             if check_mode or not os.path.isdir(dest.meta_dir):
                 raise
             plan = None
-        if plan is not None and (check_mode or plan.action == 'none'):
-            if not check_mode:
-                Progress(request.progress_cb).done('Nothing to do')
+        if plan is not None and check_mode:
             return _result(request, plan, source, dest, stats=None)
-        with dest:
-            if plan is None or dest.load_record() != plan.before:
-                plan = decide(request, dest, source)  # another run changed dest while we waited for the lock
-            stats = carry_out(request, plan, dest)
+        stats = None
+        if plan is None or plan.action != 'none':
+            with dest:
+                if plan is None or dest.load_record() != plan.before:
+                    plan = decide(request, dest, source)  # another run changed dest while we waited for the lock
+                stats = carry_out(request, plan, dest)
         if plan.action == 'none':
             Progress(request.progress_cb).done('Nothing to do')
-        return _result(request, plan, source, dest, stats=stats)
+        result = _result(request, plan, source, dest, stats=stats)
+        _tidy_cache(result, source, dest, plan)
+        return result
     finally:
         if source is not None:
             source.close()
@@ -187,8 +191,9 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
     same_platform = wanted_platform is None or (
         before is not None and before.platform is not None and matches(parse_platform(before.platform), wanted_platform))
     if before is not None and intact and before.options_hash == wanted_options and same_platform and probe is not None:
-        # A registry says with one manifest request whether the tag still names what we applied.
-        if probe(wanted_platform) == (before.digest, before.index_digest):
+        # A registry says with one HEAD (nothing, for a pinned digest dest holds) whether src still names it.
+        recorded = (before.digest, before.index_digest)
+        if probe(wanted_platform, recorded) == recorded:
             return _unchanged(request, dest, before)
     image = source.resolve(wanted_platform)
     after = StateRecord(
@@ -291,6 +296,16 @@ def _build_and_swap(request: Request, image: Image, after: StateRecord, dest: De
     return stats
 
 
+def _tidy_cache(result: Result, source: t.Optional[Source], dest: Destination, plan: Plan) -> None:
+    """After a present run: the blob cache learns which blobs dest holds, and is pruned with cache_max_age."""
+    if not isinstance(source, RegistrySource) or plan.after is None:
+        return
+    result.cache_pruned = source.tidy_cache(dest.path, dest.record_path,
+                                            [layer['digest'] for layer in plan.after.layers])
+    if result.cache_pruned and result.cache_pruned.get('error'):
+        result.warnings.append(result.cache_pruned['error'])
+
+
 def _wants_password(request: Request) -> bool:
     return request.root_password is not None or request.root_password_hash is not None
 
@@ -315,7 +330,7 @@ def build_request(src: t.Optional[str], dest: str, format: str = 'dir', state: s
                   progress_cb: t.Optional[ProgressCallback] = None, username: t.Optional[str] = None,
                   password: t.Optional[str] = None, auth_file: t.Optional[str] = None, not_secure: bool = False,
                   ca_path: t.Optional[str] = None, cache_dir: t.Optional[str] = None,
-                  no_cache: bool = False) -> Request:
+                  no_cache: bool = False, cache_max_age: t.Optional[str] = None) -> Request:
     """The one place a Request is made from plain options: the module, bootstrap() and the CLI use it."""
     return Request(src=src, dest=dest, format=format, state=state, platform=platform, force=force,
                    max_size=parse_size(max_size, 'max_size'), root_password=root_password,
@@ -324,7 +339,7 @@ def build_request(src: t.Optional[str], dest: str, format: str = 'dir', state: s
                    update=update,
                    registry=RegistryOptions(username=username, password=password, auth_file=auth_file,
                                             not_secure=not_secure, ca_path=ca_path, cache_dir=cache_dir,
-                                            no_cache=no_cache))
+                                            no_cache=no_cache, cache_max_age=cache_max_age))
 
 
 def parse_size(value: t.Union[int, str], name: str) -> int:
@@ -351,7 +366,7 @@ def bootstrap(uri: str, dest: str, fmt: str = 'dir', username: t.Optional[str] =
 
     The positional order is the original virt-bootstrap's. Every other option of build_request
     (platform, force, max_size, root_password_hash, device_nodes, update, auth_file, ca_path,
-    cache_dir, state) can be given by name.
+    cache_dir, cache_max_age, state) can be given by name.
     """
     return run(build_request(uri, dest, format=fmt, username=username, password=password,
                              root_password=root_password, uid_map=uid_map, gid_map=gid_map, not_secure=not_secure,

@@ -82,8 +82,12 @@ options:
     description:
       - An auth file (C(auth.json) or C(~/.docker/config.json) format) to take registry credentials from;
         when given, only this file is read.
-      - By default C(${XDG_RUNTIME_DIR}/containers/auth.json), C(~/.config/containers/auth.json) and
-        C(~/.docker/config.json) are searched in that order. C(credHelpers) and C(credsStore) are honoured.
+      - When not given, the file named by the environment variable C(REGISTRY_AUTH_FILE) is the only one read;
+        otherwise C(${XDG_RUNTIME_DIR}/containers/auth.json) (or C(/run/containers/UID/auth.json) without
+        C(XDG_RUNTIME_DIR), where C(podman login) writes as root), C(${XDG_CONFIG_HOME:-~/.config}/containers/auth.json)
+        and C(${DOCKER_CONFIG:-~/.docker}/config.json) are searched in that order, as podman does.
+      - C(credHelpers) and C(credsStore) are honoured; C(identitytoken) entries are exchanged at the registry's token
+        service.
       - The result says which file was used in RV(credentials_from), never the secret.
     type: path
   not_secure:
@@ -100,6 +104,16 @@ options:
       - Where downloaded blobs are kept, by digest, for later runs. Only complete, verified blobs enter it.
       - Defaults to C(/var/cache/virt-bootstrap) for root and C(~/.cache/virt-bootstrap) for other users.
     type: path
+  cache_max_age:
+    description:
+      - At the end of a run with O(state=present), remove from the blob cache the blobs that no rootfs made with
+        this cache holds and that were not used for this long, for example V(30d), V(12h) or V(1d12h) (units s, m,
+        h, d, w; a bare number is seconds). V(0) removes every blob no rootfs holds.
+      - Each run notes in the cache which blobs its O(dest) holds; a rootfs whose state record is gone (removed
+        with O(state=absent), or by hand) holds none.
+      - Safe with runs using the cache at the same time; pruning never waits for them, and a cache in use is
+        left for a later run (RV(cache_pruned.in_use)). Not pruned by default. Cannot be combined with O(no_cache).
+    type: str
   no_cache:
     description:
       - Download into a temporary cache that is removed at the end of the run. It lives in the bookkeeping
@@ -185,6 +199,9 @@ attributes:
     platforms: posix
     description: Target OS/families that can be operated against.
 notes:
+  - Registry requests honour C(https_proxy), C(http_proxy) and C(no_proxy) (and their upper-case forms) as Python's
+    urllib reads them; set them with the task's C(environment:) keyword. Registry credentials go inside the HTTPS
+    tunnel, and only a C(user:password@) in the proxy URL is sent to the proxy.
   - The new rootfs is flushed to disk (syncfs) before it is swapped in, and its record is written as a pending record
     first, so after a kill or a power loss at any point the next run knows which tree sits at O(dest).
   - O(dest) must not be a mount point (a filesystem of its own, such as an LV per guest). The rootfs is renamed into
@@ -357,6 +374,39 @@ credentials_from:
   returned: when a registry source used credentials
   type: str
   sample: /root/.config/containers/auth.json
+cache_pruned:
+  description: What pruning the blob cache did at the end of the run (see O(cache_max_age)).
+  returned: when O(cache_max_age) is set, the source is C(docker://), O(state=present) and not in check mode
+  type: dict
+  contains:
+    blobs_removed:
+      description: Blobs removed from the cache.
+      type: int
+      sample: 3
+    bytes_freed:
+      description: Their size in bytes.
+      type: int
+      sample: 31457280
+    blobs_kept:
+      description: Blobs left, held by a rootfs or used within O(cache_max_age).
+      type: int
+      sample: 12
+    refs_removed:
+      description: Notes of rootfs whose state record is gone, dropped.
+      type: int
+      sample: 1
+    partials_removed:
+      description: Partial downloads of killed runs, removed.
+      type: int
+      sample: 0
+    in_use:
+      description: Another run was using the cache; nothing was removed and a later run prunes it.
+      type: bool
+      sample: false
+    error:
+      description: Why the cache could not be pruned (also a warning).
+      type: str
+      returned: when it could not
 msg:
   description: What the module decided, as a sentence.
   returned: always
@@ -405,7 +455,7 @@ def _diff(result: Result) -> dict:
 
 _ENGINE_OPTIONS = ('src', 'dest', 'format', 'state', 'platform', 'force', 'max_size', 'root_password',
                    'root_password_hash', 'uid_map', 'gid_map', 'device_nodes', 'update', 'username', 'password',
-                   'auth_file', 'not_secure', 'ca_path', 'cache_dir', 'no_cache')
+                   'auth_file', 'not_secure', 'ca_path', 'cache_dir', 'no_cache', 'cache_max_age')
 
 
 def main() -> None:
@@ -430,6 +480,7 @@ def main() -> None:
             ca_path=dict(type='path'),
             cache_dir=dict(type='path'),
             no_cache=dict(type='bool', default=False),
+            cache_max_age=dict(type='str'),
             device_nodes=dict(type='bool', default=False),
             update=dict(type='str', default='always', choices=['always', 'never']),
         ),
@@ -464,8 +515,9 @@ def main() -> None:
         returned.pop(internal)
     # The file type of dest, as Ansible reports it for paths; Ansible replaces it when dest exists.
     returned['state'] = 'absent'
-    if returned['credentials_from'] is None:
-        del returned['credentials_from']
+    for optional in ('credentials_from', 'cache_pruned'):
+        if returned[optional] is None:
+            del returned[optional]
     for warning in result.warnings:
         module.warn(warning)
     if module._diff:

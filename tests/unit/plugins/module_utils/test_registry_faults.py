@@ -361,6 +361,22 @@ def test_a_pinned_digest_dest_already_holds_needs_no_request(tmp_path, proxy, ht
     assert proxy.requests == []
 
 
+def test_an_unchanged_index_rerun_through_the_engine_is_one_head(tmp_path, proxy, http_registry):
+    first = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
+    proxy.clear()
+    rerun = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
+    assert not rerun.changed and rerun.digest == first.digest
+    assert requests_made(proxy) == [('HEAD', '/v2/app/manifests/multi')]
+
+
+def test_a_rerun_pinned_to_the_index_dest_holds_makes_no_request(tmp_path, proxy, http_registry):
+    first = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
+    proxy.clear()
+    rerun = pull(proxy, tmp_path, 'app@' + first.index_digest, platform='linux/arm64')
+    assert not rerun.changed
+    assert proxy.requests == []
+
+
 def test_a_pinned_digest_dest_does_not_hold_is_fetched(tmp_path, proxy, http_registry):
     recorded = (http_registry.digests['app:other'], None)
     pinned = http_registry.digests['app:base']
