@@ -20,7 +20,7 @@ import tempfile
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DestinationError
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import remove_tree
 from ansible_collections.virt.bootstrap.plugins.module_utils.state import (
     StateRecord,
     load_record,

@@ -34,6 +34,15 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
     SizeLimitExceeded,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Layer, new_hasher, verify_digest
+from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import (
+    DIR_FLAGS,
+    DISPLAY_LIMIT,
+    Parts,
+    display_path,
+    lstat_at,
+    open_child_dir,
+    remove_tree_at,
+)
 
 CAPABILITY_XATTR = 'security.capability'
 _ALLOWED_XATTR_PREFIXES = ('user.',)
@@ -48,19 +57,16 @@ OPAQUE_MARKER = '.wh..wh..opq'
 AUFS_META_PREFIX = '.wh..wh.'
 DEFAULT_MAX_SIZE = 64 << 30
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20
 _DIR_CACHE_LIMIT = 256
 # Each entry costs an inode and some memory for whiteout bookkeeping; real images hold thousands.
 MAX_ENTRIES = 5_000_000
 # File data is read in _COPY_CHUNK pieces; only extended headers are read whole.
 MAX_HEADER_READ = 8 << 20
-_DISPLAY_LIMIT = 300
 # Far deeper than any real tree; keeps the recursive resolution, pruning and removal of directories
 # well inside Python's recursion limit.
 MAX_DEPTH = 256
 
-Parts = t.Tuple[str, ...]
 IdMapper = t.Callable[[int, int], t.Tuple[int, int]]
 
 
@@ -78,13 +84,7 @@ def split_entry_name(name: str) -> Parts:
 
 def _shown(name: str) -> str:
     """A tar name for a message, quoted, and cut when a hostile one is huge."""
-    return repr(name if len(name) <= _DISPLAY_LIMIT else name[:_DISPLAY_LIMIT] + '...')
-
-
-def _display(parts: Parts) -> str:
-    """A path for a message; hostile names can be huge, so long ones are cut."""
-    text = '/' + '/'.join(parts)
-    return text if len(text) <= _DISPLAY_LIMIT else text[:_DISPLAY_LIMIT] + '...'
+    return repr(name if len(name) <= DISPLAY_LIMIT else name[:DISPLAY_LIMIT] + '...')
 
 
 @dataclass
@@ -129,7 +129,7 @@ class RootfsBuilder:
 
     def __init__(self, root: str, max_size: int = DEFAULT_MAX_SIZE, id_mapper: t.Optional[IdMapper] = None,
                  progress: t.Optional[t.Callable[[int], None]] = None, device_nodes: bool = False) -> None:
-        self._root_fd = os.open(root, _DIR_FLAGS)
+        self._root_fd = os.open(root, DIR_FLAGS)
         # Off by default: a device node with the image's mode (say a 0666 disk) is reachable by every
         # host user who can reach the rootfs, and libvirt gives LXC guests a /dev of their own.
         self._device_nodes = device_nodes
@@ -290,7 +290,7 @@ class RootfsBuilder:
     def _make_dir(self, parts: Parts, member: tarfile.TarInfo) -> None:
         parent_fd = self._open_dir(parts[:-1], create=True)
         name = parts[-1]
-        existing = _lstat_at(parent_fd, name)
+        existing = lstat_at(parent_fd, name)
         if existing is not None and not stat.S_ISDIR(existing.st_mode):
             self._remove_at(parent_fd, name, parts, existing)
             existing = None
@@ -328,19 +328,19 @@ class RootfsBuilder:
     def _make_hardlink(self, parts: Parts, member: tarfile.TarInfo) -> None:
         target = split_entry_name(member.linkname)
         if not target:
-            raise HostileLayer('hard link %s points at the root' % _display(parts))
+            raise HostileLayer('hard link %s points at the root' % display_path(parts))
         if target == parts:
             return
         if target[:len(parts)] == parts:
             # Replacing `parts` would remove the target (and the directory fd we hold for it) first.
             raise LayerError('hard link %s would replace the directory holding its target %s'
-                             % (_display(parts), _display(target)))
+                             % (display_path(parts), display_path(target)))
         target_fd = self._open_dir(target[:-1], create=False)
-        target_stat = _lstat_at(target_fd, target[-1])
+        target_stat = lstat_at(target_fd, target[-1])
         if target_stat is None:
-            raise LayerError('hard link %s: target %s does not exist' % (_display(parts), _display(target)))
+            raise LayerError('hard link %s: target %s does not exist' % (display_path(parts), display_path(target)))
         if stat.S_ISDIR(target_stat.st_mode):
-            raise HostileLayer('hard link %s points at directory %s' % (_display(parts), _display(target)))
+            raise HostileLayer('hard link %s points at directory %s' % (display_path(parts), display_path(target)))
         parent_fd = self._open_dir(parts[:-1], create=True)
         self._replace(parent_fd, parts)
         os.link(target[-1], parts[-1], src_dir_fd=target_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
@@ -356,7 +356,7 @@ class RootfsBuilder:
             return  # other aufs metadata (.wh..wh.plnk, ...): never part of the rootfs
         if marker != OPAQUE_MARKER and marker[len(WHITEOUT_PREFIX):] in ('', '.', '..'):
             # '.wh...' would hide the parent directory, and at the top that is outside the root.
-            raise HostileLayer('whiteout %s does not name an entry it could hide' % _display(parts))
+            raise HostileLayer('whiteout %s does not name an entry it could hide' % display_path(parts))
         try:
             parent_fd = self._open_dir(parent, create=False)
         except FileNotFoundError:
@@ -377,7 +377,7 @@ class RootfsBuilder:
 
     def _prune(self, parent_fd: int, parts: Parts) -> None:
         """Remove what lower layers put at `parts`, keeping everything this layer wrote there."""
-        existing = _lstat_at(parent_fd, parts[-1])
+        existing = lstat_at(parent_fd, parts[-1])
         if existing is None:
             return
         if not self._scope.keeps(parts):
@@ -420,7 +420,7 @@ class RootfsBuilder:
 
     def _replace(self, parent_fd: int, parts: Parts) -> None:
         """Clear the way for a new inode at `parts` (never modify the old one in place)."""
-        existing = _lstat_at(parent_fd, parts[-1])
+        existing = lstat_at(parent_fd, parts[-1])
         if existing is not None:
             self._remove_at(parent_fd, parts[-1], parts, existing)
 
@@ -552,13 +552,6 @@ def _mtime_ns(member: tarfile.TarInfo) -> int:
     return -ns if sign else ns
 
 
-def _lstat_at(dir_fd: int, name: str) -> t.Optional[os.stat_result]:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
 def _copy_to_fd(source: t.BinaryIO, fd: int) -> None:
     while True:
         chunk = source.read(_COPY_CHUNK)
@@ -567,77 +560,3 @@ def _copy_to_fd(source: t.BinaryIO, fd: int) -> None:
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view):]
-
-
-def open_child_dir(parent_fd: int, parts: Parts) -> int:
-    """Open directory `parts[-1]` below `parent_fd` (which holds `parts[:-1]`), never through a symlink."""
-    name = parts[-1]
-    try:
-        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-            raise
-        existing = _lstat_at(parent_fd, name)
-        if existing is not None and stat.S_ISLNK(existing.st_mode):
-            raise HostileLayer('%s is a symlink; refusing to go through it' % _display(parts))
-        raise LayerError('%s is not a directory' % _display(parts))
-
-
-def open_dir_in_root(root_fd: int, parts: Parts) -> int:
-    """A new fd for existing directory `parts` below `root_fd`; the caller closes it."""
-    fd = os.dup(root_fd)
-    for depth in range(1, len(parts) + 1):
-        try:
-            child = open_child_dir(fd, parts[:depth])
-        finally:
-            os.close(fd)
-        fd = child
-    return fd
-
-
-def remove_tree_at(parent_fd: int, name: str) -> None:
-    """Remove `name` below `parent_fd` and everything in it, never following symlinks.
-
-    Directories an unprivileged caller cannot read or write are opened up first.
-    """
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    except PermissionError:
-        _chmod_dir_at(parent_fd, name)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    try:
-        with os.scandir(fd) as entries:
-            children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-        for child, is_dir in children:
-            try:
-                if is_dir:
-                    remove_tree_at(fd, child)
-                else:
-                    os.unlink(child, dir_fd=fd)
-            except PermissionError:
-                os.chmod(fd, 0o700)
-                if is_dir:
-                    remove_tree_at(fd, child)
-                else:
-                    os.unlink(child, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
-
-
-def _chmod_dir_at(parent_fd: int, name: str) -> None:
-    existing = _lstat_at(parent_fd, name)
-    if existing is None or not stat.S_ISDIR(existing.st_mode):
-        raise LayerError('cannot open %s for removal' % name)
-    os.chmod(name, 0o700, dir_fd=parent_fd)
-
-
-def remove_tree(path: str) -> None:
-    """Remove a whole directory tree that may hold hostile content."""
-    parent, name = os.path.split(os.path.abspath(path))
-    parent_fd = os.open(parent, _DIR_FLAGS)
-    try:
-        if _lstat_at(parent_fd, name) is not None:
-            remove_tree_at(parent_fd, name)
-    finally:
-        os.close(parent_fd)

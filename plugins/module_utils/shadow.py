@@ -12,7 +12,7 @@ import stat
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import open_dir_in_root
+from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import open_dir_in_root
 
 SHADOW_PARTS = ('etc', 'shadow')
 MAX_SHADOW_SIZE = 16 << 20

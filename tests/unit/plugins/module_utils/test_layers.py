@@ -23,7 +23,8 @@ import zlib
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DigestMismatch, HostileLayer, LayerError, SizeLimitExceeded
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import RootfsBuilder, remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils.layers import RootfsBuilder
+from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import remove_tree
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import (
     CAPABILITY_V2,
     COMPRESSIONS,
