@@ -3,8 +3,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The safe layer applier: streams image layers into a root directory, bottom layer first.
 
-Every path is resolved one component at a time from a directory fd with O_NOFOLLOW, so no
-entry can reach outside the root or through a symlink planted by an earlier entry.
+Every path resolves inside the root (rootpath.InRootDirs), as openat2(RESOLVE_IN_ROOT) does: a
+symlink on the way is followed as if the root were `/`, so `lib -> usr/lib` then `lib/x` writes
+`usr/lib/x`, as umoci and containerd do, and nothing can reach outside the root. The entry itself
+(the last component) is never followed: it is replaced. Hard-link targets resolve the same way.
+What the applier remembers by path (this layer's entries, directory metadata fixed at the end) is
+keyed by the resolved path.
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Layer, new_hasher, verify_digest
 from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import (
+    DIR_CACHE_LIMIT,
     DIR_FLAGS,
     DISPLAY_LIMIT,
+    MAX_DEPTH,
+    InRootDirs,
     Parts,
     display_path,
     lstat_at,
-    open_child_dir,
     remove_tree_at,
 )
 
@@ -58,15 +64,10 @@ AUFS_META_PREFIX = '.wh..wh.'
 DEFAULT_MAX_SIZE = 64 << 30
 
 _COPY_CHUNK = 1 << 20
-_DIR_CACHE_LIMIT = 256
 # Each entry costs an inode and some memory for whiteout bookkeeping; real images hold thousands.
 MAX_ENTRIES = 5_000_000
 # File data is read in _COPY_CHUNK pieces; only extended headers are read whole.
 MAX_HEADER_READ = 8 << 20
-# Far deeper than any real tree; keeps the recursive resolution, pruning and removal of directories
-# well inside Python's recursion limit.
-MAX_DEPTH = 256
-
 IdMapper = t.Callable[[int, int], t.Tuple[int, int]]
 
 
@@ -109,11 +110,13 @@ class _DirMeta:
 
 
 class _LayerScope:
-    """What the current layer has written, so its own whiteouts never hide it."""
+    """What the current layer has written (by resolved path), so its own whiteouts never hide it."""
 
     def __init__(self) -> None:
         self.written: t.Set[Parts] = set()
         self.ancestors: t.Set[Parts] = set()
+        # Where this layer replaced a lower directory by something else: whiteouts below it hide nothing.
+        self.replaced_dirs: t.Set[Parts] = set()
 
     def record(self, parts: Parts) -> None:
         self.written.add(parts)
@@ -133,7 +136,7 @@ class RootfsBuilder:
         # Off by default: a device node with the image's mode (say a 0666 disk) is reachable by every
         # host user who can reach the rootfs, and libvirt gives LXC guests a /dev of their own.
         self._device_nodes = device_nodes
-        self._dir_cache: t.Dict[Parts, int] = {}
+        self._dirs = InRootDirs(self._root_fd, on_create=self._made_parent_dir)
         # The root gets 0755 unless a layer has an entry for it.
         self._dir_meta: t.Dict[Parts, _DirMeta] = {(): _DirMeta(0o755, None)}
         self._budget = SizeBudget(max_size)
@@ -150,7 +153,7 @@ class RootfsBuilder:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._forget_dirs()
+        self._dirs.release()
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
@@ -191,17 +194,17 @@ class RootfsBuilder:
         """Give directories their final modes and mtimes, deepest first, once nothing else changes."""
         for parts in sorted(self._dir_meta, key=len, reverse=True):
             meta = self._dir_meta[parts]
-            if len(self._dir_cache) >= _DIR_CACHE_LIMIT:
-                self._forget_dirs()
+            if len(self._dirs) >= DIR_CACHE_LIMIT:
+                self._dirs.release()
             try:
-                fd = self._open_dir(parts, create=False)
+                fd = self._dirs.real(parts)
             except (OSError, LayerError):
                 continue
             os.chmod(fd, meta.mode)
             if meta.mtime_ns is not None:
                 os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
         self._dir_meta.clear()
-        self._forget_dirs()
+        self._dirs.release()
 
     # -- tar walking -----------------------------------------------------------------------------
 
@@ -235,8 +238,8 @@ class RootfsBuilder:
         if self._entries > MAX_ENTRIES:
             raise SizeLimitExceeded('the layers hold more than %d entries; no real rootfs has that many' % MAX_ENTRIES)
         # Fds handed out while one entry is applied stay open until the next entry.
-        if len(self._dir_cache) >= _DIR_CACHE_LIMIT:
-            self._forget_dirs()
+        if len(self._dirs) >= DIR_CACHE_LIMIT:
+            self._dirs.release()
         parts = split_entry_name(member.name)
         if any(part.startswith(AUFS_META_PREFIX) for part in parts[:-1]):
             return  # inside aufs metadata (.wh..wh.plnk/...): never part of the rootfs
@@ -252,30 +255,31 @@ class RootfsBuilder:
         if member.islnk():
             self._make_hardlink(parts, member)
             return
-        parent_fd = self._open_dir(parts[:-1], create=True)
+        parent, parent_fd = self._dirs.resolve(parts[:-1], create=True)
         name = parts[-1]
+        path = parent + (name,)
         if member.issym():
-            self._replace(parent_fd, parts)
+            self._replace(parent_fd, path)
             os.symlink(member.linkname, name, dir_fd=parent_fd)
         elif member.isfifo():
-            self._replace(parent_fd, parts)
+            self._replace(parent_fd, path)
             os.mkfifo(name, 0o600, dir_fd=parent_fd)
         elif member.ischr() or member.isblk():
             if not self._device_nodes:
                 self.stats.skip('device_node')
                 return
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-            self._replace(parent_fd, parts)
+            self._replace(parent_fd, path)
             try:
                 os.mknod(name, 0o600 | kind, os.makedev(member.devmajor, member.devminor), dir_fd=parent_fd)
             except PermissionError:
                 self.stats.skip('device_node')
                 return
         else:
-            self._write_file(tar, member, parent_fd, parts)
+            self._write_file(tar, member, parent_fd, path)
             return
         self._set_metadata_at(parent_fd, name, member, is_symlink=member.issym())
-        self._scope.record(parts)
+        self._scope.record(path)
         self.stats.written += 1
 
     def _apply_root_entry(self, member: tarfile.TarInfo) -> None:
@@ -288,24 +292,25 @@ class RootfsBuilder:
     # -- entry kinds -----------------------------------------------------------------------------
 
     def _make_dir(self, parts: Parts, member: tarfile.TarInfo) -> None:
-        parent_fd = self._open_dir(parts[:-1], create=True)
+        parent, parent_fd = self._dirs.resolve(parts[:-1], create=True)
         name = parts[-1]
+        path = parent + (name,)
         existing = lstat_at(parent_fd, name)
         if existing is not None and not stat.S_ISDIR(existing.st_mode):
-            self._remove_at(parent_fd, name, parts, existing)
+            self._remove_at(parent_fd, path, existing)
             existing = None
         if existing is None:
             os.mkdir(name, 0o700, dir_fd=parent_fd)
-        fd = self._open_dir(parts, create=False)
+        fd = self._dirs.real(path)
         self._set_owner(fd, None, member)
         self._set_xattrs(fd, None, member)
-        self._dir_meta[parts] = _DirMeta(member.mode, _mtime_ns(member))
-        self._scope.record(parts)
+        self._dir_meta[path] = _DirMeta(member.mode, _mtime_ns(member))
+        self._scope.record(path)
         self.stats.written += 1
 
-    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int, parts: Parts) -> None:
-        name = parts[-1]
-        self._replace(parent_fd, parts)
+    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int, path: Parts) -> None:
+        name = path[-1]
+        self._replace(parent_fd, path)
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=parent_fd)
         try:
@@ -322,29 +327,31 @@ class RootfsBuilder:
             os.utime(fd, ns=(mtime, mtime))
         finally:
             os.close(fd)
-        self._scope.record(parts)
+        self._scope.record(path)
         self.stats.written += 1
 
     def _make_hardlink(self, parts: Parts, member: tarfile.TarInfo) -> None:
         target = split_entry_name(member.linkname)
         if not target:
             raise HostileLayer('hard link %s points at the root' % display_path(parts))
-        if target == parts:
-            return
-        if target[:len(parts)] == parts:
-            # Replacing `parts` would remove the target (and the directory fd we hold for it) first.
-            raise LayerError('hard link %s would replace the directory holding its target %s'
-                             % (display_path(parts), display_path(target)))
-        target_fd = self._open_dir(target[:-1], create=False)
-        target_stat = lstat_at(target_fd, target[-1])
-        if target_stat is None:
+        found = self._dirs.lookup(target[:-1])
+        target_stat = lstat_at(found[1], target[-1]) if found is not None else None
+        if found is None or target_stat is None:
             raise LayerError('hard link %s: target %s does not exist' % (display_path(parts), display_path(target)))
+        target_path, target_fd = found[0] + (target[-1],), found[1]
         if stat.S_ISDIR(target_stat.st_mode):
             raise HostileLayer('hard link %s points at directory %s' % (display_path(parts), display_path(target)))
-        parent_fd = self._open_dir(parts[:-1], create=True)
-        self._replace(parent_fd, parts)
+        parent, parent_fd = self._dirs.resolve(parts[:-1], create=True)
+        path = parent + (parts[-1],)
+        if target_path == path:
+            return
+        if target_path[:len(path)] == path:
+            # Replacing `path` would remove the target (and the directory fd we hold for it) first.
+            raise LayerError('hard link %s would replace the directory holding its target %s'
+                             % (display_path(parts), display_path(target)))
+        self._replace(parent_fd, path)
         os.link(target[-1], parts[-1], src_dir_fd=target_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
-        self._scope.record(parts)
+        self._scope.record(path)
         self.stats.written += 1
 
     # -- whiteouts -------------------------------------------------------------------------------
@@ -357,80 +364,70 @@ class RootfsBuilder:
         if marker != OPAQUE_MARKER and marker[len(WHITEOUT_PREFIX):] in ('', '.', '..'):
             # '.wh...' would hide the parent directory, and at the top that is outside the root.
             raise HostileLayer('whiteout %s does not name an entry it could hide' % display_path(parts))
-        try:
-            parent_fd = self._open_dir(parent, create=False)
-        except FileNotFoundError:
+        found = self._whiteout_parent(parent)
+        if found is None:
             return  # nothing below to hide
-        except HostileLayer:
-            # umoci writes a directory replaced by a symlink as the link, then whiteouts for the old
-            # children: nothing is left below to hide. A symlink from a lower layer is an attack.
-            if any(parent[:depth] in self._scope.written for depth in range(1, len(parent) + 1)):
-                return
-            raise
-        except LayerError:
-            return  # below a file: nothing to hide
+        resolved, parent_fd = found
         self.stats.whiteouts += 1
         if marker == OPAQUE_MARKER:
-            self._prune_children(parent_fd, parent)
+            self._prune_children(parent_fd, resolved)
         else:
-            self._prune(parent_fd, parent + (marker[len(WHITEOUT_PREFIX):],))
+            self._prune(parent_fd, resolved + (marker[len(WHITEOUT_PREFIX):],))
 
-    def _prune(self, parent_fd: int, parts: Parts) -> None:
-        """Remove what lower layers put at `parts`, keeping everything this layer wrote there."""
-        existing = lstat_at(parent_fd, parts[-1])
+    def _whiteout_parent(self, parent: Parts) -> t.Optional[t.Tuple[Parts, int]]:
+        """Where the whiteouts of directory `parent` apply, or None when there is nothing to hide.
+
+        Missing paths and paths below files hide nothing. umoci writes a directory replaced by a
+        symlink as the link, then whiteouts for the old children: those hide nothing either, rather
+        than what the new link points at.
+        """
+        if self._scope.replaced_dirs:
+            for depth in range(len(parent)):
+                above = self._dirs.lookup(parent[:depth])
+                if above is None or above[0] + (parent[depth],) in self._scope.replaced_dirs:
+                    return None
+        return self._dirs.lookup(parent)
+
+    def _prune(self, parent_fd: int, path: Parts) -> None:
+        """Remove what lower layers put at resolved `path`, keeping everything this layer wrote there."""
+        existing = lstat_at(parent_fd, path[-1])
         if existing is None:
             return
-        if not self._scope.keeps(parts):
-            self._remove_at(parent_fd, parts[-1], parts, existing)
+        if not self._scope.keeps(path):
+            self._remove_at(parent_fd, path, existing)
         elif stat.S_ISDIR(existing.st_mode):
-            self._prune_children(self._open_dir(parts, create=False), parts)
+            self._prune_children(self._dirs.real(path), path)
 
-    def _prune_children(self, dir_fd: int, parts: Parts) -> None:
+    def _prune_children(self, dir_fd: int, path: Parts) -> None:
         for name in sorted(os.listdir(dir_fd)):
-            self._prune(dir_fd, parts + (name,))
-            self._forget_dirs(below=parts + (name,))  # done with that subtree: keep the fd cache small
+            self._prune(dir_fd, path + (name,))
+            self._dirs.forget(path + (name,))  # done with that subtree: keep the fd cache small
 
-    # -- path resolution -------------------------------------------------------------------------
+    # -- replacing -------------------------------------------------------------------------------
 
-    def _open_dir(self, parts: Parts, create: bool) -> int:
-        """An fd for directory `parts`, reached without following any symlink."""
-        if not parts:
-            return self._root_fd
-        cached = self._dir_cache.get(parts)
-        if cached is not None:
-            return cached
-        parent_fd = self._open_dir(parts[:-1], create)
-        name = parts[-1]
-        try:
-            fd = open_child_dir(parent_fd, parts)
-        except FileNotFoundError:
-            if not create:
-                raise
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
-            self._set_owner_at(parent_fd, name, 0, 0)
-            self._dir_meta.setdefault(parts, _DirMeta(0o755, None))
-            fd = open_child_dir(parent_fd, parts)
-        self._dir_cache[parts] = fd
-        return fd
+    def _made_parent_dir(self, parent_fd: int, name: str, path: Parts) -> None:
+        """A directory no entry named, made on the way to an entry: root's, 0755 unless an entry says otherwise."""
+        self._set_owner_at(parent_fd, name, 0, 0)
+        self._dir_meta.setdefault(path, _DirMeta(0o755, None))
 
-    def _forget_dirs(self, below: Parts = ()) -> None:
-        """Close cached fds at or below `below` (all of them by default)."""
-        for key in [key for key in self._dir_cache if key[:len(below)] == below]:
-            os.close(self._dir_cache.pop(key))
-
-    def _replace(self, parent_fd: int, parts: Parts) -> None:
-        """Clear the way for a new inode at `parts` (never modify the old one in place)."""
-        existing = lstat_at(parent_fd, parts[-1])
+    def _replace(self, parent_fd: int, path: Parts) -> None:
+        """Clear the way for a new inode at resolved `path` (never modify the old one in place)."""
+        existing = lstat_at(parent_fd, path[-1])
         if existing is not None:
-            self._remove_at(parent_fd, parts[-1], parts, existing)
+            self._remove_at(parent_fd, path, existing)
+            if stat.S_ISDIR(existing.st_mode):
+                self._scope.replaced_dirs.add(path)
 
-    def _remove_at(self, parent_fd: int, name: str, parts: Parts, existing: os.stat_result) -> None:
+    def _remove_at(self, parent_fd: int, path: Parts, existing: os.stat_result) -> None:
+        name = path[-1]
         if stat.S_ISDIR(existing.st_mode):
-            self._forget_dirs(below=parts)
+            self._dirs.forget(path)
             remove_tree_at(parent_fd, name)
-            for key in [key for key in self._dir_meta if key[:len(parts)] == parts]:
+            for key in [key for key in self._dir_meta if key[:len(path)] == path]:
                 del self._dir_meta[key]
         else:
+            if stat.S_ISLNK(existing.st_mode):
+                self._dirs.forget(path)  # paths that went through the link resolve elsewhere now
             os.unlink(name, dir_fd=parent_fd)
 
     # -- metadata --------------------------------------------------------------------------------
