@@ -370,7 +370,7 @@ class RootfsBuilder:
         resolved, parent_fd = found
         self.stats.whiteouts += 1
         if marker == OPAQUE_MARKER:
-            self._prune_children(parent_fd, resolved)
+            self._prune_children(resolved)
         else:
             self._prune(parent_fd, resolved + (marker[len(WHITEOUT_PREFIX):],))
 
@@ -396,12 +396,25 @@ class RootfsBuilder:
         if not self._scope.keeps(path):
             self._remove_at(parent_fd, path, existing)
         elif stat.S_ISDIR(existing.st_mode):
-            self._prune_children(self._dirs.real(path), path)
+            self._prune_children(path)
 
-    def _prune_children(self, dir_fd: int, path: Parts) -> None:
-        for name in sorted(os.listdir(dir_fd)):
-            self._prune(dir_fd, path + (name,))
-            self._dirs.forget(path + (name,))  # done with that subtree: keep the fd cache small
+    def _prune_children(self, path: Parts) -> None:
+        """Remove what lower layers put below directory `path`, walking down only what this layer keeps."""
+        kept_dirs = [path]
+        while kept_dirs:
+            directory = kept_dirs.pop()
+            dir_fd = self._dirs.real(directory)
+            for name in sorted(os.listdir(dir_fd)):
+                child = directory + (name,)
+                existing = lstat_at(dir_fd, name)
+                if existing is None:
+                    continue
+                if not self._scope.keeps(child):
+                    self._remove_at(dir_fd, child, existing)
+                elif stat.S_ISDIR(existing.st_mode):
+                    kept_dirs.append(child)
+            if len(self._dirs) >= DIR_CACHE_LIMIT:
+                self._dirs.release()  # nothing opened before is used again: keep the fd cache small
 
     # -- replacing -------------------------------------------------------------------------------
 

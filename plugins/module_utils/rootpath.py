@@ -22,6 +22,7 @@ import os
 import platform
 import stat
 import typing as t
+from dataclasses import dataclass
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import HostileLayer, LayerError
 
@@ -35,6 +36,8 @@ MAX_DEPTH = 256
 MAX_LINK_HOPS = 40
 # Directory fds kept open between lookups; lookups close what is over it only when told (release()).
 DIR_CACHE_LIMIT = 256
+# How many directories a tree removal keeps open at most; deeper ones are moved up first.
+REMOVAL_DEPTH = 32
 
 # openat2(2): the same number on every architecture with the generic syscall table.
 _OPENAT2_SYSCALLS = {'x86_64': 437, 'aarch64': 437}
@@ -380,34 +383,90 @@ def open_dir_in_root(root_fd: int, parts: Parts) -> int:
         dirs.release()
 
 
-def remove_tree_at(parent_fd: int, name: str) -> None:
-    """Remove `name` below `parent_fd` and everything in it, never following symlinks.
+@dataclass
+class _Removal:
+    """One directory of a tree being removed: its fd, its name in its parent, the entries left in it."""
 
-    Directories an unprivileged caller cannot read or write are opened up first.
+    fd: int
+    name: str
+    pending: t.List[t.Tuple[str, bool]]
+
+
+def remove_tree_at(parent_fd: int, name: str) -> None:
+    """Remove directory `name` below `parent_fd` and everything in it, never following symlinks.
+
+    The walk is iterative and keeps at most REMOVAL_DEPTH directories open whatever the depth and
+    width: a directory deeper than that is moved up to the top of the tree being removed (a rename
+    within the tree, which is ours to remove) and removed from there. Directories an unprivileged
+    caller cannot read or write are opened up first.
     """
+    top_fd = _open_for_removal(parent_fd, name)
+    levels = [_Removal(top_fd, name, _entries(top_fd))]
+    moved = 0
     try:
-        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        while levels:
+            level = levels[-1]
+            if not level.pending:
+                levels.pop()
+                os.close(level.fd)
+                if levels:
+                    _with_write_access(os.rmdir, levels[-1].fd, level.name)
+                continue
+            child, is_dir = level.pending.pop()
+            if not is_dir:
+                _with_write_access(os.unlink, level.fd, child)
+            elif len(levels) < REMOVAL_DEPTH:
+                child_fd = _open_for_removal(level.fd, child)
+                levels.append(_Removal(child_fd, child, []))
+                levels[-1].pending = _entries(child_fd)
+            else:
+                moved = _move_to_top(level.fd, child, levels[0], moved)
+    finally:
+        for level in levels:
+            os.close(level.fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def _entries(dir_fd: int) -> t.List[t.Tuple[str, bool]]:
+    """(name, is a directory) for each entry of `dir_fd`; symlinks are not directories."""
+    with os.scandir(dir_fd) as entries:
+        return [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+
+
+def _open_for_removal(parent_fd: int, name: str) -> int:
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     except PermissionError:
         _chmod_dir_at(parent_fd, name)
-        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+
+
+def _with_write_access(remove: t.Callable[..., None], dir_fd: int, name: str) -> None:
+    """remove(name, dir_fd=dir_fd) (os.unlink or os.rmdir), giving ourselves write access to `dir_fd` when needed."""
     try:
-        with os.scandir(fd) as entries:
-            children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-        for child, is_dir in children:
-            try:
-                if is_dir:
-                    remove_tree_at(fd, child)
-                else:
-                    os.unlink(child, dir_fd=fd)
-            except PermissionError:
-                os.chmod(fd, 0o700)
-                if is_dir:
-                    remove_tree_at(fd, child)
-                else:
-                    os.unlink(child, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
+        remove(name, dir_fd=dir_fd)
+    except PermissionError:
+        os.chmod(dir_fd, 0o700)
+        remove(name, dir_fd=dir_fd)
+
+
+def _move_to_top(dir_fd: int, name: str, top: _Removal, moved: int) -> int:
+    """Move directory `name` of `dir_fd` up into the top of the tree being removed; the new count of moves."""
+    while True:
+        moved += 1
+        new_name = '.virt-bootstrap-deep-%d' % moved
+        if lstat_at(top.fd, new_name) is None:
+            break
+    try:
+        os.rename(name, new_name, src_dir_fd=dir_fd, dst_dir_fd=top.fd)
+    except PermissionError:
+        # Moving a directory to another parent also rewrites its '..' entry.
+        os.chmod(dir_fd, 0o700)
+        os.chmod(top.fd, 0o700)
+        _chmod_dir_at(dir_fd, name)
+        os.rename(name, new_name, src_dir_fd=dir_fd, dst_dir_fd=top.fd)
+    top.pending.append((new_name, True))
+    return moved
 
 
 def _chmod_dir_at(parent_fd: int, name: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import gzip
+import inspect
 import io
 import os
 import pathlib
@@ -15,6 +16,7 @@ import resource
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 import tempfile
 import typing as t
@@ -192,6 +194,26 @@ def test_tree_at_the_depth_limit_is_applied_pruned_and_removed(root: str) -> Non
     assert os.listdir(os.path.join(root, deep)) == ['upper']
     remove_tree(root)
     assert not os.path.lexists(root)
+
+
+def test_whiteouts_of_a_deep_lower_tree_are_applied_without_recursion(root: str) -> None:
+    deep = '/'.join(['d'] * 250)
+    lower = TarBuilder()
+    for depth in range(1, 251):
+        lower.file('/'.join(['d'] * depth) + '/lower', b'l')
+    lower.file('side/' + deep + '/f', b'f')
+    # The opaque marker keeps this layer's own deep entry: the pruning walks all the way down to it.
+    upper = TarBuilder().file(deep + '/upper', b'u').opaque('').tar()
+    frames = len(inspect.stack())
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(frames + 150)  # far fewer frames than the tree has levels
+    try:
+        apply_layers(root, lower.tar(), upper)
+        assert os.listdir(root) == ['d'] and os.listdir(os.path.join(root, deep)) == ['upper']
+        remove_tree(os.path.join(root, 'd'))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert os.listdir(root) == []
 
 
 def test_stats_count_each_entry_once(root: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Path-safety primitives: resolution inside a root (openat2 and our own walk)."""
+"""Path-safety primitives: resolution inside a root (openat2 and our own walk), removing trees."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import ctypes
 import errno
 import os
 import pathlib
+import shutil
+import stat
 import subprocess
+import tempfile
 import typing as t
 
 import pytest
@@ -21,7 +24,12 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import (
     InRootDirs,
     open_dir_in_root,
 )
-from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import RESOLUTIONS, use_resolution
+from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import (
+    NOBODY,
+    RESOLUTIONS,
+    as_nobody,
+    use_resolution,
+)
 
 
 @pytest.fixture(params=RESOLUTIONS)
@@ -175,3 +183,134 @@ def test_open_dir_in_root_gives_an_fd_of_its_own(tree: pathlib.Path, resolution:
         assert os.fstat(fd).st_ino == os.lstat(str(tree / 'usr' / 'lib')).st_ino
     finally:
         os.close(fd)
+
+
+# -- removing trees --------------------------------------------------------------------------------
+
+
+class _FdWatch:
+    """Counts the fds open in this process each time os.open is called; the highest count seen."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.baseline = self.open_now()
+        self.peak = self.baseline
+        real_open = os.open
+
+        def watched(*args: t.Any, **kwargs: t.Any) -> int:
+            self.peak = max(self.peak, self.open_now())
+            return real_open(*args, **kwargs)
+
+        monkeypatch.setattr(os, 'open', watched)
+
+    @staticmethod
+    def open_now() -> int:
+        return len(os.listdir('/proc/self/fd')) - 1  # the listing's own fd
+
+
+def _nested(top: str, depth: int, per_level: t.Callable[[int, int], None]) -> None:
+    """`depth` directories nested below `top`, made through fds (the whole path is longer than PATH_MAX).
+
+    per_level(level, fd) adds entries to each directory through its fd, after its child exists.
+    """
+    fd = os.open(top, rootpath.DIR_FLAGS)
+    try:
+        for level in range(depth):
+            os.mkdir('d', dir_fd=fd)
+            per_level(level, fd)
+            child = os.open('d', rootpath.DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def work(tmp_path: pathlib.Path) -> t.Iterator[pathlib.Path]:
+    """A private directory for big trees: in memory (/dev/shm) where there is one, as making thousands of
+    directories on disk takes far longer than removing them. GNU rm cleans up whatever a test leaves."""
+    shm = '/dev/shm'
+    path = pathlib.Path(tempfile.mkdtemp(prefix='vb-rootpath-', dir=shm)) if os.access(shm, os.W_OK) else tmp_path
+    try:
+        yield path
+    finally:
+        subprocess.run(['rm', '-rf', '--one-file-system', str(path)], check=True)
+
+
+@pytest.fixture
+def beside(work: pathlib.Path) -> pathlib.Path:
+    """A directory beside the trees the tests remove, with content no removal may touch."""
+    path = work / 'beside'
+    (path / 'dir').mkdir(parents=True)
+    (path / 'dir' / 'file').write_bytes(b'precious')
+    return path
+
+
+def _state(path: pathlib.Path) -> t.Dict[str, t.Tuple[t.Any, ...]]:
+    found = {}
+    for below, dirs, files in os.walk(str(path)):
+        for name in dirs + files:
+            full = os.path.join(below, name)
+            info = os.lstat(full)
+            content = open(full, 'rb').read() if stat.S_ISREG(info.st_mode) else None
+            found[os.path.relpath(full, str(path))] = (info.st_mode, info.st_ino, info.st_mtime_ns, content)
+    return found
+
+
+def test_a_tree_5000_levels_deep_is_removed_with_few_fds_and_no_link_followed(
+        work: pathlib.Path, beside: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    top = work / 'tree'
+    top.mkdir()
+
+    def per_level(level: int, fd: int) -> None:
+        os.close(os.open('file', os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+        os.symlink(str(beside / 'dir'), 'to-dir', dir_fd=fd)
+        os.symlink('../' * (level % 1000 + 2) + 'beside/dir/file', 'to-file', dir_fd=fd)
+
+    _nested(str(top), 5000, per_level)
+    before = _state(beside)
+    watch = _FdWatch(monkeypatch)
+    rootpath.remove_tree(str(top))
+    assert sorted(os.listdir(str(work))) == ['beside']
+    assert _state(beside) == before
+    assert watch.peak - watch.baseline <= rootpath.REMOVAL_DEPTH + 2
+
+
+def test_a_very_wide_tree_is_removed_with_few_fds(work: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    top = work / 'tree'
+    top.mkdir()
+    for number in range(3000):
+        (top / ('dir%d' % number)).mkdir()
+        (top / ('dir%d' % number) / 'file').write_bytes(b'')
+        (top / ('file%d' % number)).write_bytes(b'')
+    watch = _FdWatch(monkeypatch)
+    rootpath.remove_tree(str(top))
+    assert os.listdir(str(work)) == []
+    assert watch.peak - watch.baseline <= rootpath.REMOVAL_DEPTH + 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root to become an unprivileged user')
+def test_an_unprivileged_caller_removes_a_deep_tree_of_locked_directories(beside: pathlib.Path) -> None:
+    workdir = tempfile.mkdtemp(prefix='virt-bootstrap-removal-')
+    try:
+        os.chown(workdir, NOBODY, NOBODY)
+        top = os.path.join(workdir, 'tree')
+        os.mkdir(top)
+        os.chown(top, NOBODY, NOBODY)
+
+        def per_level(level: int, fd: int) -> None:
+            os.close(os.open('file', os.O_WRONLY | os.O_CREAT, 0o400, dir_fd=fd))
+            os.symlink(str(beside), 'out', dir_fd=fd)
+            for name in ('d', 'file', 'out'):
+                os.chown(name, NOBODY, NOBODY, dir_fd=fd, follow_symlinks=False)
+            # Read-only, unreadable or unsearchable: the caller owns them but cannot remove their entries.
+            os.chmod(fd, (0o500, 0o000, 0o300, 0o100)[level % 4])
+
+        # Deeper than REMOVAL_DEPTH, so locked directories are also moved up to the top.
+        _nested(top, 3 * rootpath.REMOVAL_DEPTH + 5, per_level)
+        before = _state(beside)
+        outcome = as_nobody(lambda: rootpath.remove_tree(top))
+        assert 'error' not in outcome, outcome
+        assert os.listdir(workdir) == []
+        assert _state(beside) == before
+    finally:
+        shutil.rmtree(workdir)
