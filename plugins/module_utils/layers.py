@@ -286,6 +286,7 @@ class RootfsBuilder:
         if not member.isdir():
             raise HostileLayer('the entry for the root itself (%s) is not a directory' % _shown(member.name))
         self._set_owner(self._root_fd, None, member)
+        self._clear_xattrs(self._root_fd)
         self._set_xattrs(self._root_fd, None, member)
         self._dir_meta[()] = _DirMeta(member.mode, _mtime_ns(member))
 
@@ -303,6 +304,9 @@ class RootfsBuilder:
             os.mkdir(name, 0o700, dir_fd=parent_fd)
         fd = self._dirs.real(path)
         self._set_owner(fd, None, member)
+        if existing is not None:
+            # Re-declared: the entry's attributes replace the lower layer's, as in umoci.
+            self._clear_xattrs(fd)
         self._set_xattrs(fd, None, member)
         self._dir_meta[path] = _DirMeta(member.mode, _mtime_ns(member))
         self._scope.record(path)
@@ -477,6 +481,24 @@ class RootfsBuilder:
             if exc.errno not in (errno.EPERM, errno.EINVAL):
                 raise
             self.stats.owners_not_kept += 1
+
+    def _clear_xattrs(self, fd: int) -> None:
+        """Remove from directory `fd` every extended attribute an image may set, and nothing else."""
+        try:
+            names = os.listxattr(fd)
+        except OSError as exc:
+            if exc.errno != errno.ENOTSUP:
+                raise
+            return
+        for key in names:
+            if not xattr_allowed(key):
+                continue
+            try:
+                os.removexattr(fd, key)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                    raise
+                self.stats.skip('xattr')
 
     def _set_xattrs(self, fd: int, name: t.Optional[str], member: tarfile.TarInfo) -> None:
         for key, value in _xattrs_of(member):

@@ -5,10 +5,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
-import shutil
 import stat
 import subprocess
 import typing as t
@@ -24,9 +22,13 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuild
     read,
     use_resolution,
 )
-
-TREECMP = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', '..', 'integration', 'targets',
-                       'container_rootfs_differential', 'files', 'treecmp.py')
+from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.umoci_support import (
+    gnu_tar,
+    needs_umoci,
+    stage,
+    tree_differences,
+    umoci_unpack,
+)
 
 # A merged-/usr base: lib and bin are links into usr, one relative and one absolute.
 MERGED_USR = TarBuilder().dir('usr').dir('usr/lib').dir('usr/bin').file('usr/lib/old.so', b'old') \
@@ -190,80 +192,36 @@ def test_link_on_the_way_removed_by_a_whiteout(root: str) -> None:
 # -- the same layers unpacked by umoci -------------------------------------------------------------
 
 
-def _stage(directory: pathlib.Path, files: t.Dict[str, t.Any]) -> None:
-    """Files (bytes), directories (None) and symlinks (('link', target)) below `directory`, all dated MTIME."""
-    for name, content in files.items():
-        path = directory / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if content is None:
-            path.mkdir(exist_ok=True)
-        elif isinstance(content, tuple):
-            path.symlink_to(content[1])
-        else:
-            path.write_bytes(content)
-    for below, dirs, files_here in os.walk(str(directory)):
-        for name in dirs + files_here:
-            os.utime(os.path.join(below, name), (MTIME, MTIME), follow_symlinks=False)
-
-
-def _treecmp() -> t.Any:
-    """The differential target's tree comparison, as a module."""
-    spec = importlib.util.spec_from_file_location('treecmp', TREECMP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _gnu_tar(stage: pathlib.Path, names: t.List[str], output: pathlib.Path) -> bytes:
-    listed = output.with_suffix('.list')
-    listed.write_text(''.join(name + '\n' for name in names))
-    subprocess.run(['tar', '-C', str(stage), '--format=pax', '--numeric-owner', '--owner=0', '--group=0',
-                    '--no-recursion', '-T', str(listed), '-cf', str(output)], check=True)
-    return output.read_bytes()
-
-
-@pytest.mark.skipif(shutil.which('umoci') is None or os.geteuid() != 0, reason='needs umoci, as root')
+@needs_umoci
 def test_merged_usr_layers_unpack_as_umoci_unpacks_them(root: str, tmp_path: pathlib.Path) -> None:
     lower_stage, upper_stage = tmp_path / 'lower', tmp_path / 'upper'
-    _stage(lower_stage, {
+    stage(lower_stage, {
         'usr/lib/old.so': b'old', 'usr/lib/keep.so': b'keep', 'usr/bin/tool': b'tool', 'usr/share': None,
         'private/etc/hostname': b'box\n', 'private/etc/motd': b'hi\n',
         'lib': ('link', 'usr/lib'), 'bin': ('link', '/usr/bin'), 'lib64': ('link', 'usr/lib64'),
         'etc': ('link', 'private/etc'), 'share': ('link', 'usr/lib/../share'),
     })
-    lower = _gnu_tar(lower_stage, ['usr', 'usr/lib', 'usr/lib/old.so', 'usr/lib/keep.so', 'usr/bin', 'usr/bin/tool',
-                                   'usr/share', 'private', 'private/etc', 'private/etc/hostname',
-                                   'private/etc/motd', 'lib', 'bin', 'lib64', 'etc', 'share'],
-                     tmp_path / 'lower.tar')
+    lower = gnu_tar(lower_stage, ['usr', 'usr/lib', 'usr/lib/old.so', 'usr/lib/keep.so', 'usr/bin', 'usr/bin/tool',
+                                  'usr/share', 'private', 'private/etc', 'private/etc/hostname',
+                                  'private/etc/motd', 'lib', 'bin', 'lib64', 'etc', 'share'],
+                    tmp_path / 'lower.tar')
     # Written as crane append, ko or Jib write them: no entries for the linked directories themselves.
-    _stage(upper_stage, {
+    stage(upper_stage, {
         'lib/libfoo.so': b'foo', 'lib/.wh.old.so': b'', 'bin/newtool': b'new', 'lib64/ld.so': b'ld',
         'etc/.wh..wh..opq': b'', 'etc/hostname': b'guest\n', 'share/doc': b'doc', 'bin/tool': b'tool',
     })
     os.link(upper_stage / 'bin/tool', upper_stage / 'bin/tool-link')
     upper_path = tmp_path / 'upper.tar'
-    _gnu_tar(upper_stage, ['lib/libfoo.so', 'lib/.wh.old.so', 'bin/newtool', 'lib64/ld.so', 'etc/.wh..wh..opq',
-                           'etc/hostname', 'share/doc', 'bin/tool', 'bin/tool-link'], upper_path)
+    gnu_tar(upper_stage, ['lib/libfoo.so', 'lib/.wh.old.so', 'bin/newtool', 'lib64/ld.so', 'etc/.wh..wh..opq',
+                          'etc/hostname', 'share/doc', 'bin/tool', 'bin/tool-link'], upper_path)
     # bin/tool-link stays a hard link to bin/tool, which only the lower layer holds (through /usr/bin).
     subprocess.run(['tar', '--delete', '-f', str(upper_path), 'bin/tool'], check=True)
-    upper = upper_path.read_bytes()
 
-    layout, bundle = tmp_path / 'layout', tmp_path / 'bundle'
-    for argv in (['init', '--layout', str(layout)], ['new', '--image', '%s:t' % layout],
-                 ['raw', 'add-layer', '--image', '%s:t' % layout, str(tmp_path / 'lower.tar')],
-                 ['raw', 'add-layer', '--image', '%s:t' % layout, str(upper_path)],
-                 ['unpack', '--image', '%s:t' % layout, str(bundle)]):
-        subprocess.run(['umoci'] + argv, check=True, capture_output=True)
-
-    apply_layers(root, lower, upper)
+    reference = umoci_unpack(tmp_path, [tmp_path / 'lower.tar', upper_path])
+    apply_layers(root, lower, upper_path.read_bytes())
     assert read(os.path.join(root, 'usr/lib64/ld.so')) == b'ld'
     assert sorted(os.listdir(os.path.join(root, 'private/etc'))) == ['hostname']
-    treecmp = _treecmp()
-    ours, umoci = (treecmp.scan(tree, True, set(), False) for tree in (root, str(bundle / 'rootfs')))
+    assert len(listing(root)) == 20
     # usr/lib64 has no entry: made when ld.so was written, its mtime is each unpacker's time of the
     # run. umoci's mkdir of it also moves the mtime of usr, whose entry we keep.
-    for tree in (ours, umoci):
-        for path in ('usr/lib64', 'usr'):
-            del tree[path]['mtime']
-    assert treecmp.compare(ours, umoci) == []
-    assert len(ours) == 21
+    assert tree_differences(root, reference, no_mtime=('usr/lib64', 'usr')) == []

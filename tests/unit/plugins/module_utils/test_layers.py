@@ -44,6 +44,13 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuild
     sha256,
     snapshot,
 )
+from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.umoci_support import (
+    gnu_tar,
+    needs_umoci,
+    stage,
+    tree_differences,
+    umoci_unpack,
+)
 
 
 @pytest.fixture
@@ -343,6 +350,66 @@ def test_user_xattrs_survive_on_files_and_directories(root: str) -> None:
     assert os.getxattr(os.path.join(root, 'd'), 'user.dir') == b'on a dir'
     assert os.getxattr(os.path.join(root, 'd/f'), 'user.one') == b'first'
     assert os.getxattr(os.path.join(root, 'd/f'), 'user.two') == '\u00e9t\u00e9'.encode('utf-8')
+
+
+def _acl_xattrs(tmp_path: pathlib.Path, access: str, default: t.Optional[str] = None) -> t.Dict[str, str]:
+    """PAX records holding the POSIX ACLs setfacl makes from `access` (and `default`), as GNU tar stores them."""
+    probe = tmp_path / ('acl-probe-%d' % len(list(tmp_path.iterdir())))
+    probe.mkdir()
+    subprocess.run(['setfacl', '-m', access, str(probe)], check=True)
+    names = ['system.posix_acl_access']
+    if default:
+        subprocess.run(['setfacl', '-d', '-m', default, str(probe)], check=True)
+        names.append('system.posix_acl_default')
+    return {'SCHILY.xattr.' + name: os.getxattr(str(probe), name).decode('utf-8', 'surrogateescape')
+            for name in names}
+
+
+def _acl(path: str) -> t.List[str]:
+    getfacl = subprocess.run(['getfacl', '--omit-header', '--absolute-names', '--numeric', path],
+                             check=True, capture_output=True, text=True)
+    return [line for line in getfacl.stdout.splitlines() if line]
+
+
+def test_a_redeclared_directory_has_only_its_own_xattrs_and_acls(root: str, tmp_path: pathlib.Path) -> None:
+    if not _xattr_supported(root, 'user.probe', b'1') or shutil.which('setfacl') is None:
+        pytest.skip('this filesystem does not take user.* xattrs, or setfacl is missing')
+    lower_pax = dict(_acl_xattrs(tmp_path, 'u:1234:rwx', default='u:1234:r-x'), **{'SCHILY.xattr.user.old': 'lower'})
+    upper_pax = dict(_acl_xattrs(tmp_path, 'u:4321:r-x'), **{'SCHILY.xattr.user.new': 'upper'})
+    lower = TarBuilder().dir('./', pax={'SCHILY.xattr.user.root-old': 'lower'}).dir('d', mode=0o775, pax=lower_pax) \
+        .dir('other', pax={'SCHILY.xattr.user.kept': 'kept'}).tar()
+    upper = TarBuilder().dir('./', pax={'SCHILY.xattr.user.root-new': 'upper'}).dir('d', mode=0o755, pax=upper_pax) \
+        .file('other/f', b'f').tar()
+    directory = os.path.join(root, 'd')
+    apply_layers(root, lower)
+    assert 'user:1234:rwx' in _acl(directory) and 'default:user:1234:r-x' in _acl(directory)
+    host_label = os.geteuid() == 0 and _xattr_supported(root, 'trusted.probe', b'1')
+    if host_label:
+        # Not an attribute images may set: someone else's, never cleared.
+        os.setxattr(directory, 'trusted.host-label', b'keep')
+
+    apply_layers(root, upper)
+    expected = ['system.posix_acl_access', 'user.new'] + (['trusted.host-label'] if host_label else [])
+    assert sorted(os.listxattr(directory)) == sorted(expected)
+    assert _acl(directory) == ['user::rwx', 'user:4321:r-x', 'group::r-x', 'mask::r-x', 'other::r-x']
+    assert os.listxattr(root) == ['user.root-new']
+    # A directory no later entry declares keeps what its own entry gave it.
+    assert os.listxattr(os.path.join(root, 'other')) == ['user.kept']
+
+
+@needs_umoci
+def test_redeclared_directory_xattrs_as_umoci_unpacks_them(root: str, tmp_path: pathlib.Path) -> None:
+    if not _xattr_supported(root, 'user.probe', b'1'):
+        pytest.skip('this filesystem does not take user.* xattrs')
+    lower_stage, upper_stage = tmp_path / 'lower', tmp_path / 'upper'
+    stage(lower_stage, {'d/f': b'f', 'e': None}, xattrs={'d': {'user.old': b'lower'}, 'e': {'user.e': b'e'}})
+    stage(upper_stage, {'d': None}, xattrs={'d': {'user.new': b'upper'}})
+    layers = [gnu_tar(lower_stage, ['d', 'd/f', 'e'], tmp_path / 'lower.tar'),
+              gnu_tar(upper_stage, ['d'], tmp_path / 'upper.tar')]
+    reference = umoci_unpack(tmp_path, [tmp_path / 'lower.tar', tmp_path / 'upper.tar'])
+    apply_layers(root, *layers)
+    assert os.listxattr(os.path.join(root, 'd')) == ['user.new']
+    assert tree_differences(root, reference) == []
 
 
 def test_libarchive_xattr_form_is_read(root: str) -> None:
