@@ -62,6 +62,11 @@ WHITEOUT_PREFIX = '.wh.'
 OPAQUE_MARKER = '.wh..wh..opq'
 AUFS_META_PREFIX = '.wh..wh.'
 DEFAULT_MAX_SIZE = 64 << 30
+# The tar entry types a rootfs is made of (regular files are '0', NUL in old tars, '7' contiguous and GNU
+# sparse 'S'); tarfile itself consumes the PAX and GNU long-name headers. Any other type would be
+# written as a regular file by tarfile: refused instead.
+ENTRY_TYPES = frozenset(tarfile.REGULAR_TYPES + (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE,
+                                                 tarfile.DIRTYPE, tarfile.FIFOTYPE))
 
 _COPY_CHUNK = 1 << 20
 # Each entry costs an inode and some memory for whiteout bookkeeping; real images hold thousands.
@@ -246,6 +251,9 @@ class RootfsBuilder:
         if parts and parts[-1].startswith(WHITEOUT_PREFIX):
             self._apply_whiteout(parts)
             return
+        if member.type not in ENTRY_TYPES:
+            raise LayerError('entry %s has tar type %r (0x%02x), which is no kind of file a rootfs holds'
+                             % (_shown(member.name), member.type.decode('latin-1'), member.type[0]))
         if not parts:
             self._apply_root_entry(member)
             return

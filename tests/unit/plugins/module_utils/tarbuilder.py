@@ -60,7 +60,7 @@ class TarBuilder:
         info.linkname = linkname
         info.devmajor, info.devminor = devmajor, devminor
         info.pax_headers = dict(pax or {})
-        info.size = len(data) if kind == tarfile.REGTYPE else 0
+        info.size = len(data)
         self._tar.addfile(info, io.BytesIO(data) if info.size else None)
         return self
 

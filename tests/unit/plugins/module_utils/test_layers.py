@@ -12,6 +12,7 @@ import inspect
 import io
 import os
 import pathlib
+import re
 import resource
 import shutil
 import stat
@@ -454,6 +455,85 @@ def test_device_nodes_are_skipped_unless_asked_for(root: str) -> None:
     stats = apply_layers(root, layer)
     assert stats.skipped == {'device_node': 2}
     assert listing(root) == ['dev/', 'dev/keep']
+
+
+# -- tar entry types -------------------------------------------------------------------------------
+
+
+def test_every_kind_of_entry_a_rootfs_holds_is_written_as_what_it_is(root: str) -> None:
+    if os.geteuid() != 0 or not _mknod_permitted(root):
+        pytest.skip('creating device nodes is not permitted here')
+    layer = TarBuilder().add('regular', tarfile.REGTYPE, data=b'0') \
+        .add('old-regular', tarfile.AREGTYPE, data=b'nul') \
+        .add('contiguous', tarfile.CONTTYPE, data=b'seven') \
+        .add('hard', tarfile.LNKTYPE, linkname='regular') \
+        .add('soft', tarfile.SYMTYPE, linkname='regular') \
+        .add('char', tarfile.CHRTYPE, devmajor=1, devminor=3) \
+        .add('block', tarfile.BLKTYPE, devmajor=7, devminor=0) \
+        .add('dir', tarfile.DIRTYPE, mode=0o755) \
+        .add('old-dir/', tarfile.AREGTYPE, mode=0o755) \
+        .add('fifo', tarfile.FIFOTYPE).tar()
+    apply_layers(root, layer, device_nodes=True)
+    kinds = {name: stat.S_IFMT(os.lstat(os.path.join(root, name)).st_mode) for name in os.listdir(root)}
+    assert kinds == {'regular': stat.S_IFREG, 'old-regular': stat.S_IFREG, 'contiguous': stat.S_IFREG,
+                     'hard': stat.S_IFREG, 'soft': stat.S_IFLNK, 'char': stat.S_IFCHR, 'block': stat.S_IFBLK,
+                     'dir': stat.S_IFDIR, 'old-dir': stat.S_IFDIR, 'fifo': stat.S_IFIFO}
+    assert [read(os.path.join(root, name)) for name in ('regular', 'old-regular', 'contiguous', 'hard')] == \
+        [b'0', b'nul', b'seven', b'0']
+    assert os.lstat(os.path.join(root, 'hard')).st_ino == os.lstat(os.path.join(root, 'regular')).st_ino
+
+
+def test_gnu_long_names_and_link_targets_are_read(root: str) -> None:
+    long_dir = 'd' * 120
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode='w', format=tarfile.GNU_FORMAT) as archive:
+        for name, kind, linkname in ((long_dir, tarfile.DIRTYPE, ''), (long_dir + '/' + 'f' * 120, tarfile.REGTYPE, ''),
+                                     ('link', tarfile.SYMTYPE, 't' * 150),
+                                     ('hard', tarfile.LNKTYPE, long_dir + '/' + 'f' * 120)):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.mode = kind, linkname, 0o755
+            archive.addfile(info)
+    blob = buffer.getvalue()
+    assert b'././@LongLink' in blob
+    apply_layers(root, blob)
+    assert sorted(os.listdir(root)) == sorted([long_dir, 'link', 'hard'])
+    assert os.readlink(os.path.join(root, 'link')) == 't' * 150
+    assert os.lstat(os.path.join(root, 'hard')).st_nlink == 2
+
+
+@pytest.mark.parametrize('tar_format', ['gnu', 'pax'])
+def test_sparse_files_are_written_with_their_holes_as_zeros(root: str, tmp_path: pathlib.Path, tar_format: str) -> None:
+    sparse = tmp_path / 'sparse'
+    with open(sparse, 'wb') as stream:
+        stream.write(b'head')
+        stream.seek(1 << 20)
+        stream.write(b'tail')
+    archive = tmp_path / 'sparse.tar'
+    subprocess.run(['tar', '--sparse', '--format=' + tar_format, '-C', str(tmp_path), '-cf', str(archive), 'sparse'],
+                   check=True)
+    if tar_format == 'gnu':
+        assert archive.read_bytes()[156:157] == tarfile.GNUTYPE_SPARSE
+    apply_layers(root, archive.read_bytes())
+    assert read(os.path.join(root, 'sparse')) == b'head' + bytes((1 << 20) - 4) + b'tail'
+
+
+@pytest.mark.parametrize('kind', [b'V', b'D', b'M', b'N', b'A', b'I', b'9', b'\x99'],
+                         ids=['volume-label', 'dumpdir', 'multivolume', 'old-long-name', 'solaris-acl', 'inode',
+                              'digit', 'high-byte'])
+def test_entries_of_unknown_tar_types_are_refused(root: str, kind: bytes) -> None:
+    layer = TarBuilder().file('before', b'b').add('odd', kind, data=b'would be a file').tar()
+    with pytest.raises(LayerError, match=r"^layer 1/1 .*: entry 'odd' has tar type %s \(0x%02x\)"
+                       % (re.escape(repr(kind.decode('latin-1'))), kind[0])):
+        apply_layers(root, layer)
+    assert listing(root) == ['before']
+
+
+def test_a_whiteout_is_known_by_its_name_whatever_its_tar_type(root: str) -> None:
+    # Like umoci: the layer spec names whiteouts by path only.
+    lower = TarBuilder().file('gone', b'g').tar()
+    upper = TarBuilder().add('.wh.gone', tarfile.FIFOTYPE).add('.wh.never', b'V').tar()
+    apply_layers(root, lower, upper)
+    assert listing(root) == []
 
 
 def test_sparse_files_count_at_their_full_size_against_max_size(root: str, tmp_path: pathlib.Path) -> None:
