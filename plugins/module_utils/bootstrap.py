@@ -18,9 +18,10 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.destination import 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DestinationError
 from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import IdMap, parse_id_map
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import DEFAULT_MAX_SIZE, ApplyStats, remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils.layers import DEFAULT_MAX_SIZE, ApplyStats
 from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import matches, parse_platform
 from ansible_collections.virt.bootstrap.plugins.module_utils.progress import Progress, ProgressCallback
+from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import remove_tree
 from ansible_collections.virt.bootstrap.plugins.module_utils.sources import Source, open_source, parse_source
 from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions, RegistrySource
 from ansible_collections.virt.bootstrap.plugins.module_utils.state import StateRecord, options_hash

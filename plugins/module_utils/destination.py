@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import functools
 import os
 import secrets
 import stat
@@ -27,7 +26,7 @@ import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import occupancy
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DestinationError
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import libc, remove_tree
 from ansible_collections.virt.bootstrap.plugins.module_utils.state import (
     StateRecord,
     fsync_directory,
@@ -328,22 +327,16 @@ def flush_filesystem(path: str) -> None:
     """
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        syncfs = getattr(_libc(), 'syncfs', None)
+        syncfs = getattr(libc(), 'syncfs', None)
         if syncfs is None or syncfs(fd) != 0:
             os.sync()  # no syncfs here: flush everything
     finally:
         os.close(fd)
 
 
-@functools.lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
-    # The C library Python itself runs on; ctypes.util.find_library would start /sbin/ldconfig to find it.
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def _rename_exchange(first: str, second: str) -> bool:
     """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where unsupported."""
-    renameat2 = getattr(_libc(), 'renameat2', None)
+    renameat2 = getattr(libc(), 'renameat2', None)
     if renameat2 is None:
         return False
     result = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)

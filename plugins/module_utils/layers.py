@@ -3,8 +3,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The safe layer applier: streams image layers into a root directory, bottom layer first.
 
-Every path is resolved one component at a time from a directory fd with O_NOFOLLOW, so no
-entry can reach outside the root or through a symlink planted by an earlier entry.
+Every path resolves inside the root (rootpath.InRootDirs), as openat2(RESOLVE_IN_ROOT) does: a
+symlink on the way is followed as if the root were `/`, so `lib -> usr/lib` then `lib/x` writes
+`usr/lib/x`, as umoci and containerd do, and nothing can reach outside the root. The entry itself
+(the last component) is never followed: it is replaced. Hard-link targets resolve the same way.
+What the applier remembers by path (this layer's entries, directory metadata fixed at the end) is
+keyed by the resolved path.
 """
 
 from __future__ import annotations
@@ -34,6 +38,17 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
     SizeLimitExceeded,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Layer, new_hasher, verify_digest
+from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import (
+    DIR_CACHE_LIMIT,
+    DIR_FLAGS,
+    DISPLAY_LIMIT,
+    MAX_DEPTH,
+    InRootDirs,
+    Parts,
+    display_path,
+    lstat_at,
+    remove_tree_at,
+)
 
 CAPABILITY_XATTR = 'security.capability'
 _ALLOWED_XATTR_PREFIXES = ('user.',)
@@ -47,20 +62,17 @@ WHITEOUT_PREFIX = '.wh.'
 OPAQUE_MARKER = '.wh..wh..opq'
 AUFS_META_PREFIX = '.wh..wh.'
 DEFAULT_MAX_SIZE = 64 << 30
+# The tar entry types a rootfs is made of (regular files are '0', NUL in old tars, '7' contiguous and GNU
+# sparse 'S'); tarfile itself consumes the PAX and GNU long-name headers. Any other type would be
+# written as a regular file by tarfile: refused instead.
+ENTRY_TYPES = frozenset(tarfile.REGULAR_TYPES + (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE,
+                                                 tarfile.DIRTYPE, tarfile.FIFOTYPE))
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20
-_DIR_CACHE_LIMIT = 256
 # Each entry costs an inode and some memory for whiteout bookkeeping; real images hold thousands.
 MAX_ENTRIES = 5_000_000
 # File data is read in _COPY_CHUNK pieces; only extended headers are read whole.
 MAX_HEADER_READ = 8 << 20
-_DISPLAY_LIMIT = 300
-# Far deeper than any real tree; keeps the recursive resolution, pruning and removal of directories
-# well inside Python's recursion limit.
-MAX_DEPTH = 256
-
-Parts = t.Tuple[str, ...]
 IdMapper = t.Callable[[int, int], t.Tuple[int, int]]
 
 
@@ -78,13 +90,7 @@ def split_entry_name(name: str) -> Parts:
 
 def _shown(name: str) -> str:
     """A tar name for a message, quoted, and cut when a hostile one is huge."""
-    return repr(name if len(name) <= _DISPLAY_LIMIT else name[:_DISPLAY_LIMIT] + '...')
-
-
-def _display(parts: Parts) -> str:
-    """A path for a message; hostile names can be huge, so long ones are cut."""
-    text = '/' + '/'.join(parts)
-    return text if len(text) <= _DISPLAY_LIMIT else text[:_DISPLAY_LIMIT] + '...'
+    return repr(name if len(name) <= DISPLAY_LIMIT else name[:DISPLAY_LIMIT] + '...')
 
 
 @dataclass
@@ -109,11 +115,13 @@ class _DirMeta:
 
 
 class _LayerScope:
-    """What the current layer has written, so its own whiteouts never hide it."""
+    """What the current layer has written (by resolved path), so its own whiteouts never hide it."""
 
     def __init__(self) -> None:
         self.written: t.Set[Parts] = set()
         self.ancestors: t.Set[Parts] = set()
+        # Where this layer replaced a lower directory by something else: whiteouts below it hide nothing.
+        self.replaced_dirs: t.Set[Parts] = set()
 
     def record(self, parts: Parts) -> None:
         self.written.add(parts)
@@ -129,11 +137,11 @@ class RootfsBuilder:
 
     def __init__(self, root: str, max_size: int = DEFAULT_MAX_SIZE, id_mapper: t.Optional[IdMapper] = None,
                  progress: t.Optional[t.Callable[[int], None]] = None, device_nodes: bool = False) -> None:
-        self._root_fd = os.open(root, _DIR_FLAGS)
+        self._root_fd = os.open(root, DIR_FLAGS)
         # Off by default: a device node with the image's mode (say a 0666 disk) is reachable by every
         # host user who can reach the rootfs, and libvirt gives LXC guests a /dev of their own.
         self._device_nodes = device_nodes
-        self._dir_cache: t.Dict[Parts, int] = {}
+        self._dirs = InRootDirs(self._root_fd, on_create=self._made_parent_dir)
         # The root gets 0755 unless a layer has an entry for it.
         self._dir_meta: t.Dict[Parts, _DirMeta] = {(): _DirMeta(0o755, None)}
         self._budget = SizeBudget(max_size)
@@ -150,7 +158,7 @@ class RootfsBuilder:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._forget_dirs()
+        self._dirs.release()
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
@@ -191,17 +199,17 @@ class RootfsBuilder:
         """Give directories their final modes and mtimes, deepest first, once nothing else changes."""
         for parts in sorted(self._dir_meta, key=len, reverse=True):
             meta = self._dir_meta[parts]
-            if len(self._dir_cache) >= _DIR_CACHE_LIMIT:
-                self._forget_dirs()
+            if len(self._dirs) >= DIR_CACHE_LIMIT:
+                self._dirs.release()
             try:
-                fd = self._open_dir(parts, create=False)
+                fd = self._dirs.real(parts)
             except (OSError, LayerError):
                 continue
             os.chmod(fd, meta.mode)
             if meta.mtime_ns is not None:
                 os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
         self._dir_meta.clear()
-        self._forget_dirs()
+        self._dirs.release()
 
     # -- tar walking -----------------------------------------------------------------------------
 
@@ -235,14 +243,17 @@ class RootfsBuilder:
         if self._entries > MAX_ENTRIES:
             raise SizeLimitExceeded('the layers hold more than %d entries; no real rootfs has that many' % MAX_ENTRIES)
         # Fds handed out while one entry is applied stay open until the next entry.
-        if len(self._dir_cache) >= _DIR_CACHE_LIMIT:
-            self._forget_dirs()
+        if len(self._dirs) >= DIR_CACHE_LIMIT:
+            self._dirs.release()
         parts = split_entry_name(member.name)
         if any(part.startswith(AUFS_META_PREFIX) for part in parts[:-1]):
             return  # inside aufs metadata (.wh..wh.plnk/...): never part of the rootfs
         if parts and parts[-1].startswith(WHITEOUT_PREFIX):
             self._apply_whiteout(parts)
             return
+        if member.type not in ENTRY_TYPES:
+            raise LayerError('entry %s has tar type %r (0x%02x), which is no kind of file a rootfs holds'
+                             % (_shown(member.name), member.type.decode('latin-1'), member.type[0]))
         if not parts:
             self._apply_root_entry(member)
             return
@@ -252,60 +263,66 @@ class RootfsBuilder:
         if member.islnk():
             self._make_hardlink(parts, member)
             return
-        parent_fd = self._open_dir(parts[:-1], create=True)
+        parent, parent_fd = self._dirs.resolve(parts[:-1], create=True)
         name = parts[-1]
+        path = parent + (name,)
         if member.issym():
-            self._replace(parent_fd, parts)
+            self._replace(parent_fd, path)
             os.symlink(member.linkname, name, dir_fd=parent_fd)
         elif member.isfifo():
-            self._replace(parent_fd, parts)
+            self._replace(parent_fd, path)
             os.mkfifo(name, 0o600, dir_fd=parent_fd)
         elif member.ischr() or member.isblk():
             if not self._device_nodes:
                 self.stats.skip('device_node')
                 return
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-            self._replace(parent_fd, parts)
+            self._replace(parent_fd, path)
             try:
                 os.mknod(name, 0o600 | kind, os.makedev(member.devmajor, member.devminor), dir_fd=parent_fd)
             except PermissionError:
                 self.stats.skip('device_node_not_permitted')
                 return
         else:
-            self._write_file(tar, member, parent_fd, parts)
+            self._write_file(tar, member, parent_fd, path)
             return
         self._set_metadata_at(parent_fd, name, member, is_symlink=member.issym())
-        self._scope.record(parts)
+        self._scope.record(path)
         self.stats.written += 1
 
     def _apply_root_entry(self, member: tarfile.TarInfo) -> None:
         if not member.isdir():
             raise HostileLayer('the entry for the root itself (%s) is not a directory' % _shown(member.name))
         self._set_owner(self._root_fd, None, member)
+        self._clear_xattrs(self._root_fd)
         self._set_xattrs(self._root_fd, None, member)
         self._dir_meta[()] = _DirMeta(member.mode, _mtime_ns(member))
 
     # -- entry kinds -----------------------------------------------------------------------------
 
     def _make_dir(self, parts: Parts, member: tarfile.TarInfo) -> None:
-        parent_fd = self._open_dir(parts[:-1], create=True)
+        parent, parent_fd = self._dirs.resolve(parts[:-1], create=True)
         name = parts[-1]
-        existing = _lstat_at(parent_fd, name)
+        path = parent + (name,)
+        existing = lstat_at(parent_fd, name)
         if existing is not None and not stat.S_ISDIR(existing.st_mode):
-            self._remove_at(parent_fd, name, parts, existing)
+            self._remove_at(parent_fd, path, existing)
             existing = None
         if existing is None:
             os.mkdir(name, 0o700, dir_fd=parent_fd)
-        fd = self._open_dir(parts, create=False)
+        fd = self._dirs.real(path)
         self._set_owner(fd, None, member)
+        if existing is not None:
+            # Re-declared: the entry's attributes replace the lower layer's, as in umoci.
+            self._clear_xattrs(fd)
         self._set_xattrs(fd, None, member)
-        self._dir_meta[parts] = _DirMeta(member.mode, _mtime_ns(member))
-        self._scope.record(parts)
+        self._dir_meta[path] = _DirMeta(member.mode, _mtime_ns(member))
+        self._scope.record(path)
         self.stats.written += 1
 
-    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int, parts: Parts) -> None:
-        name = parts[-1]
-        self._replace(parent_fd, parts)
+    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int, path: Parts) -> None:
+        name = path[-1]
+        self._replace(parent_fd, path)
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=parent_fd)
         try:
@@ -322,29 +339,31 @@ class RootfsBuilder:
             os.utime(fd, ns=(mtime, mtime))
         finally:
             os.close(fd)
-        self._scope.record(parts)
+        self._scope.record(path)
         self.stats.written += 1
 
     def _make_hardlink(self, parts: Parts, member: tarfile.TarInfo) -> None:
         target = split_entry_name(member.linkname)
         if not target:
-            raise HostileLayer('hard link %s points at the root' % _display(parts))
-        if target == parts:
-            return
-        if target[:len(parts)] == parts:
-            # Replacing `parts` would remove the target (and the directory fd we hold for it) first.
-            raise LayerError('hard link %s would replace the directory holding its target %s'
-                             % (_display(parts), _display(target)))
-        target_fd = self._open_dir(target[:-1], create=False)
-        target_stat = _lstat_at(target_fd, target[-1])
-        if target_stat is None:
-            raise LayerError('hard link %s: target %s does not exist' % (_display(parts), _display(target)))
+            raise HostileLayer('hard link %s points at the root' % display_path(parts))
+        found = self._dirs.lookup(target[:-1])
+        target_stat = lstat_at(found[1], target[-1]) if found is not None else None
+        if found is None or target_stat is None:
+            raise LayerError('hard link %s: target %s does not exist' % (display_path(parts), display_path(target)))
+        target_path, target_fd = found[0] + (target[-1],), found[1]
         if stat.S_ISDIR(target_stat.st_mode):
-            raise HostileLayer('hard link %s points at directory %s' % (_display(parts), _display(target)))
-        parent_fd = self._open_dir(parts[:-1], create=True)
-        self._replace(parent_fd, parts)
+            raise HostileLayer('hard link %s points at directory %s' % (display_path(parts), display_path(target)))
+        parent, parent_fd = self._dirs.resolve(parts[:-1], create=True)
+        path = parent + (parts[-1],)
+        if target_path == path:
+            return
+        if target_path[:len(path)] == path:
+            # Replacing `path` would remove the target (and the directory fd we hold for it) first.
+            raise LayerError('hard link %s would replace the directory holding its target %s'
+                             % (display_path(parts), display_path(target)))
+        self._replace(parent_fd, path)
         os.link(target[-1], parts[-1], src_dir_fd=target_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
-        self._scope.record(parts)
+        self._scope.record(path)
         self.stats.written += 1
 
     # -- whiteouts -------------------------------------------------------------------------------
@@ -356,81 +375,84 @@ class RootfsBuilder:
             return  # other aufs metadata (.wh..wh.plnk, ...): never part of the rootfs
         if marker != OPAQUE_MARKER and marker[len(WHITEOUT_PREFIX):] in ('', '.', '..'):
             # '.wh...' would hide the parent directory, and at the top that is outside the root.
-            raise HostileLayer('whiteout %s does not name an entry it could hide' % _display(parts))
-        try:
-            parent_fd = self._open_dir(parent, create=False)
-        except FileNotFoundError:
+            raise HostileLayer('whiteout %s does not name an entry it could hide' % display_path(parts))
+        found = self._whiteout_parent(parent)
+        if found is None:
             return  # nothing below to hide
-        except HostileLayer:
-            # umoci writes a directory replaced by a symlink as the link, then whiteouts for the old
-            # children: nothing is left below to hide. A symlink from a lower layer is an attack.
-            if any(parent[:depth] in self._scope.written for depth in range(1, len(parent) + 1)):
-                return
-            raise
-        except LayerError:
-            return  # below a file: nothing to hide
+        resolved, parent_fd = found
         self.stats.whiteouts += 1
         if marker == OPAQUE_MARKER:
-            self._prune_children(parent_fd, parent)
+            self._prune_children(resolved)
         else:
-            self._prune(parent_fd, parent + (marker[len(WHITEOUT_PREFIX):],))
+            self._prune(parent_fd, resolved + (marker[len(WHITEOUT_PREFIX):],))
 
-    def _prune(self, parent_fd: int, parts: Parts) -> None:
-        """Remove what lower layers put at `parts`, keeping everything this layer wrote there."""
-        existing = _lstat_at(parent_fd, parts[-1])
+    def _whiteout_parent(self, parent: Parts) -> t.Optional[t.Tuple[Parts, int]]:
+        """Where the whiteouts of directory `parent` apply, or None when there is nothing to hide.
+
+        Missing paths and paths below files hide nothing. umoci writes a directory replaced by a
+        symlink as the link, then whiteouts for the old children: those hide nothing either, rather
+        than what the new link points at.
+        """
+        if self._scope.replaced_dirs:
+            for depth in range(len(parent)):
+                above = self._dirs.lookup(parent[:depth])
+                if above is None or above[0] + (parent[depth],) in self._scope.replaced_dirs:
+                    return None
+        return self._dirs.lookup(parent)
+
+    def _prune(self, parent_fd: int, path: Parts) -> None:
+        """Remove what lower layers put at resolved `path`, keeping everything this layer wrote there."""
+        existing = lstat_at(parent_fd, path[-1])
         if existing is None:
             return
-        if not self._scope.keeps(parts):
-            self._remove_at(parent_fd, parts[-1], parts, existing)
+        if not self._scope.keeps(path):
+            self._remove_at(parent_fd, path, existing)
         elif stat.S_ISDIR(existing.st_mode):
-            self._prune_children(self._open_dir(parts, create=False), parts)
+            self._prune_children(path)
 
-    def _prune_children(self, dir_fd: int, parts: Parts) -> None:
-        for name in sorted(os.listdir(dir_fd)):
-            self._prune(dir_fd, parts + (name,))
-            self._forget_dirs(below=parts + (name,))  # done with that subtree: keep the fd cache small
+    def _prune_children(self, path: Parts) -> None:
+        """Remove what lower layers put below directory `path`, walking down only what this layer keeps."""
+        kept_dirs = [path]
+        while kept_dirs:
+            directory = kept_dirs.pop()
+            dir_fd = self._dirs.real(directory)
+            for name in sorted(os.listdir(dir_fd)):
+                child = directory + (name,)
+                existing = lstat_at(dir_fd, name)
+                if existing is None:
+                    continue
+                if not self._scope.keeps(child):
+                    self._remove_at(dir_fd, child, existing)
+                elif stat.S_ISDIR(existing.st_mode):
+                    kept_dirs.append(child)
+            if len(self._dirs) >= DIR_CACHE_LIMIT:
+                self._dirs.release()  # nothing opened before is used again: keep the fd cache small
 
-    # -- path resolution -------------------------------------------------------------------------
+    # -- replacing -------------------------------------------------------------------------------
 
-    def _open_dir(self, parts: Parts, create: bool) -> int:
-        """An fd for directory `parts`, reached without following any symlink."""
-        if not parts:
-            return self._root_fd
-        cached = self._dir_cache.get(parts)
-        if cached is not None:
-            return cached
-        parent_fd = self._open_dir(parts[:-1], create)
-        name = parts[-1]
-        try:
-            fd = open_child_dir(parent_fd, parts)
-        except FileNotFoundError:
-            if not create:
-                raise
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
-            self._set_owner_at(parent_fd, name, 0, 0)
-            self._dir_meta.setdefault(parts, _DirMeta(0o755, None))
-            fd = open_child_dir(parent_fd, parts)
-        self._dir_cache[parts] = fd
-        return fd
+    def _made_parent_dir(self, parent_fd: int, name: str, path: Parts) -> None:
+        """A directory no entry named, made on the way to an entry: root's, 0755 unless an entry says otherwise."""
+        self._set_owner_at(parent_fd, name, 0, 0)
+        self._dir_meta.setdefault(path, _DirMeta(0o755, None))
 
-    def _forget_dirs(self, below: Parts = ()) -> None:
-        """Close cached fds at or below `below` (all of them by default)."""
-        for key in [key for key in self._dir_cache if key[:len(below)] == below]:
-            os.close(self._dir_cache.pop(key))
-
-    def _replace(self, parent_fd: int, parts: Parts) -> None:
-        """Clear the way for a new inode at `parts` (never modify the old one in place)."""
-        existing = _lstat_at(parent_fd, parts[-1])
+    def _replace(self, parent_fd: int, path: Parts) -> None:
+        """Clear the way for a new inode at resolved `path` (never modify the old one in place)."""
+        existing = lstat_at(parent_fd, path[-1])
         if existing is not None:
-            self._remove_at(parent_fd, parts[-1], parts, existing)
+            self._remove_at(parent_fd, path, existing)
+            if stat.S_ISDIR(existing.st_mode):
+                self._scope.replaced_dirs.add(path)
 
-    def _remove_at(self, parent_fd: int, name: str, parts: Parts, existing: os.stat_result) -> None:
+    def _remove_at(self, parent_fd: int, path: Parts, existing: os.stat_result) -> None:
+        name = path[-1]
         if stat.S_ISDIR(existing.st_mode):
-            self._forget_dirs(below=parts)
+            self._dirs.forget(path)
             remove_tree_at(parent_fd, name)
-            for key in [key for key in self._dir_meta if key[:len(parts)] == parts]:
+            for key in [key for key in self._dir_meta if key[:len(path)] == path]:
                 del self._dir_meta[key]
         else:
+            if stat.S_ISLNK(existing.st_mode):
+                self._dirs.forget(path)  # paths that went through the link resolve elsewhere now
             os.unlink(name, dir_fd=parent_fd)
 
     # -- metadata --------------------------------------------------------------------------------
@@ -467,6 +489,24 @@ class RootfsBuilder:
             if exc.errno not in (errno.EPERM, errno.EINVAL):
                 raise
             self.stats.owners_not_kept += 1
+
+    def _clear_xattrs(self, fd: int) -> None:
+        """Remove from directory `fd` every extended attribute an image may set, and nothing else."""
+        try:
+            names = os.listxattr(fd)
+        except OSError as exc:
+            if exc.errno != errno.ENOTSUP:
+                raise
+            return
+        for key in names:
+            if not xattr_allowed(key):
+                continue
+            try:
+                os.removexattr(fd, key)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                    raise
+                self.stats.skip('xattr')
 
     def _set_xattrs(self, fd: int, name: t.Optional[str], member: tarfile.TarInfo) -> None:
         for key, value in _xattrs_of(member):
@@ -552,13 +592,6 @@ def _mtime_ns(member: tarfile.TarInfo) -> int:
     return -ns if sign else ns
 
 
-def _lstat_at(dir_fd: int, name: str) -> t.Optional[os.stat_result]:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
 def _copy_to_fd(source: t.BinaryIO, fd: int) -> None:
     while True:
         chunk = source.read(_COPY_CHUNK)
@@ -567,77 +600,3 @@ def _copy_to_fd(source: t.BinaryIO, fd: int) -> None:
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view):]
-
-
-def open_child_dir(parent_fd: int, parts: Parts) -> int:
-    """Open directory `parts[-1]` below `parent_fd` (which holds `parts[:-1]`), never through a symlink."""
-    name = parts[-1]
-    try:
-        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-            raise
-        existing = _lstat_at(parent_fd, name)
-        if existing is not None and stat.S_ISLNK(existing.st_mode):
-            raise HostileLayer('%s is a symlink; refusing to go through it' % _display(parts))
-        raise LayerError('%s is not a directory' % _display(parts))
-
-
-def open_dir_in_root(root_fd: int, parts: Parts) -> int:
-    """A new fd for existing directory `parts` below `root_fd`; the caller closes it."""
-    fd = os.dup(root_fd)
-    for depth in range(1, len(parts) + 1):
-        try:
-            child = open_child_dir(fd, parts[:depth])
-        finally:
-            os.close(fd)
-        fd = child
-    return fd
-
-
-def remove_tree_at(parent_fd: int, name: str) -> None:
-    """Remove `name` below `parent_fd` and everything in it, never following symlinks.
-
-    Directories an unprivileged caller cannot read or write are opened up first.
-    """
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    except PermissionError:
-        _chmod_dir_at(parent_fd, name)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    try:
-        with os.scandir(fd) as entries:
-            children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-        for child, is_dir in children:
-            try:
-                if is_dir:
-                    remove_tree_at(fd, child)
-                else:
-                    os.unlink(child, dir_fd=fd)
-            except PermissionError:
-                os.chmod(fd, 0o700)
-                if is_dir:
-                    remove_tree_at(fd, child)
-                else:
-                    os.unlink(child, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
-
-
-def _chmod_dir_at(parent_fd: int, name: str) -> None:
-    existing = _lstat_at(parent_fd, name)
-    if existing is None or not stat.S_ISDIR(existing.st_mode):
-        raise LayerError('cannot open %s for removal' % name)
-    os.chmod(name, 0o700, dir_fd=parent_fd)
-
-
-def remove_tree(path: str) -> None:
-    """Remove a whole directory tree that may hold hostile content."""
-    parent, name = os.path.split(os.path.abspath(path))
-    parent_fd = os.open(parent, _DIR_FLAGS)
-    try:
-        if _lstat_at(parent_fd, name) is not None:
-            remove_tree_at(parent_fd, name)
-    finally:
-        os.close(parent_fd)

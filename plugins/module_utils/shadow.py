@@ -12,7 +12,7 @@ import stat
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import open_dir_in_root
+from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import open_dir_in_root
 
 SHADOW_PARTS = ('etc', 'shadow')
 MAX_SHADOW_SIZE = 16 << 20
@@ -89,8 +89,8 @@ def read_root_hash(root: str) -> t.Optional[str]:
 def set_root_hash(root: str, new_hash: str) -> None:
     """Replace the root hash in `root`/etc/shadow atomically, keeping mode, owner and other lines.
 
-    Paths are resolved without following symlinks: an image whose /etc or /etc/shadow is a
-    symlink cannot make us touch a file outside the rootfs.
+    /etc resolves inside the rootfs (a link such as /etc -> private/etc is followed as if the rootfs
+    were /), and /etc/shadow itself is never followed: no link can make us touch a file outside.
     """
     content, etc_fd, info = _read_shadow(root)
     try:

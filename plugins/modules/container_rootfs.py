@@ -14,7 +14,8 @@ description:
   - Writes the root filesystem of a container image or rootfs tarball into a directory on the managed host.
   - Layers are applied bottom-up in one streaming pass each, with OCI whiteouts and opaque directories,
     numeric owners, modes including setuid/setgid/sticky, mtimes, extended attributes (file capabilities),
-    symlinks, hard links and fifos. No entry is ever written outside O(dest) or through a symlink.
+    symlinks, hard links and fifos. Paths resolve inside O(dest), symlinks on the way included (as umoci
+    resolves them); no entry is ever written outside O(dest).
   - The new rootfs is built beside O(dest) and swapped into place in one step; a failed run leaves the
     previous rootfs exactly as it was.
   - A state record kept beside O(dest) (in C(.NAME.virt-bootstrap), out of the guest's reach) holds the digest of

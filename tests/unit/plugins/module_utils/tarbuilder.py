@@ -18,6 +18,9 @@ import tarfile
 import traceback
 import typing as t
 
+import pytest
+
+from ansible_collections.virt.bootstrap.plugins.module_utils import rootpath
 from ansible_collections.virt.bootstrap.plugins.module_utils.image import Layer
 from ansible_collections.virt.bootstrap.plugins.module_utils.layers import (
     OPAQUE_MARKER,
@@ -57,7 +60,7 @@ class TarBuilder:
         info.linkname = linkname
         info.devmajor, info.devminor = devmajor, devminor
         info.pax_headers = dict(pax or {})
-        info.size = len(data) if kind == tarfile.REGTYPE else 0
+        info.size = len(data)
         self._tar.addfile(info, io.BytesIO(data) if info.size else None)
         return self
 
@@ -179,6 +182,38 @@ def listing(root: str) -> t.List[str]:
         else:
             paths.append(entry.name)
     return sorted(paths)
+
+
+# The two ways paths resolve inside the root: the kernel's openat2, and our own walk where it is missing.
+RESOLUTIONS = ('openat2', 'fd-walk')
+
+
+def use_resolution(kind: str, monkeypatch: pytest.MonkeyPatch) -> t.List[str]:
+    """Make every lookup below a root go through `kind`; returns the paths given to openat2 from now on."""
+    calls: t.List[str] = []
+    real_openat2 = rootpath._openat2  # pylint: disable=protected-access
+
+    if kind == 'openat2':
+        probe = os.open('/', os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            works = rootpath.openat2_works(probe)
+        finally:
+            os.close(probe)
+        if not works:
+            pytest.skip('this kernel has no openat2, or a seccomp filter refuses it')
+
+        def counted(dir_fd: int, path: str) -> int:
+            calls.append(path)
+            return real_openat2(dir_fd, path)
+
+        monkeypatch.setattr(rootpath, '_openat2', counted)
+    else:
+        def refused(dir_fd: int, path: str) -> int:
+            raise AssertionError('openat2 called although the fd walk was asked for')
+
+        monkeypatch.setattr(rootpath, '_openat2_works', False)
+        monkeypatch.setattr(rootpath, '_openat2', refused)
+    return calls
 
 
 NOBODY = 65534

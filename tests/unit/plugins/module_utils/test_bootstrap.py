@@ -383,10 +383,10 @@ FAILURES = {
         DigestMismatch, 'layer 2/2'),
     'entry climbing out with ..': (
         lambda site: (_bad_oci(site, make_tar({'../escape': b'x'})), {}), HostileLayer, 'climbs out'),
-    'entry written through a symlink': (
-        lambda site: (_bad_oci(site, make_tar({'etc': None, 'etc/evil': Symlink(str(site.outside)),
+    'entry written through a symlink loop': (
+        lambda site: (_bad_oci(site, make_tar({'etc': None, 'etc/evil': Symlink('evil'),
                                                'etc/evil/planted': b'x'})), {}),
-        HostileLayer, 'symlink'),
+        LayerError, 'symlink loop'),
     'size limit': (
         lambda site: (_bad_oci(site, make_tar({'big': b'\x00' * 300000})), {'max_size': 200000}),
         SizeLimitExceeded, 'max_size'),

@@ -21,14 +21,16 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
     LayerError,
     SizeLimitExceeded,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import remove_tree
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import (
+    RESOLUTIONS,
     TarBuilder,
     apply_layers,
     compress,
     listing,
     read,
     snapshot,
+    use_resolution,
 )
 
 MIB = 1 << 20
@@ -83,42 +85,21 @@ HOSTILE = [
     Hostile('absolute-name', lambda s: [TarBuilder().file(s + '/passwd', b'x').tar()], 'absolute path'),
     Hostile('absolute-name-replacing-file', lambda s: [TarBuilder().file(s + '/file', b'pwned').tar()],
             'absolute path'),
-    Hostile('symlinked-parent-to-slash-from-lower-layer',
-            lambda s: [TarBuilder().symlink('x', '/').tar(), TarBuilder().file('x' + s + '/pwned', b'x').tar()],
-            '/x is a symlink; refusing to go through it'),
-    Hostile('symlinked-parent-to-sibling-from-lower-layer',
-            lambda s: [TarBuilder().symlink('x', '../sentinel').tar(), TarBuilder().file('x/pwned', b'x').tar()],
-            'x is a symlink'),
-    Hostile('symlinked-parent-in-same-layer',
-            lambda s: [TarBuilder().symlink('x', s).file('x/pwned', b'x').tar()], 'x is a symlink'),
-    Hostile('symlinked-parent-replacing-file',
-            lambda s: [TarBuilder().symlink('x', s).file('x/file', b'pwned').tar()], 'x is a symlink'),
-    Hostile('directory-through-symlinked-parent',
-            lambda s: [TarBuilder().symlink('x', s).dir('x/newdir').tar()], 'x is a symlink'),
-    Hostile('symlink-through-symlinked-parent',
-            lambda s: [TarBuilder().symlink('x', s).symlink('x/planted', '/').tar()], 'x is a symlink'),
-    Hostile('fifo-through-deep-symlinked-parent',
-            lambda s: [TarBuilder().dir('a').symlink('a/x', '../../sentinel').fifo('a/x/dir/fifo').tar()],
-            'a/x is a symlink'),
     Hostile('hard-link-to-dotdot-path', lambda s: [TarBuilder().hardlink('stolen', '../sentinel/file').tar()],
             'climbs out'),
     Hostile('hard-link-to-absolute-path', lambda s: [TarBuilder().hardlink('stolen', s + '/file').tar()],
             'absolute path'),
     Hostile('hard-link-to-host-file', lambda s: [TarBuilder().hardlink('stolen', '/etc/hostname').tar()],
             "absolute path '/etc/hostname'"),
+    # The target resolves inside the root, where there is no such file.
     Hostile('hard-link-through-symlinked-directory',
             lambda s: [TarBuilder().symlink('x', s).tar(), TarBuilder().hardlink('stolen', 'x/file').tar()],
-            'x is a symlink'),
-    Hostile('hard-link-into-symlinked-directory',
-            lambda s: [TarBuilder().symlink('x', s).hardlink('x/planted', 'etc/hostname').tar()],
-            'x is a symlink'),
+            'hard link /stolen: target /x/file does not exist', LayerError),
+    Hostile('hard-link-through-climbing-symlink',
+            lambda s: [TarBuilder().symlink('up', '../../../../..').hardlink('stolen', 'up' + s + '/file').tar()],
+            'does not exist', LayerError),
     Hostile('hard-link-to-directory', lambda s: [TarBuilder().hardlink('etc2', 'etc').tar()],
             'points at directory'),
-    Hostile('whiteout-through-symlink',
-            lambda s: [TarBuilder().symlink('x', s).tar(), TarBuilder().whiteout('x/file').tar()],
-            'x is a symlink'),
-    Hostile('opaque-whiteout-through-symlink',
-            lambda s: [TarBuilder().symlink('x', s).tar(), TarBuilder().opaque('x').tar()], 'x is a symlink'),
     Hostile('whiteout-of-dotdot', lambda s: [TarBuilder().file('.wh...').tar()], 'whiteout'),
     Hostile('whiteout-of-dotdot-below', lambda s: [TarBuilder().file('etc/.wh...').tar()], 'whiteout'),
     Hostile('whiteout-of-dot', lambda s: [TarBuilder().file('etc/.wh..').tar()], 'whiteout'),
@@ -128,9 +109,28 @@ HOSTILE = [
             'root itself'),
     Hostile('slash-entry-as-symlink', lambda s: [TarBuilder().symlink('/', s).file('pwned', b'x').tar()],
             'absolute path'),
-    Hostile('symlink-pointing-outside-then-written-through',
-            lambda s: [TarBuilder().symlink('out', '../sentinel/dir').file('out/pwned', b'x').tar()],
-            'out is a symlink'),
+    Hostile('symlink-loop', lambda s: [TarBuilder().symlink('a', 'b').symlink('b', 'a').file('a/x', b'x').tar()],
+            '/a: more than 40 symlinks to follow (a symlink loop?)', LayerError),
+    Hostile('symlink-to-itself', lambda s: [TarBuilder().symlink('self', 'self').dir('self/d').tar()],
+            'symlink loop', LayerError),
+    Hostile('symlink-loop-through-parent', lambda s: [TarBuilder().symlink('a', 'a/b').file('a/x', b'x').tar()],
+            'symlink loop', LayerError),
+    Hostile('symlink-loop-in-lower-layer',
+            lambda s: [TarBuilder().symlink('a', '/b').symlink('b', '../a').tar(), TarBuilder().file('a/x', b'x').tar()],
+            'symlink loop', LayerError),
+    Hostile('whiteout-through-symlink-loop',
+            lambda s: [TarBuilder().symlink('a', 'b').symlink('b', 'a').tar(), TarBuilder().whiteout('a/x').tar()],
+            'symlink loop', LayerError),
+    Hostile('hard-link-target-through-symlink-loop',
+            lambda s: [TarBuilder().symlink('a', 'b').symlink('b', 'a').hardlink('h', 'a/x').tar()],
+            'symlink loop', LayerError),
+    Hostile('symlink-resolving-deeper-than-any-tree',
+            lambda s: [TarBuilder().symlink('deep', '/'.join(['d'] * 200)).file('deep/' + 'e/' * 100 + 'f', b'x').tar()],
+            'resolves to more than 256 directories deep'),
+    Hostile('symlink-chain-resolving-deeper-than-any-tree',
+            lambda s: [TarBuilder().symlink('a', 'b/' * 150 + 'c').symlink('b/' * 150 + 'c', 'd/' * 150 + 'e')
+                       .file('a/f', b'x').tar()],
+            'resolves to more than 256 directories deep'),
     Hostile('name-deeper-than-any-tree', lambda s: [TarBuilder().file('a/' * 2000 + 'f', b'x').tar()],
             'more than 256 directories deep'),
     Hostile('hard-link-target-deeper-than-any-tree',
@@ -165,9 +165,155 @@ def _refused_and_contained(workspace: Workspace, case: Hostile) -> None:
     assert workspace.outside() == before
 
 
+@pytest.mark.parametrize('resolution', RESOLUTIONS)
 @pytest.mark.parametrize('case', HOSTILE, ids=[case.name for case in HOSTILE])
-def test_hostile_layer_is_refused_and_nothing_outside_the_root_changes(workspace: Workspace, case: Hostile) -> None:
+def test_hostile_layer_is_refused_and_nothing_outside_the_root_changes(
+        workspace: Workspace, case: Hostile, resolution: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_resolution(resolution, monkeypatch)
     _refused_and_contained(workspace, case)
+
+
+# -- links followed inside the root: what they point at is the root's, never the host's ------------
+
+
+DIR = 'a directory'
+FIFO = 'a fifo'
+HOST_FILES = ('/etc/passwd', '/etc/hostname')
+
+
+@dataclass(frozen=True)
+class Link:
+    target: str
+
+
+@dataclass
+class Contained:
+    """Layers that go through symlinks pointing outside; they resolve inside the root instead."""
+
+    name: str
+    layers: t.Callable[[str], t.List[bytes]]  # given the sentinel's absolute path
+    # Given the sentinel's path inside the root (its absolute path without the leading '/'): what
+    # must be at each path below the root afterwards (file content, DIR, FIFO or a Link), and what not.
+    landed: t.Callable[[str], t.Dict[str, t.Any]]
+    gone: t.Callable[[str], t.List[str]] = lambda inside: []
+    # Pairs of paths below the root that must be one inode.
+    same_inode: t.Callable[[str], t.List[t.Tuple[str, str]]] = lambda inside: []
+
+
+def _inside(path: str) -> str:
+    return path.lstrip('/')
+
+
+CONTAINED = [
+    Contained('symlinked-parent-to-slash-from-lower-layer',
+              lambda s: [TarBuilder().symlink('x', '/').tar(), TarBuilder().file('x' + s + '/pwned', b'x').tar()],
+              lambda i: {i + '/pwned': b'x', 'x': Link('/')}),
+    Contained('symlinked-parent-to-sibling-from-lower-layer',
+              lambda s: [TarBuilder().symlink('x', '../sentinel').tar(), TarBuilder().file('x/pwned', b'x').tar()],
+              lambda i: {'sentinel/pwned': b'x', 'x': Link('../sentinel')}),
+    Contained('symlinked-parent-in-same-layer',
+              lambda s: [TarBuilder().symlink('x', s).file('x/pwned', b'x').tar()],
+              lambda i: {i + '/pwned': b'x'}),
+    Contained('symlinked-parent-replacing-file',
+              lambda s: [TarBuilder().symlink('x', s).file('x/file', b'pwned').tar()],
+              lambda i: {i + '/file': b'pwned'}),
+    Contained('directory-through-symlinked-parent',
+              lambda s: [TarBuilder().symlink('x', s).dir('x/newdir').tar()],
+              lambda i: {i + '/newdir': DIR}),
+    Contained('symlink-through-symlinked-parent',
+              lambda s: [TarBuilder().symlink('x', s).symlink('x/planted', '/').tar()],
+              lambda i: {i + '/planted': Link('/')}),
+    Contained('fifo-through-deep-symlinked-parent',
+              lambda s: [TarBuilder().dir('a').symlink('a/x', '../../sentinel').fifo('a/x/dir/fifo').tar()],
+              lambda i: {'sentinel/dir/fifo': FIFO}),
+    Contained('symlink-pointing-outside-then-written-through',
+              lambda s: [TarBuilder().symlink('out', '../sentinel/dir').file('out/pwned', b'x').tar()],
+              lambda i: {'sentinel/dir/pwned': b'x'}),
+    Contained('symlink-chain-climbing-out-with-dotdot',
+              lambda s: [TarBuilder().symlink('l1', '../../../../..').dir('d').symlink('d/l2', '../l1/../../..').tar(),
+                         TarBuilder().file('d/l2' + s + '/file', b'pwned').tar()],
+              lambda i: {i + '/file': b'pwned'}),
+    Contained('absolute-symlink-to-host-etc',
+              lambda s: [TarBuilder().symlink('hostetc', '/etc').tar(),
+                         TarBuilder().file('hostetc/passwd', b'pwned').file('hostetc/hostname', b'pwned').tar()],
+              lambda i: {'etc/passwd': b'pwned', 'etc/hostname': b'pwned', 'hostetc': Link('/etc')}),
+    Contained('dotdot-in-a-link-target-applies-where-the-link-before-it-led',
+              lambda s: [TarBuilder().symlink('lib', 'usr/bin').symlink('b', 'lib/../x').tar(),
+                         TarBuilder().file('b/f', b'f').tar()],
+              lambda i: {'usr/x/f': b'f'}, gone=lambda i: ['x']),
+    Contained('hard-link-into-symlinked-directory',
+              lambda s: [TarBuilder().symlink('x', s).hardlink('x/planted', 'etc/hostname').tar()],
+              lambda i: {i + '/planted': b'box\n'}, same_inode=lambda i: [(i + '/planted', 'etc/hostname')]),
+    Contained('hard-link-through-symlink-to-outside-links-the-copy-inside',
+              lambda s: [TarBuilder().file(_inside(s) + '/file', b'inside').symlink('x', s).tar(),
+                         TarBuilder().hardlink('stolen', 'x/file').tar()],
+              lambda i: {'stolen': b'inside'}, same_inode=lambda i: [('stolen', i + '/file')]),
+    Contained('hard-link-through-absolute-symlink-to-host-etc',
+              lambda s: [TarBuilder().symlink('hostetc', '/etc').tar(),
+                         TarBuilder().hardlink('stolen', 'hostetc/hostname').tar()],
+              lambda i: {'stolen': b'box\n'}, same_inode=lambda i: [('stolen', 'etc/hostname')]),
+    Contained('whiteout-through-symlink',
+              lambda s: [TarBuilder().file(_inside(s) + '/file', b'inside').file(_inside(s) + '/keep', b'k')
+                         .symlink('x', s).tar(), TarBuilder().whiteout('x/file').tar()],
+              lambda i: {i + '/keep': b'k'}, gone=lambda i: [i + '/file']),
+    Contained('opaque-whiteout-through-symlink',
+              lambda s: [TarBuilder().file(_inside(s) + '/file', b'inside').file(_inside(s) + '/dir/inner', b'i')
+                         .symlink('x', s).tar(), TarBuilder().opaque('x').file('x/new', b'n').tar()],
+              lambda i: {i + '/new': b'n'}, gone=lambda i: [i + '/file', i + '/dir']),
+    Contained('whiteout-through-dotdot-climbing-links',
+              lambda s: [TarBuilder().file(_inside(s) + '/file', b'inside').dir('a').symlink('a/up', '../../../..')
+                         .tar(), TarBuilder().whiteout('a/up' + s + '/file').tar()],
+              lambda i: {i: DIR}, gone=lambda i: [i + '/file']),
+    Contained('opaque-whiteout-through-dotdot-climbing-links',
+              lambda s: [TarBuilder().file(_inside(s) + '/dir/inner', b'i').file(_inside(s) + '/file', b'f')
+                         .symlink('up', '../..').tar(), TarBuilder().opaque('up' + s + '/dir').tar()],
+              lambda i: {i + '/dir': DIR, i + '/file': b'f'}, gone=lambda i: [i + '/dir/inner']),
+]
+
+
+def _host_files() -> t.Dict[str, t.Tuple[t.Any, ...]]:
+    found = {}
+    for path in HOST_FILES:
+        info = os.lstat(path)
+        found[path] = (read(path), info.st_ino, info.st_mtime_ns, info.st_nlink)
+    return found
+
+
+def _check_landed(root: str, path: str, expected: t.Any) -> None:
+    full = os.path.join(root, path)
+    info = os.lstat(full)
+    if expected == DIR:
+        assert stat.S_ISDIR(info.st_mode), path
+    elif expected == FIFO:
+        assert stat.S_ISFIFO(info.st_mode), path
+    elif isinstance(expected, Link):
+        assert os.readlink(full) == expected.target, path
+    else:
+        assert stat.S_ISREG(info.st_mode), path
+        assert read(full) == expected, path
+
+
+@pytest.mark.parametrize('resolution', RESOLUTIONS)
+@pytest.mark.parametrize('case', CONTAINED, ids=[case.name for case in CONTAINED])
+def test_paths_through_symlinks_resolve_inside_the_root_and_nothing_outside_changes(
+        workspace: Workspace, case: Contained, resolution: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    openat2_calls = use_resolution(resolution, monkeypatch)
+    before, host_before = workspace.outside(), _host_files()
+    inside = _inside(workspace.sentinel)
+    apply_layers(workspace.root, GOOD_LAYER, *case.layers(workspace.sentinel))
+    assert workspace.outside() == before
+    assert _host_files() == host_before
+    for path, expected in case.landed(inside).items():
+        _check_landed(workspace.root, path, expected)
+    for path in case.gone(inside):
+        assert not os.path.lexists(os.path.join(workspace.root, path)), path
+    for first, second in case.same_inode(inside):
+        assert os.lstat(os.path.join(workspace.root, first)).st_ino == \
+            os.lstat(os.path.join(workspace.root, second)).st_ino
+    if resolution == 'openat2':
+        assert openat2_calls, 'the kernel resolved no path'
+    remove_tree(workspace.root)
+    assert workspace.outside() == before
 
 
 # -- links that point outside are created, never followed ------------------------------------------

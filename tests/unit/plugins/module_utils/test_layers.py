@@ -8,13 +8,16 @@ from __future__ import annotations
 import dataclasses
 import errno
 import gzip
+import inspect
 import io
 import os
 import pathlib
+import re
 import resource
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 import tempfile
 import typing as t
@@ -23,7 +26,8 @@ import zlib
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DigestMismatch, HostileLayer, LayerError, SizeLimitExceeded
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import RootfsBuilder, remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils.layers import RootfsBuilder
+from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import remove_tree
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import (
     CAPABILITY_V2,
     COMPRESSIONS,
@@ -40,6 +44,13 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuild
     read,
     sha256,
     snapshot,
+)
+from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.umoci_support import (
+    gnu_tar,
+    needs_umoci,
+    stage,
+    tree_differences,
+    umoci_unpack,
 )
 
 
@@ -193,6 +204,26 @@ def test_tree_at_the_depth_limit_is_applied_pruned_and_removed(root: str) -> Non
     assert not os.path.lexists(root)
 
 
+def test_whiteouts_of_a_deep_lower_tree_are_applied_without_recursion(root: str) -> None:
+    deep = '/'.join(['d'] * 250)
+    lower = TarBuilder()
+    for depth in range(1, 251):
+        lower.file('/'.join(['d'] * depth) + '/lower', b'l')
+    lower.file('side/' + deep + '/f', b'f')
+    # The opaque marker keeps this layer's own deep entry: the pruning walks all the way down to it.
+    upper = TarBuilder().file(deep + '/upper', b'u').opaque('').tar()
+    frames = len(inspect.stack())
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(frames + 150)  # far fewer frames than the tree has levels
+    try:
+        apply_layers(root, lower.tar(), upper)
+        assert os.listdir(root) == ['d'] and os.listdir(os.path.join(root, deep)) == ['upper']
+        remove_tree(os.path.join(root, 'd'))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert os.listdir(root) == []
+
+
 def test_stats_count_each_entry_once(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, 'mknod', _refuse)
     lower = TarBuilder().file('gone', b'g').tar()
@@ -322,6 +353,66 @@ def test_user_xattrs_survive_on_files_and_directories(root: str) -> None:
     assert os.getxattr(os.path.join(root, 'd/f'), 'user.two') == '\u00e9t\u00e9'.encode('utf-8')
 
 
+def _acl_xattrs(tmp_path: pathlib.Path, access: str, default: t.Optional[str] = None) -> t.Dict[str, str]:
+    """PAX records holding the POSIX ACLs setfacl makes from `access` (and `default`), as GNU tar stores them."""
+    probe = tmp_path / ('acl-probe-%d' % len(list(tmp_path.iterdir())))
+    probe.mkdir()
+    subprocess.run(['setfacl', '-m', access, str(probe)], check=True)
+    names = ['system.posix_acl_access']
+    if default:
+        subprocess.run(['setfacl', '-d', '-m', default, str(probe)], check=True)
+        names.append('system.posix_acl_default')
+    return {'SCHILY.xattr.' + name: os.getxattr(str(probe), name).decode('utf-8', 'surrogateescape')
+            for name in names}
+
+
+def _acl(path: str) -> t.List[str]:
+    getfacl = subprocess.run(['getfacl', '--omit-header', '--absolute-names', '--numeric', path],
+                             check=True, capture_output=True, text=True)
+    return [line for line in getfacl.stdout.splitlines() if line]
+
+
+def test_a_redeclared_directory_has_only_its_own_xattrs_and_acls(root: str, tmp_path: pathlib.Path) -> None:
+    if not _xattr_supported(root, 'user.probe', b'1') or shutil.which('setfacl') is None:
+        pytest.skip('this filesystem does not take user.* xattrs, or setfacl is missing')
+    lower_pax = dict(_acl_xattrs(tmp_path, 'u:1234:rwx', default='u:1234:r-x'), **{'SCHILY.xattr.user.old': 'lower'})
+    upper_pax = dict(_acl_xattrs(tmp_path, 'u:4321:r-x'), **{'SCHILY.xattr.user.new': 'upper'})
+    lower = TarBuilder().dir('./', pax={'SCHILY.xattr.user.root-old': 'lower'}).dir('d', mode=0o775, pax=lower_pax) \
+        .dir('other', pax={'SCHILY.xattr.user.kept': 'kept'}).tar()
+    upper = TarBuilder().dir('./', pax={'SCHILY.xattr.user.root-new': 'upper'}).dir('d', mode=0o755, pax=upper_pax) \
+        .file('other/f', b'f').tar()
+    directory = os.path.join(root, 'd')
+    apply_layers(root, lower)
+    assert 'user:1234:rwx' in _acl(directory) and 'default:user:1234:r-x' in _acl(directory)
+    host_label = os.geteuid() == 0 and _xattr_supported(root, 'trusted.probe', b'1')
+    if host_label:
+        # Not an attribute images may set: someone else's, never cleared.
+        os.setxattr(directory, 'trusted.host-label', b'keep')
+
+    apply_layers(root, upper)
+    expected = ['system.posix_acl_access', 'user.new'] + (['trusted.host-label'] if host_label else [])
+    assert sorted(os.listxattr(directory)) == sorted(expected)
+    assert _acl(directory) == ['user::rwx', 'user:4321:r-x', 'group::r-x', 'mask::r-x', 'other::r-x']
+    assert os.listxattr(root) == ['user.root-new']
+    # A directory no later entry declares keeps what its own entry gave it.
+    assert os.listxattr(os.path.join(root, 'other')) == ['user.kept']
+
+
+@needs_umoci
+def test_redeclared_directory_xattrs_as_umoci_unpacks_them(root: str, tmp_path: pathlib.Path) -> None:
+    if not _xattr_supported(root, 'user.probe', b'1'):
+        pytest.skip('this filesystem does not take user.* xattrs')
+    lower_stage, upper_stage = tmp_path / 'lower', tmp_path / 'upper'
+    stage(lower_stage, {'d/f': b'f', 'e': None}, xattrs={'d': {'user.old': b'lower'}, 'e': {'user.e': b'e'}})
+    stage(upper_stage, {'d': None}, xattrs={'d': {'user.new': b'upper'}})
+    layers = [gnu_tar(lower_stage, ['d', 'd/f', 'e'], tmp_path / 'lower.tar'),
+              gnu_tar(upper_stage, ['d'], tmp_path / 'upper.tar')]
+    reference = umoci_unpack(tmp_path, [tmp_path / 'lower.tar', tmp_path / 'upper.tar'])
+    apply_layers(root, *layers)
+    assert os.listxattr(os.path.join(root, 'd')) == ['user.new']
+    assert tree_differences(root, reference) == []
+
+
 def test_libarchive_xattr_form_is_read(root: str) -> None:
     if not _xattr_supported(root, 'user.probe', b'1'):
         pytest.skip('this filesystem does not take user.* xattrs')
@@ -364,6 +455,85 @@ def test_device_nodes_are_skipped_unless_asked_for(root: str) -> None:
     stats = apply_layers(root, layer)
     assert stats.skipped == {'device_node': 2}
     assert listing(root) == ['dev/', 'dev/keep']
+
+
+# -- tar entry types -------------------------------------------------------------------------------
+
+
+def test_every_kind_of_entry_a_rootfs_holds_is_written_as_what_it_is(root: str) -> None:
+    if os.geteuid() != 0 or not _mknod_permitted(root):
+        pytest.skip('creating device nodes is not permitted here')
+    layer = TarBuilder().add('regular', tarfile.REGTYPE, data=b'0') \
+        .add('old-regular', tarfile.AREGTYPE, data=b'nul') \
+        .add('contiguous', tarfile.CONTTYPE, data=b'seven') \
+        .add('hard', tarfile.LNKTYPE, linkname='regular') \
+        .add('soft', tarfile.SYMTYPE, linkname='regular') \
+        .add('char', tarfile.CHRTYPE, devmajor=1, devminor=3) \
+        .add('block', tarfile.BLKTYPE, devmajor=7, devminor=0) \
+        .add('dir', tarfile.DIRTYPE, mode=0o755) \
+        .add('old-dir/', tarfile.AREGTYPE, mode=0o755) \
+        .add('fifo', tarfile.FIFOTYPE).tar()
+    apply_layers(root, layer, device_nodes=True)
+    kinds = {name: stat.S_IFMT(os.lstat(os.path.join(root, name)).st_mode) for name in os.listdir(root)}
+    assert kinds == {'regular': stat.S_IFREG, 'old-regular': stat.S_IFREG, 'contiguous': stat.S_IFREG,
+                     'hard': stat.S_IFREG, 'soft': stat.S_IFLNK, 'char': stat.S_IFCHR, 'block': stat.S_IFBLK,
+                     'dir': stat.S_IFDIR, 'old-dir': stat.S_IFDIR, 'fifo': stat.S_IFIFO}
+    assert [read(os.path.join(root, name)) for name in ('regular', 'old-regular', 'contiguous', 'hard')] == \
+        [b'0', b'nul', b'seven', b'0']
+    assert os.lstat(os.path.join(root, 'hard')).st_ino == os.lstat(os.path.join(root, 'regular')).st_ino
+
+
+def test_gnu_long_names_and_link_targets_are_read(root: str) -> None:
+    long_dir = 'd' * 120
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode='w', format=tarfile.GNU_FORMAT) as archive:
+        for name, kind, linkname in ((long_dir, tarfile.DIRTYPE, ''), (long_dir + '/' + 'f' * 120, tarfile.REGTYPE, ''),
+                                     ('link', tarfile.SYMTYPE, 't' * 150),
+                                     ('hard', tarfile.LNKTYPE, long_dir + '/' + 'f' * 120)):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.mode = kind, linkname, 0o755
+            archive.addfile(info)
+    blob = buffer.getvalue()
+    assert b'././@LongLink' in blob
+    apply_layers(root, blob)
+    assert sorted(os.listdir(root)) == sorted([long_dir, 'link', 'hard'])
+    assert os.readlink(os.path.join(root, 'link')) == 't' * 150
+    assert os.lstat(os.path.join(root, 'hard')).st_nlink == 2
+
+
+@pytest.mark.parametrize('tar_format', ['gnu', 'pax'])
+def test_sparse_files_are_written_with_their_holes_as_zeros(root: str, tmp_path: pathlib.Path, tar_format: str) -> None:
+    sparse = tmp_path / 'sparse'
+    with open(sparse, 'wb') as stream:
+        stream.write(b'head')
+        stream.seek(1 << 20)
+        stream.write(b'tail')
+    archive = tmp_path / 'sparse.tar'
+    subprocess.run(['tar', '--sparse', '--format=' + tar_format, '-C', str(tmp_path), '-cf', str(archive), 'sparse'],
+                   check=True)
+    if tar_format == 'gnu':
+        assert archive.read_bytes()[156:157] == tarfile.GNUTYPE_SPARSE
+    apply_layers(root, archive.read_bytes())
+    assert read(os.path.join(root, 'sparse')) == b'head' + bytes((1 << 20) - 4) + b'tail'
+
+
+@pytest.mark.parametrize('kind', [b'V', b'D', b'M', b'N', b'A', b'I', b'9', b'\x99'],
+                         ids=['volume-label', 'dumpdir', 'multivolume', 'old-long-name', 'solaris-acl', 'inode',
+                              'digit', 'high-byte'])
+def test_entries_of_unknown_tar_types_are_refused(root: str, kind: bytes) -> None:
+    layer = TarBuilder().file('before', b'b').add('odd', kind, data=b'would be a file').tar()
+    with pytest.raises(LayerError, match=r"^layer 1/1 .*: entry 'odd' has tar type %s \(0x%02x\)"
+                       % (re.escape(repr(kind.decode('latin-1'))), kind[0])):
+        apply_layers(root, layer)
+    assert listing(root) == ['before']
+
+
+def test_a_whiteout_is_known_by_its_name_whatever_its_tar_type(root: str) -> None:
+    # Like umoci: the layer spec names whiteouts by path only.
+    lower = TarBuilder().file('gone', b'g').tar()
+    upper = TarBuilder().add('.wh.gone', tarfile.FIFOTYPE).add('.wh.never', b'V').tar()
+    apply_layers(root, lower, upper)
+    assert listing(root) == []
 
 
 def test_sparse_files_count_at_their_full_size_against_max_size(root: str, tmp_path: pathlib.Path) -> None:

@@ -20,7 +20,14 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Re
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
 from ansible_collections.virt.bootstrap.plugins.module_utils.shadow import ShadowError
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import snapshot_tree
-from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import NOBODY, TarBuilder, as_nobody, compress
+from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import (
+    NOBODY,
+    RESOLUTIONS,
+    TarBuilder,
+    as_nobody,
+    compress,
+    use_resolution,
+)
 
 NEW = '$6$newsalt$NEWHASH'
 # A real, cheap SHA-512 crypt hash of 'known' (5000 rounds, as glibc makes them).
@@ -235,6 +242,41 @@ def test_symlink_messages_say_what_was_refused(tmp_path):
     host = Host(tmp_path)
     with pytest.raises(ShadowError, match='symlink'):
         shadow.set_root_hash(hostile_root(tmp_path, host, 'shadow-symlink'), NEW)
+
+
+@pytest.mark.parametrize('resolution', RESOLUTIONS)
+@pytest.mark.parametrize('etc_link', ['private/etc', '/private/etc', '../../private/etc', 'host'],
+                         ids=['relative', 'absolute', 'climbing', 'host-path'])
+def test_etc_linked_elsewhere_in_the_rootfs_is_followed_inside_it(tmp_path, monkeypatch, resolution, etc_link):
+    # Some images keep /etc elsewhere (/etc -> private/etc): the link resolves inside the rootfs, even
+    # one that names the host's own directory.
+    use_resolution(resolution, monkeypatch)
+    host = Host(tmp_path)
+    root = str(tmp_path / 'rootfs')
+    real_etc = 'private/etc' if etc_link != 'host' else host.dir.lstrip('/')
+    os.makedirs(os.path.join(root, real_etc))
+    with open(os.path.join(root, real_etc, 'shadow'), 'wb') as stream:
+        stream.write(SHADOW)
+    os.symlink(host.dir if etc_link == 'host' else etc_link, os.path.join(root, 'etc'))
+    shadow.set_root_hash(root, NEW)
+    assert shadow.read_root_hash(root) == NEW
+    with open(os.path.join(root, real_etc, 'shadow'), 'rb') as stream:
+        assert stream.read() == SHADOW.replace(b'$6$old$OLDHASH', NEW.encode())
+    assert host.untouched()
+
+
+@pytest.mark.parametrize('resolution', RESOLUTIONS)
+def test_a_symlinked_shadow_below_a_linked_etc_is_still_refused(tmp_path, monkeypatch, resolution):
+    use_resolution(resolution, monkeypatch)
+    host = Host(tmp_path)
+    root = str(tmp_path / 'rootfs')
+    make_etc(os.path.join(root, 'private'))
+    os.unlink(os.path.join(root, 'private', 'etc', 'shadow'))
+    os.symlink(host.sentinel, os.path.join(root, 'private', 'etc', 'shadow'))
+    os.symlink('private/etc', os.path.join(root, 'etc'))
+    with pytest.raises(ShadowError, match='/etc/shadow of the rootfs is a symlink'):
+        shadow.set_root_hash(root, NEW)
+    assert host.untouched()
 
 
 def test_planted_temporary_name_pointing_at_the_host_is_not_followed(tmp_path):
