@@ -27,7 +27,7 @@ class DigestMismatch(LayerError):
 
 
 class HostileLayer(LayerError):
-    """A layer entry tries to reach outside the root or through a link."""
+    """A layer entry tries to reach outside the root, or is not what a layer may hold."""
 
 
 class SizeLimitExceeded(LayerError):
