@@ -181,7 +181,7 @@ def engine_child(src: str, dest: str, cache_dir: str, expected: str) -> None:
     started = time.perf_counter()
     bootstrap = import_engine()
     # pylint: disable=import-outside-toplevel  # importable once import_engine() has set sys.path
-    from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
+    from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry import RegistryOptions
     imported = time.perf_counter()
     write_dir_s = time_write_dir(bootstrap)
     # device_nodes: umoci creates them too, so both tools write the same tree.

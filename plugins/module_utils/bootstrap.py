@@ -13,19 +13,19 @@ from dataclasses import dataclass, field
 
 from ansible.module_utils.common.text.formatters import human_to_bytes
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import shadow
-from ansible_collections.virt.bootstrap.plugins.module_utils.destination import Destination, flush_filesystem, mark_rootfs
+from ansible_collections.virt.bootstrap.plugins.module_utils import _shadow as shadow
+from ansible_collections.virt.bootstrap.plugins.module_utils._destination import Destination, flush_filesystem, mark_rootfs
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DestinationError
-from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import IdMap, parse_id_map
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import DEFAULT_MAX_SIZE, ApplyStats
-from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import matches, parse_platform
-from ansible_collections.virt.bootstrap.plugins.module_utils.progress import Progress, ProgressCallback
-from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import remove_tree
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources import Source, open_source, parse_source
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions, RegistrySource
-from ansible_collections.virt.bootstrap.plugins.module_utils.state import StateRecord, options_hash
-from ansible_collections.virt.bootstrap.plugins.module_utils.writers.dir import write_dir
+from ansible_collections.virt.bootstrap.plugins.module_utils._idmap import IdMap, parse_id_map
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image
+from ansible_collections.virt.bootstrap.plugins.module_utils._layers import DEFAULT_MAX_SIZE, ApplyStats
+from ansible_collections.virt.bootstrap.plugins.module_utils._platforms import matches, parse_platform
+from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress, ProgressCallback
+from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources import Source, open_source, parse_source
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry import RegistryOptions, RegistrySource
+from ansible_collections.virt.bootstrap.plugins.module_utils._state import StateRecord, options_hash
+from ansible_collections.virt.bootstrap.plugins.module_utils._writers.dir import write_dir
 
 FORMATS = ('dir',)
 # always: rebuild when the image or an option changes; never: keep the rootfs dest holds.

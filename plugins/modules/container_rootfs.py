@@ -422,7 +422,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Result, build_request, run
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
-from ansible_collections.virt.bootstrap.plugins.module_utils.progress import JsonLinesLog
+from ansible_collections.virt.bootstrap.plugins.module_utils._progress import JsonLinesLog
 
 
 def _shorten(text: object, limit: int = 300) -> str:

@@ -13,8 +13,8 @@ import typing as t
 
 import pytest
 
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry import auth as auth_module
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry import client as client_module
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry import auth as auth_module
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry import client as client_module
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils import registry_support
 
 _STATE = pytest.StashKey[str]()

@@ -20,9 +20,9 @@ import typing as t
 
 import pytest
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import rootpath
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import Layer
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import (
+from ansible_collections.virt.bootstrap.plugins.module_utils import _rootpath as rootpath
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import Layer
+from ansible_collections.virt.bootstrap.plugins.module_utils._layers import (
     OPAQUE_MARKER,
     WHITEOUT_PREFIX,
     ApplyStats,

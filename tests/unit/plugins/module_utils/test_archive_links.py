@@ -14,7 +14,7 @@ import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, run
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources import open_source, parse_source
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources import open_source, parse_source
 from ansible_collections.virt.bootstrap.tests.registry.push import skopeo_copy
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import (
     Hardlink,

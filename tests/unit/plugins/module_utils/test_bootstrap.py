@@ -14,7 +14,7 @@ from dataclasses import asdict
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, run
-from ansible_collections.virt.bootstrap.plugins.module_utils.destination import Destination, identity_of
+from ansible_collections.virt.bootstrap.plugins.module_utils._destination import Destination, identity_of
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
     BootstrapError,
     DestinationError,
@@ -25,7 +25,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
     SizeLimitExceeded,
     SourceError,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.state import load_record
+from ansible_collections.virt.bootstrap.plugins.module_utils._state import load_record
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import (
     DockerImage,
     Hardlink,

@@ -22,8 +22,8 @@ import typing as t
 import pytest
 from passlib.hash import sha512_crypt
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import cli as cli_module
-from ansible_collections.virt.bootstrap.plugins.module_utils import shadow
+from ansible_collections.virt.bootstrap.plugins.module_utils import _cli as cli_module
+from ansible_collections.virt.bootstrap.plugins.module_utils import _shadow as shadow
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import OciLayoutBuilder
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import TarBuilder
 

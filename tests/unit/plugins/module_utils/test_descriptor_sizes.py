@@ -14,7 +14,7 @@ import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, run
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DigestMismatch, SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import SizedReader
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import SizedReader
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import (
     MEDIA_OCI_INDEX,
     MTIME,

@@ -21,7 +21,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
     LayerError,
     SizeLimitExceeded,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import remove_tree
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import (
     RESOLUTIONS,
     TarBuilder,

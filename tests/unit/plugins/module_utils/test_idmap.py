@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
-from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._idmap import (
     MAX_ID,
     IdMap,
     IdMapError,

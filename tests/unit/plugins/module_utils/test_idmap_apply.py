@@ -15,8 +15,8 @@ import typing as t
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, bootstrap, run
-from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import parse_id_map
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import shift_capability_root
+from ansible_collections.virt.bootstrap.plugins.module_utils._idmap import parse_id_map
+from ansible_collections.virt.bootstrap.plugins.module_utils._layers import shift_capability_root
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import (
     CAPABILITY_V2,
     TarBuilder,

@@ -26,8 +26,8 @@ import zlib
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DigestMismatch, HostileLayer, LayerError, SizeLimitExceeded
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import RootfsBuilder
-from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils._layers import RootfsBuilder
+from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import remove_tree
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import (
     CAPABILITY_V2,
     COMPRESSIONS,
@@ -922,7 +922,7 @@ def test_zstd_cut_at_a_tar_header_boundary_is_still_an_error(root: str) -> None:
 
 
 def test_more_entries_than_any_rootfs_holds_are_refused(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr('ansible_collections.virt.bootstrap.plugins.module_utils.layers.MAX_ENTRIES', 5)
+    monkeypatch.setattr('ansible_collections.virt.bootstrap.plugins.module_utils._layers.MAX_ENTRIES', 5)
     layer = TarBuilder()
     for number in range(6):
         layer.file('f%d' % number, b'')

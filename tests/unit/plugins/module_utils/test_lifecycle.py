@@ -15,11 +15,11 @@ import typing as t
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import bootstrap as engine
-from ansible_collections.virt.bootstrap.plugins.module_utils import destination
+from ansible_collections.virt.bootstrap.plugins.module_utils import _destination as destination
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, bootstrap, run
-from ansible_collections.virt.bootstrap.plugins.module_utils.destination import Destination, identity_of
+from ansible_collections.virt.bootstrap.plugins.module_utils._destination import Destination, identity_of
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DestinationError
-from ansible_collections.virt.bootstrap.plugins.module_utils.state import load_record
+from ansible_collections.virt.bootstrap.plugins.module_utils._state import load_record
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import (
     compress,
     make_tar,

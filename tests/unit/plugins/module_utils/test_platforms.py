@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
+from ansible_collections.virt.bootstrap.plugins.module_utils import _platforms as platforms
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import PlatformError, SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import Platform, platform_from_json
-from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import Platform, platform_from_json
+from ansible_collections.virt.bootstrap.plugins.module_utils._platforms import (
     check_image_platform,
     choose,
     host_platform,

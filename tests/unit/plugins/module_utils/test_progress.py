@@ -15,7 +15,7 @@ import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import bootstrap as bootstrap_module
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import bootstrap
-from ansible_collections.virt.bootstrap.plugins.module_utils.progress import JsonLinesLog, Progress, human_size
+from ansible_collections.virt.bootstrap.plugins.module_utils._progress import JsonLinesLog, Progress, human_size
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import OciLayoutBuilder
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import TarBuilder
 

@@ -14,15 +14,15 @@ import urllib.error
 
 import pytest
 
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.auth import (
     AuthError,
     Credentials,
     default_auth_files,
     find_credentials,
     parse_challenge,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryClient, RegistryError
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.client import RegistryClient, RegistryError
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.reference import parse_reference
 
 SECRET = 'pa55:w0rd-not-for-logs'
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DigestMismatch
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.cache import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.cache import (
     STALE_PARTIAL_SECONDS,
     BlobCache,
     BlobFetcher,

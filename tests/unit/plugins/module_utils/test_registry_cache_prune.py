@@ -14,7 +14,7 @@ import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, run
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.cache import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.cache import (
     STALE_PARTIAL_SECONDS,
     BlobCache,
     BlobFetcher,
@@ -22,8 +22,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.registry.cache impo
     parse_max_age,
     prune_cache,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions, RegistrySource
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.reference import parse_reference
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry import RegistryOptions, RegistrySource
 from ansible_collections.virt.bootstrap.tests.registry.fault_proxy import FaultProxy
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry_support import (
     BASE_TREE,

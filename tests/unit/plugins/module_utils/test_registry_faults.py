@@ -16,11 +16,11 @@ import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, Result, run
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, LayerError, SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry import cache as cache_module
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryClient, RegistryError
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
-from ansible_collections.virt.bootstrap.plugins.module_utils.platforms import parse_platform
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions, RegistrySource
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry import cache as cache_module
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.client import RegistryClient, RegistryError
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.reference import parse_reference
+from ansible_collections.virt.bootstrap.plugins.module_utils._platforms import parse_platform
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry import RegistryOptions, RegistrySource
 from ansible_collections.virt.bootstrap.tests.registry import push as pusher
 from ansible_collections.virt.bootstrap.tests.registry.fault_proxy import FaultProxy
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry_support import (

@@ -15,13 +15,13 @@ import typing as t
 
 import pytest
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
+from ansible_collections.virt.bootstrap.plugins.module_utils import _platforms as platforms
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DigestMismatch, PlatformError, SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import Platform
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryClient, RegistryError
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources import registry as registry_source
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions, RegistrySource
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import Platform
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.client import RegistryClient, RegistryError
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.reference import parse_reference
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources import registry as registry_source
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry import RegistryOptions, RegistrySource
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import (
     MEDIA_OCI_CONFIG,
     MEDIA_OCI_INDEX,

@@ -11,8 +11,8 @@ import os
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, Result, run
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryError
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.client import RegistryError
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry import RegistryOptions
 from ansible_collections.virt.bootstrap.tests.registry.connect_proxy import ConnectProxy
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry_support import (
     BASE_TREE,

@@ -10,12 +10,12 @@ import os
 
 import pytest
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
+from ansible_collections.virt.bootstrap.plugins.module_utils import _platforms as platforms
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, Result, run
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import PlatformError, SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth import AuthError
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryError
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.auth import AuthError
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.client import RegistryError
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry import RegistryOptions
 from ansible_collections.virt.bootstrap.tests.registry.fault_proxy import FaultProxy
 from ansible_collections.virt.bootstrap.tests.registry.registry import DENIED_REPOSITORY, free_port, write_auth_file
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry_support import (

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import ImageReference, parse_reference
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources import SourceRef, parse_source
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.reference import ImageReference, parse_reference
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources import SourceRef, parse_source
 
 DIGEST = 'sha256:' + '0123456789abcdef' * 4
 

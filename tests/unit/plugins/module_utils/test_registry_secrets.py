@@ -18,7 +18,7 @@ import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, run
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import RegistryOptions
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry import RegistryOptions
 from ansible_collections.virt.bootstrap.tests.unit.plugins.modules.module_runner import run_main
 from ansible_collections.virt.bootstrap.tests.registry.fault_proxy import FaultProxy
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry_support import files_below

@@ -17,9 +17,9 @@ import typing as t
 
 import pytest
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import rootpath
+from ansible_collections.virt.bootstrap.plugins.module_utils import _rootpath as rootpath
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import HostileLayer, LayerError
-from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import (
     MAX_LINK_HOPS,
     InRootDirs,
     open_dir_in_root,

@@ -15,10 +15,10 @@ import typing as t
 import pytest
 from passlib.hash import sha512_crypt
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import shadow
+from ansible_collections.virt.bootstrap.plugins.module_utils import _shadow as shadow
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, bootstrap, run
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
-from ansible_collections.virt.bootstrap.plugins.module_utils.shadow import ShadowError
+from ansible_collections.virt.bootstrap.plugins.module_utils._shadow import ShadowError
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import snapshot_tree
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import (
     NOBODY,

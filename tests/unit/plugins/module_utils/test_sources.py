@@ -14,10 +14,10 @@ import tarfile
 
 import pytest
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
+from ansible_collections.virt.bootstrap.plugins.module_utils import _platforms as platforms
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DigestMismatch, PlatformError, SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import Platform
-from ansible_collections.virt.bootstrap.plugins.module_utils.sources import SourceRef, open_source, parse_source
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import Platform
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources import SourceRef, open_source, parse_source
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import (
     MEDIA_OCI_INDEX,
     REF_NAME,

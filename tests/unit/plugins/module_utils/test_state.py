@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import pytest
 
-from ansible_collections.virt.bootstrap.plugins.module_utils.state import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._state import (
     RECORD_VERSION,
     StateRecord,
     load_record,

@@ -14,7 +14,7 @@ import typing as t
 import pytest
 from passlib.hash import sha512_crypt
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import shadow
+from ansible_collections.virt.bootstrap.plugins.module_utils import _shadow as shadow
 from ansible_collections.virt.bootstrap.tests.unit.plugins.modules.module_runner import run_main
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import TarBuilder, compress
 

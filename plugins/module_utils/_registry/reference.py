@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """Image references as docker and skopeo read them: [registry[:port]/]repository[:tag][@digest]."""
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import typing as t
 from dataclasses import dataclass
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import is_digest
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import is_digest
 
 DEFAULT_REGISTRY = 'docker.io'
 # Where docker.io's API really lives.

@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """Source URIs: parse them, and open the source that turns one into an Image."""
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image, Platform
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image, Platform
 
 LOCAL_ARCHIVE_SCHEMES = ('docker-archive', 'oci', 'oci-archive')
 SUPPORTED_FORMS = '/abs/path/rootfs.tar[.gz|.xz|.bz2|.zst], file:///abs/path, ' + ', '.join(
@@ -80,7 +82,7 @@ def parse_source(uri: str) -> SourceRef:
                               % (scheme, shown, scheme))
         return SourceRef(scheme, os.path.normpath(path), reference)
     if scheme == 'docker':
-        from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
+        from ansible_collections.virt.bootstrap.plugins.module_utils._registry.reference import parse_reference
         return SourceRef('docker', '', str(parse_reference(rest)))
     raise SourceError('unsupported source %r (scheme %r); supported: %s' % (shown, scheme, SUPPORTED_FORMS))
 
@@ -89,16 +91,16 @@ def open_source(ref: SourceRef, registry_options: t.Any = None) -> Source:
     """Open the source `ref` names; `registry_options` (RegistryOptions) only matter for docker://."""
     # Imported here so a run only loads the code for the kind of source it uses.
     if ref.kind == 'docker':
-        from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import parse_reference
-        from ansible_collections.virt.bootstrap.plugins.module_utils.sources.registry import (
+        from ansible_collections.virt.bootstrap.plugins.module_utils._registry.reference import parse_reference
+        from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry import (
             RegistryOptions,
             RegistrySource,
         )
         return RegistrySource(parse_reference(ref.reference), registry_options or RegistryOptions())
     if ref.kind == 'file':
-        from ansible_collections.virt.bootstrap.plugins.module_utils.sources.file import RootfsTarball
+        from ansible_collections.virt.bootstrap.plugins.module_utils._sources.file import RootfsTarball
         return RootfsTarball(ref.path)
-    from ansible_collections.virt.bootstrap.plugins.module_utils.sources import archive
+    from ansible_collections.virt.bootstrap.plugins.module_utils._sources import archive
     if ref.kind == 'docker-archive':
         return archive.DockerArchive(ref.path, ref.reference)
     if ref.kind == 'oci':

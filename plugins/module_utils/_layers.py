@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """The safe layer applier: streams image layers into a root directory, bottom layer first.
 
 Every path resolves inside the root (rootpath.InRootDirs), as openat2(RESOLVE_IN_ROOT) does: a
@@ -24,7 +26,7 @@ import typing as t
 import urllib.parse
 from dataclasses import dataclass, field
 
-from ansible_collections.virt.bootstrap.plugins.module_utils.compression import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._compression import (
     ForwardSeeker,
     HashingReader,
     LimitedReader,
@@ -37,8 +39,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
     LayerError,
     SizeLimitExceeded,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import Layer, new_hasher, verify_digest
-from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import Layer, new_hasher, verify_digest
+from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import (
     DIR_CACHE_LIMIT,
     DIR_FLAGS,
     DISPLAY_LIMIT,

@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """Local image archives: OCI layouts (a directory or an oci-archive tar) and docker-archive tars."""
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import os
 import tarfile
 import typing as t
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
+from ansible_collections.virt.bootstrap.plugins.module_utils import _platforms as platforms
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import (
     LAYER_MEDIA_TYPES,
     MAX_METADATA_SIZE,
     MEDIA_TAR,
@@ -32,7 +34,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     sha256_digest,
     sized_opener,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.index import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._index import (
     Candidate,
     IndexWalker,
     choose_candidate,

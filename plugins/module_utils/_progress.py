@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """Progress: {'status': str, 'value': percent} dicts, driven by bytes actually processed."""
 
 from __future__ import annotations

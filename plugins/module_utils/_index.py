@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """Walking an image index down to the image manifests it lists, and choosing one: the rules every source shares.
 
 Pure logic over descriptors: a source hands over the entries it starts from and a way to fetch a
@@ -11,9 +13,9 @@ from __future__ import annotations
 
 import typing as t
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
+from ansible_collections.virt.bootstrap.plugins.module_utils import _platforms as platforms
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
     SCHEMA1_MEDIA_TYPES,

@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """The blob cache, and fetching layer blobs into it several at a time while they are applied in order.
 
 A blob enters the cache only once it is complete and hashes to its digest: it is downloaded to a
@@ -35,7 +37,7 @@ import typing as t
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DigestMismatch
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import (
     is_digest,
     new_hasher,
     parse_digest,

@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """Platform names (os/arch[/variant]), normalised and matched as containerd does, and picking one by platform."""
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import re
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import PlatformError
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import Platform
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import Platform
 
 # Architecture spellings and the variant they imply (None: keep the variant given). As containerd's
 # normalizeArch, plus the kernel's machine names (uname -m) that host_platform() meets.

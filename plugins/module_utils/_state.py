@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """The state record: what was applied to a dest, so a rerun can tell whether anything moved."""
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import tempfile
 import typing as t
 from dataclasses import asdict, dataclass, field
 
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import sha256_digest
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import sha256_digest
 
 # 2: dest_identity is an inode and a mark kept on the rootfs (1 had st_dev, which a remount changes);
 # the root password is an edit of the tree, outside options_hash.

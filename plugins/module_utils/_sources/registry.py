@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """docker:// sources: an image in an OCI/Docker registry, pulled without skopeo or a daemon."""
 
 from __future__ import annotations
@@ -8,9 +10,9 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import platforms
+from ansible_collections.virt.bootstrap.plugins.module_utils import _platforms as platforms
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import (
     INDEX_MEDIA_TYPES,
     LAYER_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
@@ -22,13 +24,13 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     parse_json_object,
     platform_from_json,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.index import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._index import (
     IndexWalker,
     choose_candidate,
     listed_descriptors,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth import Credentials, find_credentials
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.cache import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.auth import Credentials, find_credentials
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.cache import (
     BlobCache,
     BlobFetcher,
     default_cache_dir,
@@ -36,8 +38,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.registry.cache impo
     parse_max_age,
     prune_cache,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.client import RegistryClient
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import ImageReference
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.client import RegistryClient
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.reference import ImageReference
 
 _FOREIGN_HINT = ('foreign and non-distributable layers (Windows base layers) must come from elsewhere; '
                  'they cannot be part of a Linux rootfs')

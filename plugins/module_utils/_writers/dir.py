@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """The dir writer: an Image applied layer by layer into a directory."""
 
 from __future__ import annotations
@@ -8,9 +10,9 @@ from __future__ import annotations
 import os
 import typing as t
 
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image
-from ansible_collections.virt.bootstrap.plugins.module_utils.layers import ApplyStats, IdMapper, RootfsBuilder
-from ansible_collections.virt.bootstrap.plugins.module_utils.progress import Progress
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image
+from ansible_collections.virt.bootstrap.plugins.module_utils._layers import ApplyStats, IdMapper, RootfsBuilder
+from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress
 
 
 def write_dir(image: Image, root: str, max_size: int, id_mapper: t.Optional[IdMapper] = None,

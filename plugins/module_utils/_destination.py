@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """A dest and its bookkeeping: the lock, the state record and the build area beside it.
 
 Bookkeeping lives in a hidden sibling directory (`.NAME.virt-bootstrap`), on the same
@@ -24,10 +26,10 @@ import stat
 import tempfile
 import typing as t
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import occupancy
+from ansible_collections.virt.bootstrap.plugins.module_utils import _occupancy as occupancy
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DestinationError
-from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import libc, remove_tree
-from ansible_collections.virt.bootstrap.plugins.module_utils.state import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import libc, remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils._state import (
     StateRecord,
     fsync_directory,
     load_record,

@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """The virt-bootstrap command line, on top of bootstrap()."""
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import bootstrap
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
-from ansible_collections.virt.bootstrap.plugins.module_utils.idmap import IdMapError, parse_id_map
+from ansible_collections.virt.bootstrap.plugins.module_utils._idmap import IdMapError, parse_id_map
 
 PROG = 'virt-bootstrap'
 VERSION = '0.1.0'

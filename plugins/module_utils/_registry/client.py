@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """A client for the OCI distribution API: auth challenges, manifests, and blobs with retries and resume."""
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import urllib.parse
 import urllib.request
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
     MAX_METADATA_SIZE,
@@ -31,8 +33,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.image import (
     sha256_digest,
     verify_digest,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.auth import AuthError, Credentials, parse_challenge
-from ansible_collections.virt.bootstrap.plugins.module_utils.registry.reference import ImageReference
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.auth import AuthError, Credentials, parse_challenge
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.reference import ImageReference
 
 MANIFEST_ACCEPT = ', '.join(sorted(INDEX_MEDIA_TYPES | MANIFEST_MEDIA_TYPES))
 USER_AGENT = 'virt.bootstrap'

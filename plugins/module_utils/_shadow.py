@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """The root password: hashing, and replacing exactly the root entry of a rootfs's /etc/shadow."""
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import stat
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
-from ansible_collections.virt.bootstrap.plugins.module_utils.rootpath import open_dir_in_root
+from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import open_dir_in_root
 
 SHADOW_PARTS = ('etc', 'shadow')
 MAX_SHADOW_SIZE = 16 << 20

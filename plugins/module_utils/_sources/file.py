@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
 """A rootfs tarball on the managed host, in any compression we can detect."""
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ import os
 import tarfile
 import typing as t
 
-from ansible_collections.virt.bootstrap.plugins.module_utils.compression import (
+from ansible_collections.virt.bootstrap.plugins.module_utils._compression import (
     open_layer_data,
     read_up_to,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import LayerError, SourceError
-from ansible_collections.virt.bootstrap.plugins.module_utils.image import Image, Layer, Platform, file_digest
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image, Layer, Platform, file_digest
 
 _MEDIA_BY_COMPRESSION = {
     'none': 'application/x-tar',
