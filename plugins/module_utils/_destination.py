@@ -72,6 +72,25 @@ class Destination:
             return pending
         return load_record(self.record_path)
 
+    def tree_path(self) -> str:
+        """Where the tree of dest is: dest, or the rootfs a killed two-rename swap parked (the next lock puts it back)."""
+        if not os.path.lexists(self.path):
+            parked = self._parked_rootfs()
+            if parked is not None:
+                return parked
+        return self.path
+
+    def _parked_rootfs(self) -> t.Optional[str]:
+        try:
+            names = sorted(os.listdir(self.meta_dir))
+        except FileNotFoundError:
+            return None
+        for name in names:
+            parked = os.path.join(self.meta_dir, name, 'old')
+            if name.startswith('old-') and os.path.isdir(parked) and not os.path.islink(parked):
+                return parked
+        return None
+
     def exists(self) -> bool:
         return os.path.lexists(self.path)
 
@@ -82,7 +101,7 @@ class Destination:
         """Whether dest is still the directory `record` was written for."""
         if record is None or not isinstance(record.dest_identity, dict):
             return False
-        current = identity_of(self.path)
+        current = identity_of(self.tree_path())
         if current is None:
             return False
         recorded_mark = record.dest_identity.get('mark')
@@ -195,14 +214,20 @@ class Destination:
         First a rootfs parked by the two-rename swap goes back to a missing dest, then the tree at
         dest says which record is true, then builds left behind are removed.
         """
-        names = sorted(os.listdir(self.meta_dir))
-        for name in names:
-            parked = os.path.join(self.meta_dir, name, 'old')
-            if name.startswith('old-') and os.path.isdir(parked) and not os.path.lexists(self.path):
-                os.rename(parked, self.path)
-                fsync_directory(self.parent)
+        parked = self._parked_rootfs()
+        if parked is not None and not os.path.lexists(self.path):
+            os.rename(parked, self.path)
+            fsync_directory(self.parent)
+            parked = None
+        pending = load_record(self.pending_path)
+        if parked is not None and not self.holds(pending):
+            # Not the new tree at dest either: someone made dest again while a killed run had the old one
+            # parked. That one is the only copy of the rootfs the record describes; it is never thrown away.
+            raise DestinationError('%s was made again while the previous rootfs was set aside at %s by a run that '
+                                   'was killed; move one of them away (mv %s %s puts the rootfs back)'
+                                   % (self.path, parked, parked, self.path))
         self._settle_pending()
-        for name in names:
+        for name in sorted(os.listdir(self.meta_dir)):
             if name.startswith(_DEBRIS_PREFIXES):
                 self.discard(os.path.join(self.meta_dir, name))
 
@@ -225,6 +250,11 @@ class Destination:
         if mounted:
             self.warnings.append('%s was left in place: %s mounted inside it; unmount it and the next run removes '
                                  'it' % (path, ', '.join(mounted[:occupancy.MAX_REPORTED])))
+            return
+        users = occupancy.occupants(path)
+        if users:
+            self.warnings.append('%s was left in place while it is in use: %s; the next run removes it'
+                                 % (path, '; '.join(str(user) for user in users)))
             return
         try:
             remove_tree(path)
@@ -282,6 +312,7 @@ class Destination:
 
     def remove_all(self) -> None:
         """Remove dest and our bookkeeping (state: absent)."""
+        self.check_replaceable('remove')  # again, with the lock held: a guest may have started since the decision
         if os.path.lexists(self.path):
             if os.path.isdir(self.path) and not os.path.islink(self.path):
                 parked = tempfile.mkdtemp(prefix='old-', dir=self.meta_dir)

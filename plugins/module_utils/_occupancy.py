@@ -48,12 +48,13 @@ def mount_points() -> t.List[str]:
 
 def is_mount_point(path: str) -> bool:
     # os.path.ismount misses a bind mount of a directory of the same filesystem; mountinfo does not.
-    return os.path.ismount(path) or os.path.normpath(path) in mount_points()
+    # mountinfo names resolved paths: a symlink among the parents of `path` must be resolved first.
+    return os.path.ismount(path) or os.path.realpath(path) in mount_points()
 
 
 def mounts_below(path: str) -> t.List[str]:
-    """Mount points strictly below `path`."""
-    prefix = os.path.normpath(path).rstrip('/') + '/'
+    """Mount points strictly below `path` (as mountinfo names them: resolved paths)."""
+    prefix = os.path.realpath(path).rstrip('/') + '/'
     return sorted(point for point in mount_points() if point.startswith(prefix))
 
 
@@ -63,7 +64,7 @@ def occupants(path: str) -> t.List[Occupant]:
         wanted = os.stat(path)
     except OSError:
         return []
-    prefix = os.path.normpath(path).rstrip('/') + '/'
+    prefix = os.path.realpath(path).rstrip('/') + '/'
     found: t.List[Occupant] = []
     own_pid = os.getpid()
     for name in _pids():

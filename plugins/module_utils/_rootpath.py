@@ -404,6 +404,7 @@ def remove_tree_at(parent_fd: int, name: str) -> None:
     caller cannot read or write are opened up first.
     """
     top_fd = _open_for_removal(parent_fd, name)
+    top_device = os.fstat(top_fd).st_dev
     levels = [_Removal(top_fd, name, _entries(top_fd))]
     moved = 0
     try:
@@ -420,6 +421,10 @@ def remove_tree_at(parent_fd: int, name: str) -> None:
                 _with_write_access(os.unlink, level.fd, child)
             elif len(levels) < REMOVAL_DEPTH:
                 child_fd = _open_for_removal(level.fd, child)
+                if os.fstat(child_fd).st_dev != top_device:
+                    # Another filesystem mounted in the tree: what it shows is not ours to delete.
+                    os.close(child_fd)
+                    raise OSError(errno.EXDEV, 'another filesystem is mounted there; not removing through it', child)
                 levels.append(_Removal(child_fd, child, []))
                 levels[-1].pending = _entries(child_fd)
             else:

@@ -120,6 +120,7 @@ def set_root_hash(root: str, new_hash: str) -> None:
             os.rename(temporary, 'shadow', src_dir_fd=etc_fd, dst_dir_fd=etc_fd)
             # The rootfs keeps the image's /etc mtime, as the applier set it.
             os.utime(etc_fd, ns=(etc_info.st_atime_ns, etc_info.st_mtime_ns))
+            os.fsync(etc_fd)  # the rename is on disk before any record says the password changed
         except BaseException:
             try:
                 os.unlink(temporary, dir_fd=etc_fd)

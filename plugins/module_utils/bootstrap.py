@@ -17,9 +17,9 @@ from ansible_collections.virt.bootstrap.plugins.module_utils import _shadow as s
 from ansible_collections.virt.bootstrap.plugins.module_utils._destination import Destination, flush_filesystem, mark_rootfs
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DestinationError
 from ansible_collections.virt.bootstrap.plugins.module_utils._idmap import IdMap, parse_id_map
-from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image, Platform
 from ansible_collections.virt.bootstrap.plugins.module_utils._layers import DEFAULT_MAX_SIZE, ApplyStats
-from ansible_collections.virt.bootstrap.plugins.module_utils._platforms import matches, parse_platform
+from ansible_collections.virt.bootstrap.plugins.module_utils._platforms import host_platform, matches, parse_platform
 from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress, ProgressCallback
 from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import remove_tree
 from ansible_collections.virt.bootstrap.plugins.module_utils._sources import Source, open_source, parse_source
@@ -87,7 +87,8 @@ class Request:
         return self.root_password is not None and shadow.password_matches(self.root_password, current)
 
 
-PlanAction = t.Literal['build', 'password', 'remove', 'none']
+# record: the content is what dest holds; only the record learns something (another source or index digest).
+PlanAction = t.Literal['build', 'password', 'remove', 'record', 'none']
 
 
 @dataclass
@@ -161,7 +162,7 @@ def run(request: Request, check_mode: bool = False) -> Result:
                 if plan is None or dest.load_record() != plan.before:
                     plan = decide(request, dest, source)  # another run changed dest while we waited for the lock
                 stats = carry_out(request, plan, dest)
-        if plan.action == 'none':
+        if plan.action in ('none', 'record'):
             Progress(request.progress_cb).done('Nothing to do')
         result = _result(request, plan, source, dest, stats=stats)
         _tidy_cache(result, source, dest, plan)
@@ -182,16 +183,15 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
         dest.check_replaceable('remove')
         return Plan('remove', 'remove %s' % dest.path, before)
 
-    intact = dest.holds(before) and os.path.isdir(dest.path)
+    intact = dest.holds(before) and os.path.isdir(dest.tree_path())
     if before is not None and intact and request.update == 'never':
         return _unchanged(request, dest, before, reason='%s already holds %s (update: never)'
                           % (dest.path, before.digest))
     wanted_platform = parse_platform(request.platform) if request.platform else None
     wanted_options = options_hash(request.shaping_options(with_password=False))
     probe = getattr(source, 'probe', None)
-    same_platform = wanted_platform is None or (
-        before is not None and before.platform is not None and matches(parse_platform(before.platform), wanted_platform))
-    if before is not None and intact and before.options_hash == wanted_options and same_platform and probe is not None:
+    if before is not None and intact and before.options_hash == wanted_options and probe is not None and \
+            _platform_still_fits(before, wanted_platform):
         # A registry says with one HEAD (nothing, for a pinned digest dest holds) whether src still names it.
         recorded = (before.digest, before.index_digest)
         if probe(wanted_platform, recorded) == recorded:
@@ -203,7 +203,7 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
         layers=[layer.describe() for layer in image.layers], options=request.shaping_options(),
         root_password=_wants_password(request))
     if before is not None and intact and before.same_result(after):
-        return _unchanged(request, dest, before, image=image)
+        return _unchanged(request, dest, before, image=image, resolved=after)
     refusal = dest.refusal(before, request.force)
     if refusal:
         raise DestinationError(refusal)
@@ -219,18 +219,42 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
     return Plan('build', reason, before, after, image)
 
 
+def _platform_still_fits(before: StateRecord, wanted: t.Optional[Platform]) -> bool:
+    """Whether the platform dest holds is the one this run would pick, so a probe of the digests can judge."""
+    if before.platform is None:
+        return wanted is None
+    recorded = parse_platform(before.platform)
+    if wanted is not None:
+        return matches(recorded, wanted)
+    # No platform asked for: an index gives the host's, whatever an earlier run asked for.
+    return before.index_digest is None or matches(recorded, host_platform())
+
+
 def _unchanged(request: Request, dest: Destination, before: StateRecord, image: t.Optional[Image] = None,
-               reason: t.Optional[str] = None) -> Plan:
-    """dest holds the image: at most the root password entry needs an edit."""
+               reason: t.Optional[str] = None, resolved: t.Optional[StateRecord] = None) -> Plan:
+    """dest holds the image: at most the root password entry needs an edit, or the record news.
+
+    `resolved` is what the source says now; the same content may come from another source or index
+    (a tag moved to an index whose other platforms changed): the record learns it, so the next
+    probe answers without a GET.
+    """
     wants_password = _wants_password(request)
-    after = dataclasses.replace(before, root_password=wants_password,
-                                options=dict(before.options, root_password=wants_password))
+    current = before
+    if resolved is not None:
+        current = dataclasses.replace(resolved, dest_identity=before.dest_identity, root_password=before.root_password,
+                                      image_root_field=before.image_root_field,
+                                      options=dict(resolved.options, root_password=before.root_password))
+    after = dataclasses.replace(current, root_password=wants_password,
+                                options=dict(current.options, root_password=wants_password))
     if wants_password and (not before.root_password or not request.password_is_set_in(dest.path)):
         return Plan('password', 'set the root password in %s' % dest.path, before, after, image)
     if not wants_password and before.root_password:
         return Plan('password', "put back the image's own root password entry in %s" % dest.path, before, after,
                     image)
-    return Plan('none', reason or '%s already holds %s' % (dest.path, before.digest), before, before, image)
+    reason = reason or '%s already holds %s' % (dest.path, before.digest)
+    if current != before:
+        return Plan('record', reason, before, current, image)
+    return Plan('none', reason, before, before, image)
 
 
 def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[ApplyStats]:
@@ -250,12 +274,19 @@ def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[App
         dest.save_record(plan.after)
         progress.done('Root password set' if plan.after.root_password else 'Root password entry put back')
         return None
+    if plan.action == 'record':
+        if plan.after is not None:
+            dest.save_record(plan.after)
+        return None
     if plan.action != 'build':
         return None
     if plan.image is None or plan.after is None:
         raise BootstrapError('internal error: a build plan without an image')
     stats = _build_and_swap(request, plan.image, plan.after, dest, progress)
-    progress.done('Extraction completed successfully!')
+    try:
+        progress.done('Extraction completed successfully!')
+    except Exception as exc:  # a progress log or callback that fails must not undo a finished swap
+        dest.warnings.append('progress could not be reported: %s' % exc)
     return stats
 
 
@@ -279,7 +310,6 @@ def _build_and_swap(request: Request, image: Image, after: StateRecord, dest: De
         dest.save_pending(after)
         dest.swap_in(new_root)
         swapped = True
-        dest.flush_parent()
     except BaseException:
         if not swapped:
             # Cleaning up must not hide why the build failed: what it cannot remove, the next run will.
@@ -288,10 +318,11 @@ def _build_and_swap(request: Request, image: Image, after: StateRecord, dest: De
             with contextlib.suppress(OSError, BootstrapError):
                 remove_tree(build_dir)
         raise
+    # The new rootfs is in place: whatever fails from here on is a warning, and the next run settles the record.
     try:
+        dest.flush_parent()
         dest.promote_pending()
     except OSError as exc:
-        # The new rootfs is in place: the next run settles the record from the tree at dest.
         dest.warnings.append('the state record could not be updated (%s); the next run completes it' % exc.strerror)
     dest.discard(build_dir)  # the old rootfs, swapped out
     return stats
@@ -377,7 +408,7 @@ def bootstrap(uri: str, dest: str, fmt: str = 'dir', username: t.Optional[str] =
 def _result(request: Request, plan: Plan, source: t.Optional[Source], dest: Destination,
             stats: t.Optional[ApplyStats]) -> Result:
     record = plan.after if request.state == 'present' else plan.before
-    result = Result(changed=plan.action != 'none', msg=plan.reason, dest=os.path.normpath(request.dest),
+    result = Result(changed=plan.action not in ('none', 'record'), msg=plan.reason, dest=os.path.normpath(request.dest),
                     format=request.format, state=request.state, before=plan.before,
                     after=plan.after if request.state == 'present' else None,
                     credentials_from=getattr(source, 'credentials_origin', None))

@@ -519,6 +519,9 @@ def main() -> None:
     for optional in ('credentials_from', 'cache_pruned'):
         if returned[optional] is None:
             del returned[optional]
+    if params['state'] == 'absent':
+        for image_key in ('digest', 'index_digest', 'platform', 'layers'):
+            del returned[image_key]
     for warning in result.warnings:
         module.warn(warning)
     if module._diff:

@@ -20,6 +20,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._image import (
     Image,
     Layer,
     Platform,
+    check_blob,
     image_manifest,
     parse_json_object,
     platform_from_json,
@@ -72,6 +73,8 @@ class _Choice(t.NamedTuple):
     manifest_digest: str
     index_digest: t.Optional[str]
     platform: t.Optional[Platform]
+    # What the index says of the manifest (its size is binding too); None for a tag naming a manifest.
+    listed: t.Optional[Descriptor] = None
 
 
 class RegistrySource:
@@ -122,12 +125,15 @@ class RegistrySource:
             if media_type not in MANIFEST_MEDIA_TYPES:
                 raise SourceError('%s: %s is a %s, not an image manifest' % (self.reference, choice.manifest_digest,
                                                                              media_type))
+            if choice.listed is not None:
+                check_blob(body, choice.listed, '%s: manifest' % self.reference)
         what = '%s: manifest %s' % (self.reference, choice.manifest_digest)
         manifest = image_manifest(parse_json_object(body, what), what)
         layers = [self._layer(listed) for listed in manifest.layers]
         self._check_download_size(layers, what)
         config_what = '%s: config %s' % (self.reference, manifest.config.digest)
-        config = parse_json_object(self._client.get_small_blob(manifest.config.digest), config_what)
+        config = parse_json_object(check_blob(self._client.get_small_blob(manifest.config.digest), manifest.config,
+                                              config_what), config_what)
         image_platform = platform_from_json(config, config_what) or choice.platform
         warnings = platforms.check_image_platform(image_platform, wanted, str(self.reference))
         self._layer_blobs = [(layer.digest or '', layer.size) for layer in layers]
@@ -203,7 +209,7 @@ class RegistrySource:
         candidates = walker.images(listed_descriptors(parse_json_object(body, what), what), what, depth=1,
                                    index_digest=digest)
         chosen = choose_candidate(candidates, wanted, str(self.reference), self._config_platform).descriptor
-        return _Choice(chosen.digest, digest, chosen.platform)
+        return _Choice(chosen.digest, digest, chosen.platform, chosen)
 
     def _config_platform(self, listed: Descriptor) -> t.Optional[Platform]:
         """The platform in the config of an index entry that names none (one more manifest and blob request)."""

@@ -161,16 +161,16 @@ def test_a_run_killed_at_any_step_leaves_a_dest_the_next_run_knows(site: Site, p
         assert not os.path.lexists(site.dest)
         parked = [name for name in os.listdir(site.meta) if name.startswith('old-')]
         assert len(parked) == 1 and content_of(os.path.join(site.meta, parked[0], 'old')) == V1
-        with Destination(site.dest):
-            pass
-    # Exactly one of the two trees is at dest, never a mix or nothing.
-    assert site.content() in (V1, V2)
-    holds_new = site.content() == V2
-    if not holds_new:
-        assert snapshot_tree(site.dest) == old_tree
+        holds_new = False
+    else:
+        # Exactly one of the two trees is at dest, never a mix or nothing.
+        assert site.content() in (V1, V2)
+        holds_new = site.content() == V2
+        if not holds_new:
+            assert snapshot_tree(site.dest) == old_tree
     # Check mode already sees the truth, before any run settled the bookkeeping.
-    check = site.run(site.v2, check_mode=True)
-    assert check.changed is not holds_new
+    assert site.run(site.v2, check_mode=True).changed is not holds_new
+    assert site.run(site.v1, check_mode=True).changed is holds_new
     # A rerun with the old source works without force: the module still knows its rootfs.
     again = site.run(site.v1)
     assert again.changed is holds_new
@@ -491,3 +491,57 @@ def test_a_refusal_seen_without_the_lock_is_decided_again_with_it(site: Site, mo
     result = site.run(site.v2)
     assert result.changed and site.content() == V2
     assert len(reads) >= 2
+
+
+def test_a_mount_inside_is_seen_through_a_symlinked_parent_of_dest(tmp_path: t.Any, tmpfs_at: t.Any) -> None:
+    # /var/lib/libvirt/filesystems -> /data/fs is a common layout; the mount table names resolved paths.
+    real = tmp_path / 'real'
+    real.mkdir()
+    (tmp_path / 'link').symlink_to(real)
+    site = Site(str(tmp_path / 'link'))
+    site.run(site.v1)
+    inside = os.path.join(str(real), 'hosts', 'rootfs', 'srv')
+    tmpfs_at(inside)
+    write_file(os.path.join(inside, 'precious'), b'host data')
+    for options in ({'src': site.v2}, {'state': 'absent'}):
+        with pytest.raises(DestinationError, match='mounted inside it'):
+            site.run(**options)
+    assert open(os.path.join(inside, 'precious'), 'rb').read() == b'host data'
+
+
+def test_tree_removal_never_goes_through_a_mount(tmp_path: t.Any, tmpfs_at: t.Any) -> None:
+    from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import remove_tree
+    top = tmp_path / 'tree'
+    mounted = top / 'a' / 'b'
+    tmpfs_at(str(mounted))
+    write_file(str(mounted / 'precious'), b'host data')
+    with pytest.raises(OSError, match='another filesystem is mounted there'):
+        remove_tree(str(top))
+    assert open(str(mounted / 'precious'), 'rb').read() == b'host data'
+
+
+def test_a_dest_made_again_while_the_old_rootfs_was_parked_keeps_both(site: Site) -> None:
+    site.run(site.v1)
+    parked = os.path.join(site.meta, 'old-killed')
+    os.mkdir(parked)
+    os.rename(site.dest, os.path.join(parked, 'old'))  # a kill between the two renames of the fallback swap
+    os.mkdir(site.dest)  # then a play's `file: state=directory`, say
+    with pytest.raises(DestinationError, match='was made again while the previous rootfs was set aside'):
+        site.run(site.v2)
+    assert content_of(os.path.join(parked, 'old')) == V1
+    os.rmdir(site.dest)
+    assert not site.run(site.v1).changed  # put back, and known again
+    site.assert_no_debris()
+
+
+def test_a_progress_report_that_fails_after_the_swap_does_not_fail_the_run(site: Site) -> None:
+    site.run(site.v1)
+
+    def progress(event: t.Dict[str, t.Any]) -> None:
+        if event['status'] == 'Extraction completed successfully!':
+            raise OSError(28, 'No space left on device')
+
+    result = site.run(site.v2, progress_cb=progress)
+    assert result.changed and site.content() == V2
+    assert any('progress could not be reported' in warning for warning in result.warnings)
+    assert not site.run(site.v2).changed

@@ -6,20 +6,31 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import multiprocessing
 import os
 import re
 import tempfile
 import time
+import urllib.request
 
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, Result, run
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, LayerError, SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
+    BootstrapError,
+    DigestMismatch,
+    LayerError,
+    SourceError,
+)
 from ansible_collections.virt.bootstrap.plugins.module_utils._registry import cache as cache_module
-from ansible_collections.virt.bootstrap.plugins.module_utils._registry.client import RegistryClient, RegistryError
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry.client import (
+    MANIFEST_ACCEPT,
+    RegistryClient,
+    RegistryError,
+)
 from ansible_collections.virt.bootstrap.plugins.module_utils._registry.reference import parse_reference
-from ansible_collections.virt.bootstrap.plugins.module_utils._platforms import parse_platform
+from ansible_collections.virt.bootstrap.plugins.module_utils._platforms import host_platform, parse_platform
 from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry import RegistryOptions, RegistrySource
 from ansible_collections.virt.bootstrap.tests.registry import push as pusher
 from ansible_collections.virt.bootstrap.tests.registry.fault_proxy import FaultProxy
@@ -377,6 +388,25 @@ def test_a_rerun_pinned_to_the_index_dest_holds_makes_no_request(tmp_path, proxy
     assert proxy.requests == []
 
 
+def test_dropping_the_platform_option_gives_the_host_its_own_image(tmp_path, proxy, http_registry):
+    first = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
+    again = pull(proxy, tmp_path, 'app:multi')
+    assert again.changed and again.digest != first.digest
+    assert again.platform == str(host_platform())
+    assert not pull(proxy, tmp_path, 'app:multi').changed
+
+
+def test_the_same_content_from_another_index_updates_the_record_so_the_next_probe_is_one_head(
+        tmp_path, proxy, http_registry):
+    first = pull(proxy, tmp_path, 'app:multi', platform='linux/arm64')
+    moved = pull(proxy, tmp_path, 'app:nested', platform='linux/arm64')
+    assert not moved.changed and moved.digest == first.digest
+    assert moved.after.index_digest == http_registry.digests['app:nested'] != first.index_digest
+    proxy.clear()
+    assert not pull(proxy, tmp_path, 'app:nested', platform='linux/arm64').changed
+    assert requests_made(proxy) == [('HEAD', '/v2/app/manifests/nested')]
+
+
 def test_a_pinned_digest_dest_does_not_hold_is_fetched(tmp_path, proxy, http_registry):
     recorded = (http_registry.digests['app:other'], None)
     pinned = http_registry.digests['app:base']
@@ -435,3 +465,41 @@ def test_a_stopped_client_gives_up_waiting_to_retry_at_once():
     with pytest.raises(BootstrapError, match='stopped while waiting to retry'):
         client._sleep(3, None)  # pylint: disable=protected-access
     assert time.monotonic() - started < 5
+
+
+def _put_manifest(registry, name, manifest):
+    repository, tag = name.split(':')
+    body = json.dumps(manifest).encode('utf-8')
+    request = urllib.request.Request('%s/v2/%s/manifests/%s' % (registry.url, repository, tag), data=body,
+                                     method='PUT', headers={'Content-Type': manifest['mediaType']})
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 201, response.status
+
+
+def _get_manifest(registry, name):
+    repository, tag = name.split(':')
+    request = urllib.request.Request('%s/v2/%s/manifests/%s' % (registry.url, repository, tag),
+                                     headers={'Accept': MANIFEST_ACCEPT})
+    with urllib.request.urlopen(request) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.parametrize('change', [-1, 1])
+def test_a_config_whose_descriptor_lies_about_its_size_is_refused(tmp_path, proxy, http_registry, change):
+    # The OCI spec makes the size binding: a size that lies could get content past a limit set by it.
+    manifest = _get_manifest(http_registry.registry, 'app:base')
+    manifest['config']['size'] += change
+    _put_manifest(http_registry.registry, 'app:lying-config%d' % change, manifest)
+    with pytest.raises(DigestMismatch, match='its descriptor says'):
+        pull(proxy, tmp_path, 'app:lying-config%d' % change)
+    assert not os.path.lexists(str(tmp_path / 'rootfs'))
+
+
+def test_a_manifest_whose_index_entry_lies_about_its_size_is_refused(tmp_path, proxy, http_registry):
+    index = _get_manifest(http_registry.registry, 'app:multi')
+    for entry in index['manifests']:
+        entry['size'] += 1
+    _put_manifest(http_registry.registry, 'app:lying-index', index)
+    with pytest.raises(DigestMismatch, match='its descriptor says'):
+        pull(proxy, tmp_path, 'app:lying-index')
+    assert not os.path.lexists(str(tmp_path / 'rootfs'))
