@@ -41,6 +41,8 @@ MAX_LINK_HOPS = 40
 DIR_CACHE_LIMIT = 256
 # How many directories a tree removal keeps open at most; deeper ones are moved up first.
 REMOVAL_DEPTH = 32
+# Entries of one directory listed at once while removing it: memory stays flat however wide it is.
+REMOVAL_BATCH = 1024
 
 # openat2(2): the same number on every architecture with the generic syscall table.
 _OPENAT2_SYSCALLS = {'x86_64': 437, 'aarch64': 437}
@@ -411,6 +413,10 @@ def remove_tree_at(parent_fd: int, name: str) -> None:
         while levels:
             level = levels[-1]
             if not level.pending:
+                # Listed a batch at a time, so a directory of millions of entries costs no more memory than
+                # a small one; what was moved up into the top directory shows up in its next batch.
+                level.pending = _entries(level.fd)
+            if not level.pending:
                 levels.pop()
                 os.close(level.fd)
                 if levels:
@@ -436,9 +442,14 @@ def remove_tree_at(parent_fd: int, name: str) -> None:
 
 
 def _entries(dir_fd: int) -> t.List[t.Tuple[str, bool]]:
-    """(name, is a directory) for each entry of `dir_fd`; symlinks are not directories."""
+    """(name, is a directory) for up to REMOVAL_BATCH entries of `dir_fd`; symlinks are not directories."""
+    batch = []
     with os.scandir(dir_fd) as entries:
-        return [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+        for entry in entries:
+            batch.append((entry.name, entry.is_dir(follow_symlinks=False)))
+            if len(batch) >= REMOVAL_BATCH:
+                break
+    return batch
 
 
 def _open_for_removal(parent_fd: int, name: str) -> int:
@@ -473,7 +484,6 @@ def _move_to_top(dir_fd: int, name: str, top: _Removal, moved: int) -> int:
         os.chmod(top.fd, 0o700)
         _chmod_dir_at(dir_fd, name)
         os.rename(name, new_name, src_dir_fd=dir_fd, dst_dir_fd=top.fd)
-    top.pending.append((new_name, True))
     return moved
 
 

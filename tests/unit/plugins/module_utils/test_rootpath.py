@@ -288,6 +288,26 @@ def test_a_very_wide_tree_is_removed_with_few_fds(work: pathlib.Path, monkeypatc
     assert watch.peak - watch.baseline <= rootpath.REMOVAL_DEPTH + 2
 
 
+def test_a_very_wide_directory_is_listed_a_batch_at_a_time(work: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    top = work / 'tree'
+    top.mkdir()
+    for number in range(3 * rootpath.REMOVAL_BATCH + 5):
+        (top / ('file%d' % number)).write_bytes(b'')
+    (top / 'deep').mkdir()
+    real_entries = rootpath._entries  # pylint: disable=protected-access
+    batches: t.List[int] = []
+
+    def recording(dir_fd: int) -> t.List[t.Tuple[str, bool]]:
+        listed = real_entries(dir_fd)
+        batches.append(len(listed))
+        return listed
+
+    monkeypatch.setattr(rootpath, '_entries', recording)
+    rootpath.remove_tree(str(top))
+    assert os.listdir(str(work)) == []
+    assert max(batches) == rootpath.REMOVAL_BATCH and sum(batches) == 3 * rootpath.REMOVAL_BATCH + 6
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason='needs root to become an unprivileged user')
 def test_an_unprivileged_caller_removes_a_deep_tree_of_locked_directories(beside: pathlib.Path) -> None:
     workdir = tempfile.mkdtemp(prefix='virt-bootstrap-removal-')
