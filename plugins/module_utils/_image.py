@@ -69,8 +69,13 @@ def sha256_digest(data: bytes) -> str:
     return 'sha256:' + hashlib.sha256(data).hexdigest()
 
 
+def digest_of(hasher: 'hashlib._Hash') -> str:
+    """The 'algo:hex' digest of what `hasher` has seen."""
+    return '%s:%s' % (hasher.name, hasher.hexdigest())
+
+
 def verify_digest(hasher: 'hashlib._Hash', expected: str, what: str) -> None:
-    actual = '%s:%s' % (hasher.name, hasher.hexdigest())
+    actual = digest_of(hasher)
     if actual != expected:
         raise DigestMismatch('%s: content hashes to %s, expected %s' % (what, actual, expected))
 

@@ -38,6 +38,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DigestMismatch
 from ansible_collections.virt.bootstrap.plugins.module_utils._image import (
+    digest_of,
     is_digest,
     new_hasher,
     parse_digest,
@@ -375,7 +376,7 @@ class _CachedReader:
     def _check(self) -> None:
         if not self._checked:
             self._checked = True
-            if '%s:%s' % (self._hasher.name, self._hasher.hexdigest()) != self._digest:
+            if digest_of(self._hasher) != self._digest:
                 self._cache.forget(self._digest)
 
     def __enter__(self) -> '_CachedReader':
