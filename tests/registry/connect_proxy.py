@@ -25,6 +25,8 @@ import threading
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.virt.bootstrap.tests.registry.loopback import LoopbackServer
+
 LOCAL_HOSTS = frozenset(('127.0.0.1', 'localhost'))
 MAX_HEAD = 64 * 1024
 
@@ -38,21 +40,17 @@ class Tunnel:
     status: int = 0
 
 
-class ConnectProxy:
+class ConnectProxy(LoopbackServer):
+    NAME = 'connect-proxy'
+    POLL_SECONDS = 0.05
+
     def __init__(self, login: t.Optional[t.Tuple[str, str]] = None) -> None:
+        super().__init__()
         self.tunnels: t.List[Tunnel] = []
         self._expected = None if login is None else \
             'Basic ' + base64.b64encode(('%s:%s' % login).encode('utf-8')).decode('ascii')
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server: t.Optional[_Server] = None
-        self._thread: t.Optional[threading.Thread] = None
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError('the proxy is not running')
-        return int(self._server.server_address[1])
 
     @property
     def url(self) -> str:
@@ -65,28 +63,12 @@ class ConnectProxy:
         with self._lock:
             return [tunnel.target for tunnel in self.tunnels]
 
-    def start(self) -> 'ConnectProxy':
-        self._server = _Server(self)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name='connect-proxy',
-                                        daemon=True)
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
         self._stopping.set()  # relays notice within one select timeout
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        super().stop()
 
-    def __enter__(self) -> 'ConnectProxy':
-        return self.start()
-
-    def __exit__(self, *exc_info: t.Any) -> None:
-        self.stop()
+    def _make_server(self) -> '_Server':
+        return _Server(self)
 
     # -- used by the handler ---------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ import typing as t
 import urllib.parse
 from dataclasses import dataclass
 
+from ansible_collections.virt.bootstrap.tests.registry.loopback import LoopbackServer
+
 HOP_BY_HOP = frozenset(('connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer',
                         'transfer-encoding', 'upgrade', 'host'))
 CHUNK = 16 * 1024
@@ -75,8 +77,12 @@ class _Fault:
         return self.times != 0 and self.path_contains in path and self.method in (None, method)
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
+    NAME = 'fault-proxy'
+    POLL_SECONDS = 0.02
+
     def __init__(self, upstream: str) -> None:
+        super().__init__()
         parsed = urllib.parse.urlsplit(upstream)
         self.upstream_scheme = parsed.scheme
         self.upstream_host = parsed.netloc
@@ -86,8 +92,6 @@ class FaultProxy:
         self.requests: t.List[Seen] = []
         self._faults: t.List[_Fault] = []
         self._lock = threading.Lock()
-        self._server: t.Optional[_Server] = None
-        self._thread: t.Optional[threading.Thread] = None
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -142,36 +146,11 @@ class FaultProxy:
     # -- running ---------------------------------------------------------------------------------
 
     @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError('the proxy is not running')
-        return int(self._server.server_address[1])
-
-    @property
     def host(self) -> str:
         return '127.0.0.1:%d' % self.port
 
-    def start(self) -> 'FaultProxy':
-        self._server = _Server(self)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), name='fault-proxy',
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def __enter__(self) -> 'FaultProxy':
-        return self.start()
-
-    def __exit__(self, *exc_info: t.Any) -> None:
-        self.stop()
+    def _make_server(self) -> '_Server':
+        return _Server(self)
 
     # -- used by the handler ---------------------------------------------------------------------
 
