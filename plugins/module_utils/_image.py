@@ -248,6 +248,59 @@ def platform_from_json(data: t.Optional[t.Mapping[str, t.Any]], what: str) -> t.
     return Platform(fields['os'] or 'linux', fields['architecture'], fields['variant'])
 
 
+def runtime_config(config: t.Mapping[str, t.Any], what: str) -> t.Dict[str, t.Any]:
+    """What the image says its container runs (the config's `config` object), with every key present.
+
+    Types are checked as Go's decoders in docker and containerd check them: a config they would refuse
+    is refused. An `Env` entry without `=` names a variable with an empty value.
+    """
+    section = config.get('config')
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise SourceError('%s: config is %s, not an object' % (what, _short(section)))
+    labels = section.get('Labels')
+    if labels is None:
+        labels = {}
+    if not isinstance(labels, dict) or not all(isinstance(value, str) for value in labels.values()):
+        raise SourceError('%s: Labels is %s, not an object of strings' % (what, _short(labels)))
+    environment: t.Dict[str, str] = {}
+    for entry in _string_list(section, 'Env', what):
+        name, _equals, value = entry.partition('=')
+        environment[name] = value
+    return {
+        'entrypoint': _string_list(section, 'Entrypoint', what),
+        'cmd': _string_list(section, 'Cmd', what),
+        'env': environment,
+        'working_dir': _string(section, 'WorkingDir', what),
+        'user': _string(section, 'User', what),
+        'labels': dict(labels),
+    }
+
+
+def _string_list(section: t.Mapping[str, t.Any], key: str, what: str) -> t.List[str]:
+    value = section.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise SourceError('%s: %s is %s, not a list of strings' % (what, key, _short(value)))
+    return list(value)
+
+
+def _string(section: t.Mapping[str, t.Any], key: str, what: str) -> str:
+    value = section.get(key)
+    if value is None:
+        return ''
+    if not isinstance(value, str):
+        raise SourceError('%s: %s is %s, not a string' % (what, key, _short(value)))
+    return value
+
+
+def _short(value: t.Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
 def check_blob(data: bytes, listed: Descriptor, what: str) -> bytes:
     """`data`, once it is known to be what `listed` describes: its size and its digest."""
     if len(data) != listed.size:

@@ -38,6 +38,9 @@ class StateRecord:
     # password option is dropped (the image's content, never the password given to us).
     root_password: bool = False
     image_root_field: t.Optional[str] = None
+    # The image's runtime config (_image.runtime_config): an unchanged rerun reads only the manifest.
+    # None in records written before it was kept; such a record is completed by the next run.
+    image_config: t.Optional[t.Dict[str, t.Any]] = None
     version: int = RECORD_VERSION
 
     def same_result(self, other: 'StateRecord') -> bool:

@@ -17,7 +17,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils import _shadow as s
 from ansible_collections.virt.bootstrap.plugins.module_utils._destination import Destination, flush_filesystem, mark_rootfs
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DestinationError
 from ansible_collections.virt.bootstrap.plugins.module_utils._idmap import IdMap, parse_id_map
-from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image, Platform
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image, Platform, runtime_config
 from ansible_collections.virt.bootstrap.plugins.module_utils._layers import DEFAULT_MAX_SIZE, ApplyStats
 from ansible_collections.virt.bootstrap.plugins.module_utils._platforms import host_platform, matches, parse_platform
 from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress, ProgressCallback
@@ -120,6 +120,8 @@ class Result:
     credentials_from: t.Optional[str] = None
     # What pruning the blob cache did (cache_max_age), for registry sources.
     cache_pruned: t.Optional[t.Dict[str, t.Any]] = None
+    # What the image says its container runs (see _image.runtime_config), for the guest's init.
+    image_config: t.Optional[t.Dict[str, t.Any]] = None
     before: t.Optional[StateRecord] = None
     after: t.Optional[StateRecord] = None
 
@@ -191,8 +193,9 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
     wanted_options = options_hash(request.shaping_options(with_password=False))
     probe = getattr(source, 'probe', None)
     if before is not None and intact and before.options_hash == wanted_options and probe is not None and \
-            _platform_still_fits(before, wanted_platform):
+            before.image_config is not None and _platform_still_fits(before, wanted_platform):
         # A registry says with one HEAD (nothing, for a pinned digest dest holds) whether src still names it.
+        # A record from before image_config was kept takes one full resolve, which completes it.
         recorded = (before.digest, before.index_digest)
         if probe(wanted_platform, recorded) == recorded:
             return _unchanged(request, dest, before)
@@ -201,7 +204,8 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
         source=request.src or '', digest=image.digest, format=request.format, options_hash=wanted_options,
         platform=str(image.platform) if image.platform else None, index_digest=image.index_digest,
         layers=[layer.describe() for layer in image.layers], options=request.shaping_options(),
-        root_password=_wants_password(request))
+        root_password=_wants_password(request),
+        image_config=runtime_config(image.config, 'image %s' % image.digest))
     if before is not None and intact and before.same_result(after):
         return _unchanged(request, dest, before, image=image, resolved=after)
     refusal = dest.refusal(before, request.force)
@@ -417,6 +421,7 @@ def _result(request: Request, plan: Plan, source: t.Optional[Source], dest: Dest
         result.index_digest = record.index_digest
         result.platform = record.platform
         result.layers = record.layers
+        result.image_config = record.image_config
     if plan.image is not None:
         result.warnings.extend(plan.image.warnings)
     if stats is not None:

@@ -311,6 +311,43 @@ layers:
     media_type:
       description: The layer media type.
       type: str
+image_config:
+  description:
+    - What the image says its container runs, from the image config's C(config) object (OCI image spec),
+      also on unchanged runs and in check mode (it is kept in the state record). The C(virt.bootstrap.libvirt_lxc)
+      role takes the guest's init, environment and working directory from it.
+    - Every key is present; an image that sets none of them (a rootfs tarball) gives empty values.
+    - V(null) only when O(update=never) keeps a rootfs whose record was written by a release that did not
+      keep it.
+  returned: when O(state=present)
+  type: dict
+  contains:
+    entrypoint:
+      description: C(Entrypoint), the command the container starts with.
+      type: list
+      elements: str
+      sample: [/docker-entrypoint.sh]
+    cmd:
+      description: C(Cmd), the arguments of the entrypoint or, without one, the command.
+      type: list
+      elements: str
+      sample: [nginx, -g, daemon off;]
+    env:
+      description: C(Env), as a mapping of variable names to values.
+      type: dict
+      sample: {PATH: /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}
+    working_dir:
+      description: C(WorkingDir), the directory the command starts in (empty when the image sets none).
+      type: str
+      sample: /app
+    user:
+      description: C(User), the user (and group) the command runs as, as the image names them.
+      type: str
+      sample: '101:101'
+    labels:
+      description: C(Labels).
+      type: dict
+      sample: {org.opencontainers.image.title: nginx}
 entries_written:
   description: How many entries (files, directories, links, ...) were written. 0 when nothing changed.
   returned: always
@@ -520,7 +557,7 @@ def main() -> None:
         if returned[optional] is None:
             del returned[optional]
     if params['state'] == 'absent':
-        for image_key in ('digest', 'index_digest', 'platform', 'layers'):
+        for image_key in ('digest', 'index_digest', 'platform', 'layers', 'image_config'):
             del returned[image_key]
     for warning in result.warnings:
         module.warn(warning)

@@ -108,15 +108,19 @@ class OciLayoutBuilder:
 
     def image(self, layer_tars: t.Sequence[bytes], platform: t.Optional[str] = 'linux/amd64',
               compression: str = 'gzip', layer_media_type: t.Optional[str] = None,
-              schema_version: int = 2, edit_manifest: t.Optional[JsonEdit] = None) -> t.Dict[str, t.Any]:
+              schema_version: int = 2, edit_manifest: t.Optional[JsonEdit] = None,
+              edit_config: t.Optional[JsonEdit] = None) -> t.Dict[str, t.Any]:
         """An image manifest (with config and layers); returns its descriptor, platform-free.
 
-        `edit_manifest` changes the manifest in place before it is written, to make a broken one.
+        `edit_manifest` and `edit_config` change the manifest and the config in place before they are
+        written, to make broken ones (or a config with a runtime part).
         """
         layers = [self.blob(compress(layer, compression), layer_media_type or MEDIA_OCI_LAYER[compression])
                   for layer in layer_tars]
         config = dict(platform_fields(platform), rootfs={'type': 'layers',
                                                          'diff_ids': [sha256(layer) for layer in layer_tars]})
+        if edit_config:
+            edit_config(config)
         config_descriptor = self.json_blob(config, MEDIA_OCI_CONFIG)
         manifest = {'schemaVersion': schema_version, 'mediaType': MEDIA_OCI_MANIFEST,
                     'config': config_descriptor, 'layers': layers}

@@ -22,7 +22,7 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_bu
 
 ROOTFS = {'etc': None, 'etc/os-release': b'ID=test\n'}
 RETURNED = {'changed', 'msg', 'dest', 'format', 'digest', 'index_digest', 'platform', 'layers', 'entries_written',
-            'entries_skipped', 'entries_skipped_by_reason', 'state'}
+            'entries_skipped', 'entries_skipped_by_reason', 'state', 'image_config'}
 
 
 def run_module(capsys, args, check_mode=False, diff=False):
@@ -73,6 +73,8 @@ def test_present_returns_the_documented_keys(capsys, paths):
     assert result['entries_written'] > 0
     assert (result['entries_skipped'], result['entries_skipped_by_reason']) == (0, {})
     assert 'skipped' not in result
+    assert result['image_config'] == {'entrypoint': [], 'cmd': [], 'env': {}, 'working_dir': '', 'user': '',
+                                      'labels': {}}
     assert result['msg'].startswith('build ')
     assert open(os.path.join(paths['dest'], 'etc', 'os-release'), 'rb').read() == b'ID=test\n'
 
@@ -150,7 +152,7 @@ def test_absent_removes_and_then_is_unchanged(capsys, paths):
     assert code == 0 and removed['changed']
     assert not os.path.lexists(paths['dest'])
     # The image keys are documented for state=present only, and state tells the file type of dest.
-    assert not {'digest', 'index_digest', 'platform', 'layers'} & set(removed)
+    assert not {'digest', 'index_digest', 'platform', 'layers', 'image_config'} & set(removed)
     assert removed['state'] == 'absent'
     _code, again = run_module(capsys, {'dest': paths['dest'], 'state': 'absent'})
     assert not again['changed']
