@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import signal
 import sys
 import traceback
 import typing as t
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--auth-file', help='registry auth file (auth.json / docker config.json) to read')
     parser.add_argument('--ca-path', help='CA certificates (PEM) to verify the registry with')
     parser.add_argument('--cache-dir', help='where downloaded layers are kept')
+    parser.add_argument('--timeout', type=float, default=60.0, metavar='SECONDS',
+                        help='how long a registry may stall (default: 60)')
     parser.add_argument('--uidmap', type=_id_range, action='append', default=[], metavar='START:TARGET:COUNT',
                         help='map file owner ids (repeatable)')
     parser.add_argument('--gidmap', type=_id_range, action='append', default=[], metavar='START:TARGET:COUNT',
@@ -104,8 +107,24 @@ class ProgressPrinter:
         self._stream.flush()
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwound like Ctrl-C, so the engine cleans up what it started."""
+
+
+def _terminate(_signal_number: int, _frame: t.Any) -> None:
+    raise Terminated()
+
+
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    previous_handler = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         password = args.password
         if args.username and password is None:
@@ -123,10 +142,13 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
                            platform=args.platform, force=args.force, auth_file=args.auth_file,
                            ca_path=args.ca_path, cache_dir=args.cache_dir, device_nodes=args.device_nodes,
                            root_password_hash=read_root_password(args.root_password_hash), max_size=args.max_size,
-                           update=args.update)
+                           update=args.update, timeout=args.timeout)
     except KeyboardInterrupt:
         sys.stderr.write('\n%s: interrupted\n' % PROG)
         return 130
+    except Terminated:
+        sys.stderr.write('\n%s: terminated, interrupted\n' % PROG)
+        return 128 + signal.SIGTERM
     except (BootstrapError, OSError) as exc:
         if args.debug:
             traceback.print_exc()

@@ -193,11 +193,55 @@ class Descriptor(t.NamedTuple):
     artifact_type: str = ''
 
 
-def parse_json_object(data: bytes, what: str) -> t.Dict[str, t.Any]:
+# The longest integer a manifest may hold: sizes fit in 64 bits (19 digits); longer numbers cost quadratic
+# time to convert on interpreters without Python 3.11's own limit.
+_MAX_INTEGER_DIGITS = 20
+
+
+class _StrictJsonError(ValueError):
+    """A document JSON allows but no image tool should write, and parsers read differently."""
+
+
+def _refuse_duplicate_keys(pairs: t.List[t.Tuple[str, t.Any]]) -> t.Dict[str, t.Any]:
+    # Go's decoder keeps the last of duplicate keys, others the first: the same bytes could name two images.
+    result: t.Dict[str, t.Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _StrictJsonError('the key %r appears twice in one object' % key[:80])
+        result[key] = value
+    return result
+
+
+def _bounded_integer(text: str) -> int:
+    if len(text.lstrip('-')) > _MAX_INTEGER_DIGITS:
+        raise _StrictJsonError('a number of %d digits' % len(text))
+    return int(text)
+
+
+def _finite_number(text: str) -> float:
+    value = float(text)
+    if value in (float('inf'), float('-inf')):
+        raise _StrictJsonError('the number %s is out of range' % text[:40])
+    return value
+
+
+def _refuse_constant(name: str) -> t.NoReturn:
+    raise _StrictJsonError('%s is not JSON' % name)
+
+
+def parse_json(data: bytes, what: str) -> t.Any:
+    """A metadata document from a source we do not control, read strictly: no duplicate keys, NaN or huge numbers."""
     try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise SourceError('%s is not valid JSON: %s' % (what, exc))
+        return json.loads(data, object_pairs_hook=_refuse_duplicate_keys, parse_int=_bounded_integer,
+                          parse_float=_finite_number, parse_constant=_refuse_constant)
+    except _StrictJsonError as exc:
+        raise SourceError('%s is refused: %s' % (what, exc))
+    except (ValueError, RecursionError) as exc:
+        raise SourceError('%s is not valid JSON: %s' % (what, str(exc)[:200]))
+
+
+def parse_json_object(data: bytes, what: str) -> t.Dict[str, t.Any]:
+    value = parse_json(data, what)
     if not isinstance(value, dict):
         raise SourceError('%s is not a JSON object' % what)
     return value

@@ -366,7 +366,7 @@ def build_request(src: t.Optional[str], dest: str, format: str = 'dir', state: s
                   progress_cb: t.Optional[ProgressCallback] = None, username: t.Optional[str] = None,
                   password: t.Optional[str] = None, auth_file: t.Optional[str] = None, not_secure: bool = False,
                   ca_path: t.Optional[str] = None, cache_dir: t.Optional[str] = None,
-                  no_cache: bool = False, cache_max_age: t.Optional[str] = None) -> Request:
+                  no_cache: bool = False, cache_max_age: t.Optional[str] = None, timeout: float = 60.0) -> Request:
     """The one place a Request is made from plain options: the module, bootstrap() and the CLI use it."""
     return Request(src=src, dest=dest, format=format, state=state, platform=platform, force=force,
                    max_size=parse_size(max_size, 'max_size'), root_password=root_password,
@@ -375,7 +375,7 @@ def build_request(src: t.Optional[str], dest: str, format: str = 'dir', state: s
                    update=update,
                    registry=RegistryOptions(username=username, password=password, auth_file=auth_file,
                                             not_secure=not_secure, ca_path=ca_path, cache_dir=cache_dir,
-                                            no_cache=no_cache, cache_max_age=cache_max_age))
+                                            no_cache=no_cache, cache_max_age=cache_max_age, timeout=timeout))
 
 
 def parse_size(value: t.Union[int, str], name: str) -> int:
@@ -402,7 +402,7 @@ def bootstrap(uri: str, dest: str, fmt: str = 'dir', username: t.Optional[str] =
 
     The positional order is the original virt-bootstrap's. Every other option of build_request
     (platform, force, max_size, root_password_hash, device_nodes, update, auth_file, ca_path,
-    cache_dir, cache_max_age, state) can be given by name.
+    cache_dir, cache_max_age, timeout, state) can be given by name.
     """
     return run(build_request(uri, dest, format=fmt, username=username, password=password,
                              root_password=root_password, uid_map=uid_map, gid_map=gid_map, not_secure=not_secure,

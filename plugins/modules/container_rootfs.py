@@ -115,6 +115,15 @@ options:
       - Safe with runs using the cache at the same time; pruning never waits for them, and a cache in use is
         left for a later run (RV(cache_pruned.in_use)). Not pruned by default. Cannot be combined with O(no_cache).
     type: str
+  timeout:
+    description:
+      - Seconds a registry (or its token service) may take to answer, and to send a whole manifest, config or
+        token, retries included; and the most a layer download may take for each 64 KiB. A layer download that
+        stalls is resumed where it stopped, up to 5 times in a row.
+      - A registry that accepts the connection and then sends nothing, or sends a byte at a time, fails the run
+        after this long instead of holding it.
+    type: float
+    default: 60
   no_cache:
     description:
       - Download into a temporary cache that is removed at the end of the run. It lives in the bookkeeping
@@ -493,7 +502,7 @@ def _diff(result: Result) -> dict:
 
 _ENGINE_OPTIONS = ('src', 'dest', 'format', 'state', 'platform', 'force', 'max_size', 'root_password',
                    'root_password_hash', 'uid_map', 'gid_map', 'device_nodes', 'update', 'username', 'password',
-                   'auth_file', 'not_secure', 'ca_path', 'cache_dir', 'no_cache', 'cache_max_age')
+                   'auth_file', 'not_secure', 'ca_path', 'cache_dir', 'no_cache', 'cache_max_age', 'timeout')
 
 
 def main() -> None:
@@ -519,6 +528,7 @@ def main() -> None:
             cache_dir=dict(type='path'),
             no_cache=dict(type='bool', default=False),
             cache_max_age=dict(type='str'),
+            timeout=dict(type='float', default=60.0),
             device_nodes=dict(type='bool', default=False),
             update=dict(type='str', default='always', choices=['always', 'never']),
         ),

@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import email.utils
 import http.client
+import ipaddress
 import json
 import re
 import socket
@@ -64,6 +66,11 @@ class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
     """
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        # urllib would follow ftp:// too; a registry's answers only ever live on HTTP(S).
+        scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme.lower()
+        if scheme not in ('http', 'https'):
+            raise RegistryError('%s redirected a request to a %s URL, which is not followed'
+                                % (urllib.parse.urlsplit(req.full_url).netloc, scheme or 'scheme-less'))
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None:
             for name in list(new.headers):
@@ -87,6 +94,109 @@ def _origin(url: str) -> t.Optional[t.Tuple[str, str, t.Optional[int]]]:
     return scheme, (parsed.hostname or '').lower(), port
 
 
+# A blob download that brings less than this in `timeout` seconds is stalled: the attempt is given up and
+# resumed. (A trickle resets a socket timeout with every byte; this rule it does not.)
+STALL_BYTES = 64 << 10
+_watching = threading.local()
+
+
+class _Deadline:
+    """Time for one exchange with a server: when it is up, the sockets opened for it are shut down.
+
+    The sockets are those connected in this thread while the deadline is the current one (see
+    _WatchedConnection), so a server that trickles its headers or body cannot hold a run for ever.
+    `extend()` starts the time again (a download that makes progress).
+    """
+
+    def __init__(self, seconds: float, active: t.Optional[t.Set['_Deadline']] = None) -> None:
+        self.seconds = seconds
+        # The set of deadlines in progress this one joins while it runs (see RegistryClient.stop).
+        self._active = active
+        self.expired = False
+        self._sockets: t.List[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer: t.Optional[threading.Timer] = None
+        self._outer: t.Optional[_Deadline] = None
+
+    def __enter__(self) -> '_Deadline':
+        self._outer = getattr(_watching, 'deadline', None)
+        _watching.deadline = self
+        if self._active is not None:
+            self._active.add(self)
+        self.extend()
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._active is not None:
+            self._active.discard(self)
+        _watching.deadline = self._outer
+
+    def extend(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(self.seconds, self.expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut_down(sock)
+
+    def expire(self) -> None:
+        """Time is up (or the run is ending): shut the exchange's sockets down, now and when they connect."""
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut_down(sock)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    # The plain socket's shutdown, also for a TLS socket: it wakes a reader blocked in another thread and
+    # leaves the TLS state to that reader (SSLSocket.shutdown would drop it under its feet).
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+class _WatchedConnection:
+    """Mixed into http.client's connections: the socket joins the thread's current deadline, if any."""
+
+    sock: t.Any
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        deadline = getattr(_watching, 'deadline', None)
+        if deadline is not None:
+            deadline.watch(self.sock)
+
+
+class _WatchedHTTPConnection(_WatchedConnection, http.client.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedConnection, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):  # type: ignore[no-untyped-def]
+        return self.do_open(_WatchedHTTPConnection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self._tls_context = context
+
+    def https_open(self, req):  # type: ignore[no-untyped-def]
+        return self.do_open(_WatchedHTTPSConnection, req, context=self._tls_context)
+
+
 class RegistryClient:
     """Talks to one repository of one registry; remembers the scheme and the token that worked."""
 
@@ -101,7 +211,10 @@ class RegistryClient:
         self._backoff = backoff
         self._scheme = 'https'
         self._stopping = threading.Event()
+        self._deadlines: t.Set[_Deadline] = set()
         self._authorization: t.Optional[str] = None
+        # The token service the credentials were not sent to (on another site than the registry), if any.
+        self._withheld_from: t.Optional[str] = None
         if not_secure:
             context = ssl.create_default_context()
             context.check_hostname = False
@@ -114,8 +227,8 @@ class RegistryClient:
         # As urllib reads them: https_proxy, http_proxy (lower case first, then upper case); no_proxy is
         # consulted for each request. Only a proxy URL's own user:password@ becomes Proxy-Authorization.
         self._proxies = urllib.request.getproxies()
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler(self._proxies),
-                                                   urllib.request.HTTPSHandler(context=context), _SameOriginAuth())
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler(self._proxies), _HTTPHandler(),
+                                                   _HTTPSHandler(context), _SameOriginAuth())
 
     @property
     def host(self) -> str:
@@ -150,13 +263,14 @@ class RegistryClient:
         """(digest, media type) of what `reference` names, from a HEAD request: registries count a manifest GET
         as a pull (Docker Hub against its rate limit), a HEAD not. None when the registry refuses HEAD or
         gives no digest: then only a GET can tell."""
-        response = self._request('HEAD', 'manifests/%s' % reference, {'Accept': MANIFEST_ACCEPT},
-                                 give_up_on=_HEAD_REFUSED)
-        if response is None:
-            return None
-        with response:
-            digest = response.headers.get('Docker-Content-Digest') or ''
-            media_type = (response.headers.get('Content-Type') or '').split(';')[0].strip()
+        with self._within_timeout('the manifest for %s' % reference):
+            response = self._request('HEAD', 'manifests/%s' % reference, {'Accept': MANIFEST_ACCEPT},
+                                     give_up_on=_HEAD_REFUSED)
+            if response is None:
+                return None
+            with response:
+                digest = response.headers.get('Docker-Content-Digest') or ''
+                media_type = (response.headers.get('Content-Type') or '').split(';')[0].strip()
         return (digest, media_type) if is_digest(digest) else None
 
     def get_small_blob(self, digest: str, limit: int = MAX_METADATA_SIZE) -> bytes:
@@ -178,11 +292,13 @@ class RegistryClient:
         """
         failures = 0
         offset_at_failure = offset
+        stalled = 'less than %d KiB in %s s (timeout)' % (STALL_BYTES >> 10, _seconds(self._timeout))
 
         def count_failure(problem: str) -> None:
             nonlocal failures, offset_at_failure
-            # Only failures in a row count: a long download over a flaky link still moves on.
-            failures = 1 if offset > offset_at_failure else failures + 1
+            # Only failures in a row count: a long download over a flaky link still moves on. Stalls always
+            # count, whatever came before them: a trickle must not go on for ever.
+            failures = 1 if offset > offset_at_failure and problem != stalled else failures + 1
             offset_at_failure = offset
             if failures > self._retries:
                 raise RegistryError('%s: downloading %s failed %d times in a row at byte %d, last: %s'
@@ -194,7 +310,8 @@ class RegistryClient:
             headers = {'Range': 'bytes=%d-' % offset} if offset else {}
             # Connecting, auth and 429/5xx answers are retried inside _request; here a lost connection
             # in the middle of the body is resumed from the last byte written.
-            with self._request('GET', 'blobs/%s' % digest, headers) as response:
+            with self._deadline() as deadline, self._request('GET', 'blobs/%s' % digest, headers) as response:
+                progress_mark = offset
                 skip = 0
                 length = response.headers.get('Content-Length')
                 expected_end = int(length) if length and length.isdigit() else None
@@ -213,10 +330,13 @@ class RegistryClient:
                         # read1: what has arrived, at once. read() would wait for a full chunk, and a reset
                         # while it waits would lose the bytes it already took from the socket.
                         chunk = response.read1(1 << 20)
-                    except _TRANSIENT_ERRORS + (OSError,) as exc:
-                        count_failure(_reason(exc))
+                    except _TRANSIENT_ERRORS + (OSError, http.client.HTTPException) as exc:
+                        count_failure(stalled if deadline.expired else _reason(exc))
                         break
                     if not chunk:
+                        if deadline.expired:  # the socket was shut down: the end of the body it seems is not one
+                            count_failure(stalled)
+                            break
                         if expected_end is None or offset >= expected_end:
                             return offset
                         # http.client ends quietly when a connection closes early.
@@ -228,6 +348,9 @@ class RegistryClient:
                     if chunk:
                         write(chunk)
                         offset += len(chunk)
+                        if offset - progress_mark >= STALL_BYTES:
+                            deadline.extend()
+                            progress_mark = offset
             self._sleep(failures, None)
 
     # -- requests, auth and retries ---------------------------------------------------------------
@@ -236,7 +359,14 @@ class RegistryClient:
         return '%s://%s/v2/%s/%s' % (self._scheme, self.host, self.reference.repository, path)
 
     def _get_whole(self, path: str, headers: t.Dict[str, str], limit: int) -> t.Tuple[bytes, t.Any]:
-        """(body, headers) of a small document; one cut short by a lost connection is asked for again."""
+        """(body, headers) of a small document; one cut short by a lost connection is asked for again.
+
+        All of it, retries included, must arrive within the timeout.
+        """
+        with self._within_timeout(path):
+            return self._get_whole_in_time(path, headers, limit)
+
+    def _get_whole_in_time(self, path: str, headers: t.Dict[str, str], limit: int) -> t.Tuple[bytes, t.Any]:
         failures = 0
         while True:
             with self._request('GET', path, headers) as response:
@@ -244,7 +374,7 @@ class RegistryClient:
                 problem = None
                 try:
                     body = response.read(limit + 1)
-                except _TRANSIENT_ERRORS + (OSError,) as exc:
+                except _TRANSIENT_ERRORS + (OSError, http.client.HTTPException) as exc:
                     body, problem = b'', _reason(exc)
                 # http.client ends quietly when a connection closes early.
                 if problem is None and length and length.isdigit() and len(body) < min(int(length), limit + 1):
@@ -307,6 +437,12 @@ class RegistryClient:
             request.add_unredirected_header('Authorization', authorization)
         try:
             return self._opener.open(request, timeout=self._timeout)
+        except _TRANSIENT_ERRORS:
+            raise
+        except http.client.HTTPException as exc:
+            # A header line over 64 KiB, more than 100 headers, ...: http.client's words name no content.
+            raise RegistryError('%s: %s answered with a malformed HTTP response (%s)'
+                                % (self.host, urllib.parse.urlsplit(url).netloc, str(exc)[:100] or type(exc).__name__))
         except ValueError as exc:
             # A malformed proxy URL, redirect or header. urllib's words are never repeated: they would quote a
             # proxy URL with its password, or a header with its token.
@@ -337,6 +473,9 @@ class RegistryClient:
             self._authorization = 'Basic ' + _basic_token(self._credentials)
         elif scheme == 'bearer' and params.get('realm'):
             self._authorization = 'Bearer ' + self._fetch_token(params)
+        elif scheme == 'bearer':
+            raise RegistryError('%s asks for a bearer token but names no token service (realm) in its challenge'
+                                % self.host)
         else:
             raise RegistryError('%s asks for an authentication scheme this client does not speak (%s)'
                                 % (self.host, scheme or 'none'))
@@ -351,20 +490,32 @@ class RegistryClient:
         parsed = urllib.parse.urlsplit(realm)
         if parsed.scheme not in ('https', 'http'):
             raise RegistryError('%s names a token service that is not http(s)' % self.host)
+        credentials = self._credentials
+        if credentials is not None and not _same_site(self.host, parsed.hostname or ''):
+            # A registry may send its login to any URL it names; only its own site gets it (auth.docker.io for
+            # registry-1.docker.io, gitlab.com for registry.gitlab.com). Elsewhere the token is asked for
+            # anonymously, which is enough for public images.
+            self._withheld_from = parsed.netloc.rpartition('@')[2]
+            credentials = None
         # Credentials go in the clear only where the user accepted plain HTTP (not_secure), or where the
         # registry itself is spoken to in the clear anyway.
-        if parsed.scheme == 'http' and self._credentials is not None and not (self._not_secure or self._scheme == 'http'):
+        if parsed.scheme == 'http' and credentials is not None and not (self._not_secure or self._scheme == 'http'):
             raise RegistryError('%s names a token service over plain HTTP (http://%s): the credentials from %s are '
                                 'not sent unencrypted; set not_secure: true to allow it'
-                                % (self.host, parsed.netloc.rpartition('@')[2], self._credentials.origin))
-        identity_token = self._credentials.identity_token if self._credentials is not None else None
+                                % (self.host, parsed.netloc.rpartition('@')[2], credentials.origin))
+        identity_token = credentials.identity_token if credentials is not None else None
+        with self._within_timeout('the token from %s' % parsed.netloc.rpartition('@')[2]):
+            return self._ask_token_service(realm, query, credentials, identity_token)
+
+    def _ask_token_service(self, realm: str, query: t.Dict[str, str], credentials: t.Optional[Credentials],
+                           identity_token: t.Optional[str]) -> str:
         try:
             if identity_token:
                 form = dict(query, grant_type='refresh_token', refresh_token=identity_token, client_id=USER_AGENT)
                 response = self._send('POST', realm, {'Content-Type': 'application/x-www-form-urlencoded'}, None,
                                       data=urllib.parse.urlencode(form).encode('ascii'))
             else:
-                authorization = 'Basic ' + _basic_token(self._credentials) if self._credentials is not None else None
+                authorization = 'Basic ' + _basic_token(credentials) if credentials is not None else None
                 url = realm + ('&' if '?' in realm else '?') + urllib.parse.urlencode(query)
                 response = self._send('GET', url, {}, authorization)
             with response:
@@ -394,6 +545,10 @@ class RegistryClient:
 
     def _refused(self, token_denied: bool = False) -> AuthError:
         """Credentials refused; or, with `token_denied`, accepted by the token service for a token that is denied."""
+        if self._credentials is not None and self._withheld_from is not None:
+            return AuthError('%s refused access to %s with an anonymous token: its token service %s is on another site, '
+                             'so the credentials from %s were not sent there'
+                             % (self.host, self.reference.repository, self._withheld_from, self._credentials.origin))
         if self._credentials is None:
             return AuthError('%s refused anonymous access to %s: it needs a login (username and password, or an '
                              'auth file), or does not exist' % (self.host, self.reference.repository))
@@ -421,6 +576,14 @@ class RegistryClient:
                                                                  '@' if ':' in wanted else ':', wanted))
             return RegistryError('%s has no blob %s in %s' % (self.host, path[len('blobs/'):],
                                                               self.reference.repository))
+        if 300 <= exc.code < 400:
+            # urllib refuses a redirect to file: and other schemes, and gives up on a loop or after 10 redirects.
+            location = urllib.parse.urljoin(self._url(path), exc.headers.get('Location') or '')
+            scheme = urllib.parse.urlsplit(location).scheme.lower()
+            if scheme not in ('http', 'https'):
+                return RegistryError('%s redirected a request to a %s URL, which is not followed'
+                                     % (self.host, scheme or 'scheme-less'))
+            return RegistryError('%s redirected %s in a loop or too many times (HTTP %d)' % (self.host, path, exc.code))
         explanation = self._explain(errors)
         return RegistryError('%s answered HTTP %d for %s%s%s' % (self.host, exc.code, path,
                                                                  ' (%s)' % explanation if explanation else '',
@@ -460,12 +623,38 @@ class RegistryClient:
                                  % (what, reason))
         return RegistryError('%s is unreachable: %s' % (what, _reason(reason)))
 
+    @contextlib.contextmanager
+    def _within_timeout(self, what: str) -> t.Iterator[_Deadline]:
+        """Run an exchange that must be over within the timeout; its failure once time is up says so."""
+        with self._deadline() as deadline:
+            timed_out = RegistryError('%s: %s did not arrive within %s s (timeout): the registry stalls or is too slow'
+                                      % (self.host, what, _seconds(self._timeout)))
+            try:
+                yield deadline
+            except (BootstrapError, OSError, http.client.HTTPException):
+                if deadline.expired:
+                    raise timed_out from None
+                raise
+            if deadline.expired:  # http.client can take a connection shut down half-way for the end of an answer
+                raise timed_out
+
+    def _deadline(self) -> _Deadline:
+        deadline = _Deadline(self._timeout, self._deadlines)
+        if self._stopping.is_set():
+            deadline.expire()
+        return deadline
+
     def stop(self) -> None:
-        """Make retries waiting in other threads give up at once (the run is ending)."""
+        """Make retries waiting and downloads reading in other threads give up at once (the run is ending)."""
         self._stopping.set()
+        for deadline in list(self._deadlines):
+            deadline.expire()
 
     def _sleep(self, failures: int, retry_after: t.Optional[float]) -> None:
         """Back off before try `failures` + 1: doubling each time, at least as long as the registry asked."""
+        deadline = getattr(_watching, 'deadline', None)
+        if deadline is not None and deadline.expired:
+            raise RegistryError('%s: no answer in time' % self.host)  # _within_timeout says what for
         delay = min(self._backoff * (2 ** (failures - 1)), MAX_BACKOFF)
         if retry_after is not None:
             delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
@@ -477,6 +666,34 @@ class RegistryClient:
 def _pause(stopping: threading.Event, seconds: float) -> None:
     """Wait before a retry; a run that is ending cuts the wait short."""
     stopping.wait(seconds)
+
+
+def _same_site(registry_host: str, realm_host: str) -> bool:
+    """Whether a token service is the registry's own: the same host, or a name sharing its last two labels.
+
+    IP addresses match only themselves. (Without a public suffix list, two names under one two-label public
+    suffix such as co.uk count as one site: the cost is a login sent to a neighbour the registry named.)
+    """
+    registry = (urllib.parse.urlsplit('//' + registry_host).hostname or '').rstrip('.')
+    realm = realm_host.lower().rstrip('.')
+    if registry == realm:
+        return True
+    if _is_ip_address(registry) or _is_ip_address(realm):
+        return False
+    registry_labels, realm_labels = registry.split('.'), realm.split('.')
+    return len(registry_labels) >= 2 and len(realm_labels) >= 2 and registry_labels[-2:] == realm_labels[-2:]
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _seconds(value: float) -> str:
+    return ('%f' % value).rstrip('0').rstrip('.')
 
 
 def _rehash(body: bytes, digest: str) -> t.Any:

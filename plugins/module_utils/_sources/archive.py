@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tarfile
 import typing as t
@@ -29,6 +28,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._image import (
     image_manifest,
     is_digest,
     parse_digest,
+    parse_json,
     parse_json_object,
     platform_from_json,
     sha256_digest,
@@ -325,10 +325,7 @@ class DockerArchive:
             raw_manifest = self._blobs.read_file('manifest.json')
         except SourceError:
             raise SourceError('%s is not a docker-archive (it has no manifest.json)' % self._path)
-        try:
-            manifest = json.loads(raw_manifest)
-        except ValueError as exc:
-            raise SourceError('%s: manifest.json is not valid JSON: %s' % (self._path, exc))
+        manifest = parse_json(raw_manifest, '%s: manifest.json' % self._path)
         if not isinstance(manifest, list) or not manifest:
             raise SourceError('%s: manifest.json does not list any image' % self._path)
         entry = self._select([self._entry(value, number) for number, value in enumerate(manifest)])

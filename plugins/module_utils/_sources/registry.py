@@ -63,8 +63,13 @@ class RegistryOptions:
     # Prune, at the end of a present run, cached blobs no dest holds that were not used for this long
     # (seconds, or '30d', '12h', ...; see cache.parse_max_age). None: never prune.
     cache_max_age: t.Union[str, int, float, None] = None
+    # Seconds the registry may stay silent, take to send a manifest, config or token, or take to send the
+    # next 64 KiB of a layer (client.STALL_BYTES).
+    timeout: float = 60.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or not self.timeout > 0:
+            raise BootstrapError('timeout must be a number of seconds above 0, not %r' % (self.timeout,))
         if parse_max_age(self.cache_max_age) is not None and self.no_cache:
             raise BootstrapError('cache_max_age prunes the blob cache, which no_cache does not use: set only one')
 
@@ -83,7 +88,7 @@ class RegistrySource:
         self._options = options
         self.credentials = _credentials(reference, options)
         self._client = RegistryClient(reference, self.credentials, not_secure=options.not_secure,
-                                      ca_path=options.ca_path)
+                                      ca_path=options.ca_path, timeout=float(options.timeout))
         self._top: t.Optional[t.Tuple[bytes, str, str]] = None
         # (digest, media type) from a HEAD of the tag, when the registry said.
         self._served: t.Optional[t.Tuple[str, str]] = None

@@ -21,6 +21,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._registry.auth impo
     find_credentials,
     parse_challenge,
 )
+from ansible_collections.virt.bootstrap.plugins.module_utils._registry import client as client_module
 from ansible_collections.virt.bootstrap.plugins.module_utils._registry.client import RegistryClient, RegistryError
 from ansible_collections.virt.bootstrap.plugins.module_utils._registry.reference import parse_reference
 
@@ -326,7 +327,7 @@ class _Answer:
 
 def token_client(monkeypatch, realm, credentials=None, not_secure=False):
     """A client whose registry asks for a bearer token from `realm`; returns it and what it sent: [(url, authorization)]."""
-    client = RegistryClient(parse_reference('registry.example/app:1'), credentials, not_secure=not_secure)
+    client = RegistryClient(parse_reference('registry.example.com/app:1'), credentials, not_secure=not_secure)
     sent = []
 
     def send(_method, url, _headers, authorization):
@@ -334,7 +335,7 @@ def token_client(monkeypatch, realm, credentials=None, not_secure=False):
         if url.startswith(realm):
             return _Answer(b'{"token": "t0k3n"}')
         if authorization != 'Bearer t0k3n':
-            challenge = 'Bearer realm="%s",service="registry.example"' % realm
+            challenge = 'Bearer realm="%s",service="registry.example.com"' % realm
             raise urllib.error.HTTPError(url, 401, 'Unauthorized', {'WWW-Authenticate': challenge}, io.BytesIO(b''))
         return _Answer(MANIFEST, 'application/vnd.oci.image.manifest.v1+json')
     monkeypatch.setattr(client, '_send', send)
@@ -346,29 +347,55 @@ def basic(username, password=SECRET):
 
 
 def test_a_plain_http_token_service_gets_no_credentials_from_a_https_registry(monkeypatch):
-    client, sent = token_client(monkeypatch, 'http://auth.example/token', Credentials('alice', SECRET))
+    client, sent = token_client(monkeypatch, 'http://auth.example.com/token', Credentials('alice', SECRET))
     with pytest.raises(RegistryError) as caught:
         client.get_manifest('1')
-    assert str(caught.value) == ('registry.example names a token service over plain HTTP (http://auth.example): the '
-                                 'credentials from the username/password options are not sent unencrypted; set '
-                                 'not_secure: true to allow it')
-    assert sent == [('https://registry.example/v2/app/manifests/1', None)]
+    assert str(caught.value) == ('registry.example.com names a token service over plain HTTP '
+                                 '(http://auth.example.com): the credentials from the username/password options are '
+                                 'not sent unencrypted; set not_secure: true to allow it')
+    assert sent == [('https://registry.example.com/v2/app/manifests/1', None)]
 
 
 def test_a_plain_http_token_service_gets_credentials_with_not_secure(monkeypatch):
-    client, sent = token_client(monkeypatch, 'http://auth.example/token', Credentials('alice', SECRET), not_secure=True)
+    client, sent = token_client(monkeypatch, 'http://auth.example.com/token', Credentials('alice', SECRET),
+                                not_secure=True)
     assert client.get_manifest('1')[0] == MANIFEST
-    assert sent[1] == ('http://auth.example/token', basic('alice'))
+    assert sent[1] == ('http://auth.example.com/token', basic('alice'))
 
 
 def test_a_plain_http_token_service_may_give_an_anonymous_token(monkeypatch):
-    client, sent = token_client(monkeypatch, 'http://auth.example/token')
+    client, sent = token_client(monkeypatch, 'http://auth.example.com/token')
     assert client.get_manifest('1')[0] == MANIFEST
-    assert sent == [('https://registry.example/v2/app/manifests/1', None), ('http://auth.example/token', None),
-                    ('https://registry.example/v2/app/manifests/1', 'Bearer t0k3n')]
+    assert sent == [('https://registry.example.com/v2/app/manifests/1', None), ('http://auth.example.com/token', None),
+                    ('https://registry.example.com/v2/app/manifests/1', 'Bearer t0k3n')]
 
 
 def test_a_https_token_service_gets_the_credentials(monkeypatch):
-    client, sent = token_client(monkeypatch, 'https://auth.example/token', Credentials('alice', SECRET))
+    client, sent = token_client(monkeypatch, 'https://auth.example.com/token', Credentials('alice', SECRET))
     assert client.get_manifest('1')[0] == MANIFEST
-    assert sent[1] == ('https://auth.example/token', basic('alice'))
+    assert sent[1] == ('https://auth.example.com/token', basic('alice'))
+
+
+def test_a_token_service_on_another_site_gets_no_credentials(monkeypatch):
+    client, sent = token_client(monkeypatch, 'https://tokens.elsewhere.net/token', Credentials('alice', SECRET))
+    assert client.get_manifest('1')[0] == MANIFEST
+    assert sent[1] == ('https://tokens.elsewhere.net/token', None)
+
+
+@pytest.mark.parametrize('registry, realm, same', [
+    ('registry-1.docker.io', 'auth.docker.io', True),
+    ('registry.gitlab.com', 'gitlab.com', True),
+    ('ghcr.io', 'ghcr.io', True),
+    ('myregistry.azurecr.io', 'myregistry.azurecr.io', True),
+    ('registry.example.com:5000', 'registry.example.com', True),
+    ('127.0.0.1:5000', '127.0.0.1', True),
+    ('[::1]:5000', '::1', True),
+    ('localhost:5000', 'localhost', True),
+    ('registry.example.com', 'example.com.evil.net', False),
+    ('registry.example.com', 'evilexample.com', False),
+    ('127.0.0.1:5000', '127.0.0.2', False),
+    ('10.0.0.1', '1.0.0.1', False),
+    ('localhost', 'evil.localhost', False),
+])
+def test_which_token_services_count_as_the_registrys_own_site(registry, realm, same):
+    assert client_module._same_site(registry, realm) is same
