@@ -64,7 +64,10 @@ def parse_source(uri: str) -> SourceRef:
         raise SourceError('source %r is neither an absolute path nor a URI; supported: %s' % (uri, SUPPORTED_FORMS))
     shown = without_userinfo(uri)
     if scheme == 'file':
-        parsed = urllib.parse.urlsplit(uri)
+        try:
+            parsed = urllib.parse.urlsplit(uri)
+        except ValueError as exc:  # file://[ : "Invalid IPv6 URL"
+            raise SourceError('file URI %r is malformed: %s' % (shown, exc))
         if parsed.netloc not in ('', 'localhost'):
             raise SourceError('file URI %r names host %r; only local files are supported'
                               % (shown, parsed.netloc.rpartition('@')[2]))

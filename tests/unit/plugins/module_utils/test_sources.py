@@ -87,6 +87,7 @@ def test_parse_source_accepts_supported_forms(uri, expected):
     ('oci:relative/layout', 'needs an absolute path'),
     ('oci-archive:debian.tar:latest', 'needs an absolute path'),
     ('docker-archive:app.tar', 'needs an absolute path'),
+    ('file://[/srv/rootfs.tar', 'file URI .* is malformed: Invalid IPv6 URL'),  # found by tests/fuzz
 ])
 def test_parse_source_refuses_relative_and_remote_paths(uri, message):
     with pytest.raises(SourceError, match=message):
