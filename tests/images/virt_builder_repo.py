@@ -58,6 +58,7 @@ def _staged_root(rootfs: str, work: str, partitions: t.Sequence[t.Tuple[str, str
     _run('cp', '-a', rootfs, root)
     os.makedirs(os.path.join(root, 'boot'), exist_ok=True)
     # What the template's /dev holds is never written; a directory named dev deeper down is.
+    os.makedirs(os.path.join(root, 'dev'), exist_ok=True)
     with open(os.path.join(root, 'dev', DEV_FILE), 'w', encoding='utf-8') as dev_file:
         dev_file.write('in the template\'s /dev\n')
     os.makedirs(os.path.join(root, 'usr', 'share', 'dev'), exist_ok=True)
@@ -109,7 +110,8 @@ def make_partitioned(rootfs: str, disk: str, work: str) -> None:
             _run('mkfs.ext4', '-q', '-F', '-E', 'offset=%d' % offset, '-d', content[mount_point], disk,
                  '%dk' % (size * 1024))
         elif fs_type == 'vfat':
-            _run('mkfs.vfat', '--offset=%d' % (offset // SECTOR), disk, str(size * 1024))
+            # Quiet: it warns that the image holds more than this filesystem, as it should.
+            _run('mkfs.vfat', '--offset=%d' % (offset // SECTOR), disk, str(size * 1024), stderr=subprocess.DEVNULL)
             _run('mcopy', '-s', '-i', '%s@@%d' % (disk, offset), os.path.join(efi, 'EFI'), '::')
         else:
             swap = os.path.join(work, 'swap')

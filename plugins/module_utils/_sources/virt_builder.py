@@ -146,9 +146,7 @@ def _unarmoured(text: str) -> str:
     if not text.startswith('-----BEGIN PGP SIGNED MESSAGE-----'):
         return text
     body = text.split('\n\n', 1)[1] if '\n\n' in text else ''
-    body = body.split('\n-----BEGIN PGP SIGNATURE-----', 1)[0]
-    # Dash-escaping (RFC 4880 7.1): a line starting with '-' is written '- -'.
-    return '\n'.join(line[2:] if line.startswith('- ') else line for line in body.split('\n'))
+    return body.split('\n-----BEGIN PGP SIGNATURE-----', 1)[0]
 
 
 def find_template(sections: t.Sequence[t.Tuple[str, t.Dict[str, str]]], name: str,
