@@ -30,9 +30,11 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.errors import Boots
 from ansible_collections.virt.bootstrap.plugins.module_utils._image import MEDIA_TAR, Image, Layer, Platform, sha256_digest
 from ansible_collections.virt.bootstrap.plugins.module_utils._platforms import host_platform, normalize
 from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress, ProgressCallback
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources import without_userinfo
 from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import (
     lstat_at,
     open_dir_in_root,
+    libc,
     remove_tree,
     replace_file_at,
 )
@@ -58,6 +60,7 @@ MAX_INDEX_SIZE = 64 << 20
 MAX_FSTAB_SIZE = 1 << 20
 MAX_SHOWN_TEMPLATES = 12
 MAX_STDERR_SHOWN = 4000
+_PR_SET_PDEATHSIG = 1
 FSTAB_NOTE = (b'# virt-bootstrap: the entries below mount the disks of the virt-builder template this rootfs was\n'
               b'# made from; a container has none of those disks, so they are commented out.\n')
 
@@ -220,9 +223,13 @@ def require_tool(name: str) -> str:
     return path
 
 
-def stderr_text(data: bytes) -> str:
-    """A tool's stderr as it may be shown: without libguestfs's how-to-report-bugs footer, and not too long."""
+def stderr_text(data: bytes, urls: t.Iterable[t.Optional[str]] = ()) -> str:
+    """A tool's stderr as it may be shown: `urls` without their user:password@, without libguestfs's
+    how-to-report-bugs footer, and not too long."""
     text = data.decode('utf-8', 'replace').split('\nIf reporting bugs, run', 1)[0].strip()
+    for url in urls:
+        if url:
+            text = text.replace(url, without_userinfo(url))
     return text if len(text) <= MAX_STDERR_SHOWN else '...' + text[-MAX_STDERR_SHOWN:]
 
 
@@ -290,7 +297,8 @@ class VirtBuilderSource:
             uri = source.get('uri') if isinstance(source, dict) else None
             if not isinstance(uri, str):
                 continue
-            entry = find_template(parse_index(_read_index(uri), 'virt-builder index %s' % uri), self.template, arch)
+            entry = find_template(parse_index(_read_index(uri), 'virt-builder index %s' % without_userinfo(uri)),
+                                  self.template, arch)
             if entry is not None:
                 return entry
         raise SourceError('virt-builder lists template %r for %s, but no index of %s has it'
@@ -299,10 +307,11 @@ class VirtBuilderSource:
     def _listing(self) -> t.Dict[str, t.Any]:
         argv = [require_tool('virt-builder'), '--list', '--list-format', 'json'] + self._signature_args()
         completed = subprocess.run(argv, env=self._environment(), stdin=subprocess.DEVNULL, capture_output=True,
-                                   check=False)
+                                   check=False, preexec_fn=_die_with_parent)
         if completed.returncode != 0:
+            message = stderr_text(completed.stderr, (self._options.source_url,))
             raise SourceError('cannot read the virt-builder repository %s: %s'
-                              % (self._where(), stderr_text(completed.stderr) or 'exit %d' % completed.returncode))
+                              % (self._where(), message or 'exit %d' % completed.returncode))
         try:
             listing = json.loads(completed.stdout)
         except ValueError as exc:
@@ -312,7 +321,7 @@ class VirtBuilderSource:
         return listing
 
     def _where(self) -> str:
-        return self._options.source_url or 'the configured virt-builder repositories'
+        return without_userinfo(self._options.source_url or 'the configured virt-builder repositories')
 
     # -- building and copying out ----------------------------------------------------------------
 
@@ -336,7 +345,7 @@ class VirtBuilderSource:
         with tempfile.TemporaryFile(dir=self._work_dir) as stderr:
             self.appliance_launches += 1
             self._process = subprocess.Popen(argv, env=self._environment(), stdin=subprocess.DEVNULL,
-                                             stdout=subprocess.PIPE, stderr=stderr)
+                                             stdout=subprocess.PIPE, stderr=stderr, preexec_fn=_die_with_parent)
             for line in t.cast(t.IO[bytes], self._process.stdout):
                 step = _build_step(line)
                 if step:
@@ -345,7 +354,7 @@ class VirtBuilderSource:
             self._process = None
             if returncode != 0:
                 stderr.seek(0)
-                message = stderr_text(stderr.read())
+                message = stderr_text(stderr.read(), (self._options.source_url,))
                 if 'checksum of template did not match' in message:
                     message += (' (the template changed without a new revision in the index: its cached copy is '
                                 'stale; set no_cache, or remove it from the cache directory)')
@@ -360,7 +369,7 @@ class VirtBuilderSource:
         stderr = tempfile.TemporaryFile(dir=self._work_dir)
         self.appliance_launches += 1
         self._process = subprocess.Popen(argv, env=self._environment(), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=stderr)
+                                         stdout=subprocess.PIPE, stderr=stderr, preexec_fn=_die_with_parent)
         return _TarOut(self, stderr, disk, warnings)
 
     def _stop(self) -> None:
@@ -387,7 +396,7 @@ class VirtBuilderSource:
         returncode = process.wait()
         self._process = None
         stderr.seek(0)
-        message = stderr_text(stderr.read())
+        message = stderr_text(stderr.read(), (self._options.source_url,))
         stderr.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(disk)
@@ -466,6 +475,12 @@ class _TarOut:
         self.close()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: end with us. A killed run must not leave a build going on beside dest
+    (libguestfs ends its appliance when the tool ends)."""
+    libc().prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 _STEP_RE = re.compile(rb'^\[\s*[0-9.]+\]\s+(.*?)\s*$')
 
 
@@ -478,6 +493,7 @@ def _build_step(line: bytes) -> str:
 def _read_index(uri: str) -> str:
     """The text of the index at `uri` (file://, http:// or https://)."""
     parsed = urllib.parse.urlsplit(uri)
+    shown = without_userinfo(uri)
     try:
         if parsed.scheme == 'file':
             with open(urllib.parse.unquote(parsed.path), 'rb') as stream:
@@ -487,14 +503,14 @@ def _read_index(uri: str) -> str:
             with contextlib.closing(open_url(uri, timeout=60)) as response:
                 data = response.read(MAX_INDEX_SIZE + 1)
         else:
-            raise SourceError('virt-builder index %s: only file://, http:// and https:// indexes can be read' % uri)
+            raise SourceError('virt-builder index %s: only file://, http:// and https:// indexes can be read' % shown)
     except OSError as exc:
-        raise SourceError('cannot read virt-builder index %s: %s' % (uri, exc.strerror or exc))
+        raise SourceError('cannot read virt-builder index %s: %s' % (shown, exc.strerror or exc))
     except BootstrapError:
         raise
     except Exception as exc:  # open_url raises HTTP and connection errors of several kinds
-        raise SourceError('cannot read virt-builder index %s: %s' % (uri, exc))
+        raise SourceError('cannot read virt-builder index %s: %s' % (shown, stderr_text(str(exc).encode(), (uri,))))
     if len(data) > MAX_INDEX_SIZE:
-        raise SourceError('virt-builder index %s is more than %d bytes' % (uri, MAX_INDEX_SIZE))
+        raise SourceError('virt-builder index %s is more than %d bytes' % (shown, MAX_INDEX_SIZE))
     return data.decode('utf-8', 'replace')
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
+import signal
 import stat
+import time
 import typing as t
 
 import pytest
@@ -468,3 +471,69 @@ def test_build_failure_shows_virt_builders_own_error_and_keeps_the_rootfs(
     assert _entries(parts_build['dest']) == before
     meta_dir = os.path.join(os.path.dirname(parts_build['dest']), '.dest.virt-bootstrap')
     assert sorted(name for name in os.listdir(meta_dir) if name.startswith('build-')) == []
+
+
+def test_cli_takes_the_repository_option(local_repository: t.Dict[str, t.Any], tmp_path: pathlib.Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    from ansible_collections.virt.bootstrap.plugins.module_utils import _cli
+    status = _cli.main(['virt-builder://vb-missing', str(tmp_path / 'dest'), '--virt-builder-source',
+                        local_repository['index'], '--cache-dir', str(tmp_path / 'cache'), '-q'])
+    assert status == 1
+    assert "virt-builder template 'vb-missing' is not in %s; it has: vb-flat, vb-parts" % local_repository['index'] \
+        in capsys.readouterr().err
+
+
+def test_repository_credentials_stay_out_of_messages(local_repository: t.Dict[str, t.Any],
+                                                     tmp_path: pathlib.Path) -> None:
+    url = 'http://vb-user:vb-s3cret@127.0.0.1:1/index'  # nothing listens on port 1
+    with pytest.raises(SourceError) as failure:
+        bootstrap('virt-builder://vb-flat', str(tmp_path / 'dest'), virt_builder_source=url)
+    assert 'cannot read the virt-builder repository http://127.0.0.1:1/index' in str(failure.value)
+    assert 'vb-s3cret' not in str(failure.value)
+
+
+def _processes_below(directory: str) -> t.List[int]:
+    """Processes whose command line names something in `directory` (virt-builder, its qemu)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as stream:
+                cmdline = stream.read()
+        except OSError:
+            continue
+        if directory.encode() in cmdline and int(pid) != os.getpid():
+            found.append(int(pid))
+    return found
+
+
+def _wait_for(condition: t.Callable[[], t.Any], seconds: float) -> t.Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    return condition()
+
+
+def test_killed_run_ends_its_build_and_leaves_the_rootfs(parts_build: t.Dict[str, t.Any],
+                                                         local_repository: t.Dict[str, t.Any]) -> None:
+    dest = parts_build['dest']
+    meta_dir = os.path.join(os.path.dirname(dest), '.dest.virt-bootstrap')
+    before = _entries(dest)
+    child = multiprocessing.get_context('fork').Process(target=bootstrap, args=('virt-builder://vb-flat', dest),
+                                                        kwargs=_options(local_repository))
+    child.start()
+    try:
+        building = _wait_for(lambda: _processes_below(os.path.join(meta_dir, 'build-virt-builder-')), 60)
+        assert building, 'virt-builder never started'
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+    assert _wait_for(lambda: not _processes_below(os.path.join(meta_dir, 'build-virt-builder-')), 60), \
+        'the build went on after its run was killed'
+    assert _entries(dest) == before
+    result = bootstrap('virt-builder://vb-parts', dest, root_password=PASSWORD, uid_map=UID_MAP, gid_map=UID_MAP,
+                       **_options(local_repository))
+    assert (result.changed, result.appliance_launches) == (False, 0)
+    assert [name for name in os.listdir(meta_dir) if name.startswith('build-')] == []
