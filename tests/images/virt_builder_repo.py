@@ -138,6 +138,9 @@ def _templates(out_dir: str, rootfs: str) -> str:
         os.rename(built, templates)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    for name in os.listdir(out_dir):  # made from an older script or rootfs
+        if name.startswith('templates-') and name != os.path.basename(templates):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
     return templates
 
 

@@ -537,3 +537,17 @@ def test_killed_run_ends_its_build_and_leaves_the_rootfs(parts_build: t.Dict[str
                        **_options(local_repository))
     assert (result.changed, result.appliance_launches) == (False, 0)
     assert [name for name in os.listdir(meta_dir) if name.startswith('build-')] == []
+
+
+def test_guestfish_failure_shows_its_own_message_not_a_truncated_tar(tmp_path: pathlib.Path, tcg: None) -> None:
+    if shutil.which('guestfish') is None:
+        pytest.skip('needs guestfish')
+    source = VirtBuilderSource('vb-flat', VirtBuilderOptions())
+    try:
+        stream = source._tar_out(str(tmp_path / 'no-such-disk.raw'), [])
+        with pytest.raises(SourceError, match='guestfish could not copy the filesystems out of template vb-flat: '
+                                              '.*no-such-disk.raw'):
+            while stream.read(1 << 16):
+                pass
+    finally:
+        source.close()
