@@ -40,7 +40,7 @@ options:
         swap and partitions the guest does not mount are not. The guest's C(/dev) is not copied, and its
         C(/etc/fstab) has its entries commented out (the template's disks are not the container's). The root
         account is locked unless O(root_password) or O(root_password_hash) sets it; the password never reaches a
-        command line. A rerun reads the repository index only: a new template revision rebuilds.
+        command line. A rerun reads the repository index only; a new template revision rebuilds.
         See O(virt_builder_source) and RV(appliance_launches).
       - Required when O(state=present).
     type: str
@@ -72,7 +72,7 @@ options:
         variant of the same architecture is taken (C(arm/v7) takes C(arm/v6), C(amd64/v3) takes C(amd64/v2)).
       - Defaults to the managed host's platform. A single-platform image is used whatever its platform unless
         this option is set, in which case the image must match it.
-      - For C(virt-builder://), the template's architecture: C(linux/amd64) is C(x86_64), C(linux/arm64) is
+      - For C(virt-builder://), the template's architecture; C(linux/amd64) is C(x86_64), C(linux/arm64) is
         C(aarch64), C(linux/386) is C(i686), C(linux/arm/v7) is C(armv7l); C(ppc64le), C(ppc64), C(s390x) and
         C(riscv64) keep their names.
     type: str

@@ -18,8 +18,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image
 
 LOCAL_ARCHIVE_SCHEMES = ('docker-archive', 'oci', 'oci-archive')
 SUPPORTED_FORMS = '/abs/path/rootfs.tar[.gz|.xz|.bz2|.zst], file:///abs/path, ' + ', '.join(
-    '%s:/path[:ref]' % scheme for scheme in LOCAL_ARCHIVE_SCHEMES) + (', docker://[registry[:port]/]image[:tag][@digest]'
-                                                                     ', virt-builder://TEMPLATE')
+    '%s:/path[:ref]' % scheme for scheme in LOCAL_ARCHIVE_SCHEMES) + ', docker://[registry[:port]/]image[:tag][@digest]' \
+    ', virt-builder://TEMPLATE'
 # USER[:PASSWORD]@ after scheme://, up to the last '@' (a password typed by hand may hold '/' or '@'
 # unescaped); and after a bare scheme: (user:password@host/...), up to the last '@' before a '/'.
 _URL_USERINFO_RE = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*://)(?!/).*@', re.DOTALL)

@@ -513,4 +513,3 @@ def _read_index(uri: str) -> str:
     if len(data) > MAX_INDEX_SIZE:
         raise SourceError('virt-builder index %s is more than %d bytes' % (shown, MAX_INDEX_SIZE))
     return data.decode('utf-8', 'replace')
-
