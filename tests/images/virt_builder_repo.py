@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A local virt-builder repository for the tests, made from the busybox test rootfs without an appliance.
 
-    virt_builder_repo.py OUTDIR BUSYBOX_ROOTFS [REVISION]     prints the index URL
+    python3 virt_builder_repo.py OUTDIR ROOTFS [REVISION]     prints the index URL
 
 Two templates: vb-flat (one unpartitioned ext4 filesystem, expand=/dev/sda) and vb-parts (a
 partitioned disk: /boot/efi vfat, /boot ext4, a swap partition and / ext4, each made in place with
