@@ -140,6 +140,7 @@ options:
         C(https://example.com/index)) used instead of the repositories configured on the managed host (which
         virt-builder would otherwise also try, and which may need the internet).
       - No signing key is configured for it, so its templates are checked against the index's checksums only.
+      - Put no credentials in it; virt-builder hands the URL to C(curl) on its command line.
     type: str
   virt_builder_no_check_signature:
     description:
