@@ -239,7 +239,9 @@ class VirtBuilderSource:
         self._options = options
         # Appliance launches so far (virt-builder's and guestfish's), for the result.
         self.appliance_launches = 0
+        # The repository configuration virt-builder reads (VIRT_BUILDER_DIRS), and whether it is ours to remove.
         self._config_dir: t.Optional[str] = None
+        self._config_dir_is_temporary = False
         self._work_dir: t.Optional[str] = None
         self._process: t.Optional[subprocess.Popen] = None
         self._entries: t.Dict[str, TemplateEntry] = {}
@@ -263,9 +265,9 @@ class VirtBuilderSource:
     def close(self) -> None:
         self._stop()
         self._discard_work_dir()
-        if self._config_dir is not None:
+        if self._config_dir is not None and self._config_dir_is_temporary:
             shutil.rmtree(self._config_dir, ignore_errors=True)
-            self._config_dir = None
+        self._config_dir = None
 
     def _discard_work_dir(self) -> None:
         """Remove the built disk and its directory; what cannot be removed, the next run's recovery does."""
@@ -419,22 +421,47 @@ class VirtBuilderSource:
         return environment
 
     def _repository_config(self) -> str:
-        if self._config_dir is None:
-            self._config_dir = tempfile.mkdtemp(prefix='virt-bootstrap-repos-')
-            repos = os.path.join(self._config_dir, 'virt-builder', 'repos.d')
-            os.makedirs(repos)
-            url = t.cast(str, self._options.source_url)
-            if '\n' in url or '\r' in url:
-                raise SourceError('virt_builder_source must be one URL, without line breaks')
-            with open(os.path.join(repos, 'virt-bootstrap.conf'), 'w', encoding='utf-8') as conf:
-                conf.write('[virt-bootstrap]\nuri=%s\n' % url)
-        return self._config_dir
+        """A directory holding virt-builder/repos.d/virt-bootstrap.conf that names virt_builder_source only.
+
+        Kept in the cache directory, one per URL, so a killed run leaves nothing behind; a temporary one
+        (removed by close()) with no_cache.
+        """
+        if self._config_dir is not None:
+            return self._config_dir
+        url = t.cast(str, self._options.source_url)
+        if '\n' in url or '\r' in url:
+            raise SourceError('virt_builder_source must be one URL, without line breaks')
+        content = '[virt-bootstrap]\nuri=%s\n' % url
+        if self._options.no_cache:
+            config_dir = tempfile.mkdtemp(prefix='virt-bootstrap-repos-')
+            self._config_dir_is_temporary = True
+        else:
+            key = sha256_digest(url.encode('utf-8')).split(':')[1][:16]
+            config_dir = os.path.join(self._cache_root(), 'virt-builder-repositories', key)
+        repos = os.path.join(config_dir, 'virt-builder', 'repos.d')
+        os.makedirs(repos, 0o700, exist_ok=True)
+        conf = os.path.join(repos, 'virt-bootstrap.conf')
+        # Written whole under a name of its own, then renamed: a run reading it at the same time sees one or the other.
+        fd, temporary = tempfile.mkstemp(dir=repos, prefix='.conf-')
+        try:
+            with os.fdopen(fd, 'w', encoding='utf-8') as stream:
+                stream.write(content)
+            os.replace(temporary, conf)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        self._config_dir = config_dir
+        return config_dir
+
+    def _cache_root(self) -> str:
+        from ansible_collections.virt.bootstrap.plugins.module_utils._registry.cache import default_cache_dir
+        return self._options.cache_dir or default_cache_dir()
 
     def _cache_args(self) -> t.List[str]:
         if self._options.no_cache:
             return ['--no-cache']
-        from ansible_collections.virt.bootstrap.plugins.module_utils._registry.cache import default_cache_dir
-        cache = os.path.join(self._options.cache_dir or default_cache_dir(), 'virt-builder')
+        cache = os.path.join(self._cache_root(), 'virt-builder')
         os.makedirs(cache, 0o700, exist_ok=True)
         return ['--cache', cache]
 

@@ -537,6 +537,7 @@ def test_killed_run_ends_its_build_and_leaves_the_rootfs(parts_build: t.Dict[str
                        **_options(local_repository))
     assert (result.changed, result.appliance_launches) == (False, 0)
     assert [name for name in os.listdir(meta_dir) if name.startswith('build-')] == []
+    assert os.listdir(os.path.join(local_repository['out'], 'cache', 'virt-builder-repositories'))
 
 
 def test_guestfish_failure_shows_its_own_message_not_a_truncated_tar(tmp_path: pathlib.Path, tcg: None) -> None:
@@ -551,3 +552,24 @@ def test_guestfish_failure_shows_its_own_message_not_a_truncated_tar(tmp_path: p
                 pass
     finally:
         source.close()
+
+
+def test_repository_configuration_lives_in_the_cache_or_goes_with_the_run(local_repository: t.Dict[str, t.Any],
+                                                                         tmp_path: pathlib.Path) -> None:
+    """A killed run must not leave a configuration naming the repository in /tmp for every run."""
+    cached = VirtBuilderSource('vb-flat', VirtBuilderOptions(source_url=local_repository['index'],
+                                                             cache_dir=str(tmp_path / 'cache')))
+    temporary = VirtBuilderSource('vb-flat', VirtBuilderOptions(source_url=local_repository['index'], no_cache=True))
+    again = VirtBuilderSource('vb-flat', VirtBuilderOptions(source_url=local_repository['index'],
+                                                            cache_dir=str(tmp_path / 'cache')))
+    try:
+        digests = {cached.probe(None), temporary.probe(None), again.probe(None)}
+        cached_dir, temporary_dir, again_dir = cached._config_dir, temporary._config_dir, again._config_dir
+    finally:
+        for source in (cached, temporary, again):
+            source.close()
+    assert len(digests) == 1
+    assert cached_dir == again_dir and cached_dir is not None and cached_dir.startswith(str(tmp_path / 'cache') + '/')
+    conf = os.path.join(cached_dir, 'virt-builder', 'repos.d', 'virt-bootstrap.conf')
+    assert pathlib.Path(conf).read_text() == '[virt-bootstrap]\nuri=%s\n' % local_repository['index']
+    assert temporary_dir is not None and not os.path.exists(temporary_dir)
