@@ -554,8 +554,8 @@ def test_guestfish_failure_shows_its_own_message_not_a_truncated_tar(tmp_path: p
         source.close()
 
 
-def test_repository_configuration_lives_in_the_cache_or_goes_with_the_run(local_repository: t.Dict[str, t.Any],
-                                                                         tmp_path: pathlib.Path) -> None:
+def test_repository_configuration_lives_in_the_cache_or_goes_with_the_run(
+        local_repository: t.Dict[str, t.Any], tmp_path: pathlib.Path) -> None:
     """A killed run must not leave a configuration naming the repository in /tmp for every run."""
     cached = VirtBuilderSource('vb-flat', VirtBuilderOptions(source_url=local_repository['index'],
                                                              cache_dir=str(tmp_path / 'cache')))
