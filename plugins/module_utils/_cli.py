@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description='Write the root filesystem of a container image into DEST for a libvirt LXC guest.')
     parser.add_argument('uri', metavar='URI', help='the source: /path/rootfs.tar[.xz], file:///path, '
                         'docker-archive:/path.tar, oci:/layout[:tag], oci-archive:/path.tar[:tag], '
-                        'docker://[registry/]image[:tag][@digest]')
+                        'docker://[registry/]image[:tag][@digest], virt-builder://TEMPLATE')
     parser.add_argument('dest', metavar='DEST', help='the directory to write the rootfs into')
     parser.add_argument('-f', '--format', default='dir', choices=['dir'], help='output format (default: dir)')
     parser.add_argument('--root-password', metavar='PASSWORD',
@@ -53,10 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('-u', '--username', help='registry user name (prompts for the password if -p is not given)')
     parser.add_argument('-p', '--password', help='registry password (visible in ps: prefer the prompt)')
     parser.add_argument('--not-secure', action='store_true', help='do not verify TLS certificates of registries')
-    parser.add_argument('--no-cache', action='store_true', help='do not keep downloaded layers')
+    parser.add_argument('--no-cache', action='store_true', help='do not keep downloaded layers or templates')
     parser.add_argument('--auth-file', help='registry auth file (auth.json / docker config.json) to read')
     parser.add_argument('--ca-path', help='CA certificates (PEM) to verify the registry with')
-    parser.add_argument('--cache-dir', help='where downloaded layers are kept')
+    parser.add_argument('--cache-dir', help='where downloaded layers (and virt-builder templates) are kept')
+    parser.add_argument('--virt-builder-source', metavar='URL',
+                        help='virt-builder:// only: the repository index to use instead of the configured ones, '
+                        'e.g. file:///srv/index')
+    parser.add_argument('--virt-builder-no-check-signature', action='store_true',
+                        help='virt-builder:// only: do not check the signatures of templates')
     parser.add_argument('--timeout', type=float, default=60.0, metavar='SECONDS',
                         help='how long a registry may stall (default: 60)')
     parser.add_argument('--uidmap', type=_id_range, action='append', default=[], metavar='START:TARGET:COUNT',
@@ -142,7 +147,8 @@ def _run(args: argparse.Namespace) -> int:
                            platform=args.platform, force=args.force, auth_file=args.auth_file,
                            ca_path=args.ca_path, cache_dir=args.cache_dir, device_nodes=args.device_nodes,
                            root_password_hash=read_root_password(args.root_password_hash), max_size=args.max_size,
-                           update=args.update, timeout=args.timeout)
+                           update=args.update, timeout=args.timeout, virt_builder_source=args.virt_builder_source,
+                           virt_builder_no_check_signature=args.virt_builder_no_check_signature)
     except KeyboardInterrupt:
         sys.stderr.write('\n%s: interrupted\n' % PROG)
         return 130
@@ -164,6 +170,8 @@ def _run(args: argparse.Namespace) -> int:
         for warning in result.warnings:
             sys.stderr.write('%s: warning: %s\n' % (PROG, warning))
         sys.stdout.write('%s: %s\n' % (PROG, result.msg))
+        if result.appliance_launches:
+            sys.stdout.write('%s: %d libguestfs appliance launches\n' % (PROG, result.appliance_launches))
     return 0
 
 

@@ -172,6 +172,9 @@ class Image:
     index_digest: t.Optional[str] = None
     # What the user should hear about the choice made (an image for another platform than the host's).
     warnings: t.List[str] = field(default_factory=list)
+    # An edit of the finished tree (given its root directory), made after the layers and before the root
+    # password by every writer (for qcow2, in the top overlay); None for images used as they are.
+    finish_tree: t.Optional[t.Callable[[str], None]] = field(default=None, repr=False, compare=False)
 
 
 # -- reading image metadata ----------------------------------------------------------------------------------------

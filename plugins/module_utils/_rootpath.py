@@ -18,6 +18,7 @@ directory fds with O_NOFOLLOW. Either way every fd handed out is a directory ins
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import errno
@@ -386,6 +387,40 @@ def open_dir_in_root(root_fd: int, parts: Parts) -> int:
         return os.dup(dirs.resolve(parts)[1])
     finally:
         dirs.release()
+
+
+def replace_file_at(dir_fd: int, name: str, content: bytes, like: os.stat_result, mode: t.Optional[int] = None) -> None:
+    """Replace entry `name` of directory `dir_fd` by a file holding `content`, atomically and durably.
+
+    The new file gets the owner, times and (unless `mode` is given) the mode of `like`, the entry it
+    replaces; the directory keeps its mtime, as the applier set it. It is written under a temporary
+    name and renamed over `name`, so a crash leaves the old entry or the new file, and `name` is never
+    followed (a symlink there is replaced, not written through).
+    """
+    dir_info = os.fstat(dir_fd)
+    temporary = '.%s.virt-bootstrap' % name
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary, dir_fd=dir_fd)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o000, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view):]
+            if os.geteuid() == 0:
+                os.chown(fd, like.st_uid, like.st_gid)
+            os.chmod(fd, stat.S_IMODE(like.st_mode) if mode is None else mode)
+            os.utime(fd, ns=(like.st_atime_ns, like.st_mtime_ns))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.utime(dir_fd, ns=(dir_info.st_atime_ns, dir_info.st_mtime_ns))
+        os.fsync(dir_fd)  # the rename is on disk before any record says the file changed
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=dir_fd)
+        raise
 
 
 @dataclass

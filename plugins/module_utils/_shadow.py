@@ -14,7 +14,7 @@ import stat
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
-from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import open_dir_in_root
+from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import open_dir_in_root, replace_file_at
 
 SHADOW_PARTS = ('etc', 'shadow')
 MAX_SHADOW_SIZE = 16 << 20
@@ -96,37 +96,7 @@ def set_root_hash(root: str, new_hash: str) -> None:
     """
     content, etc_fd, info = _read_shadow(root)
     try:
-        etc_info = os.fstat(etc_fd)
-        updated = with_root_hash(content, new_hash)
-        temporary = '.shadow.virt-bootstrap'
-        try:
-            os.unlink(temporary, dir_fd=etc_fd)
-        except FileNotFoundError:
-            pass
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o000,
-                     dir_fd=etc_fd)
-        try:
-            try:
-                view = memoryview(updated)
-                while view:
-                    view = view[os.write(fd, view):]
-                if os.geteuid() == 0:
-                    os.chown(fd, info.st_uid, info.st_gid)
-                os.chmod(fd, stat.S_IMODE(info.st_mode))
-                os.utime(fd, ns=(info.st_atime_ns, info.st_mtime_ns))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temporary, 'shadow', src_dir_fd=etc_fd, dst_dir_fd=etc_fd)
-            # The rootfs keeps the image's /etc mtime, as the applier set it.
-            os.utime(etc_fd, ns=(etc_info.st_atime_ns, etc_info.st_mtime_ns))
-            os.fsync(etc_fd)  # the rename is on disk before any record says the password changed
-        except BaseException:
-            try:
-                os.unlink(temporary, dir_fd=etc_fd)
-            except FileNotFoundError:
-                pass
-            raise
+        replace_file_at(etc_fd, 'shadow', with_root_hash(content, new_hash), info)
     finally:
         os.close(etc_fd)
 

@@ -24,6 +24,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Pr
 from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import remove_tree
 from ansible_collections.virt.bootstrap.plugins.module_utils._sources import Source, open_source, parse_source
 from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry import RegistryOptions, RegistrySource
+from ansible_collections.virt.bootstrap.plugins.module_utils._sources.virt_builder import VirtBuilderOptions
 from ansible_collections.virt.bootstrap.plugins.module_utils._state import StateRecord, options_hash
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.dir import write_dir
 
@@ -47,6 +48,7 @@ class Request:
     gid_map: IdMap = field(default_factory=IdMap)
     progress_cb: t.Optional[ProgressCallback] = field(default=None, repr=False)
     registry: RegistryOptions = field(default_factory=RegistryOptions)
+    virt_builder: VirtBuilderOptions = field(default_factory=VirtBuilderOptions)
     device_nodes: bool = False
     update: str = 'always'
 
@@ -122,6 +124,8 @@ class Result:
     cache_pruned: t.Optional[t.Dict[str, t.Any]] = None
     # What the image says its container runs (see _image.runtime_config), for the guest's init.
     image_config: t.Optional[t.Dict[str, t.Any]] = None
+    # How many times a libguestfs appliance was launched (virt-builder sources; each costs seconds).
+    appliance_launches: t.Optional[int] = None
     before: t.Optional[StateRecord] = None
     after: t.Optional[StateRecord] = None
 
@@ -141,7 +145,10 @@ def run(request: Request, check_mode: bool = False) -> Result:
         if registry.no_cache and registry.scratch_dir is None:
             # Blobs are only fetched while the lock is held, when the bookkeeping directory exists.
             registry = dataclasses.replace(registry, scratch_dir=dest.meta_dir)
-        source = open_source(parse_source(request.src), registry)
+        # A virt-builder disk is kept on dest's filesystem while it is copied out, and reports its build steps.
+        virt_builder = dataclasses.replace(request.virt_builder, scratch_dir=dest.meta_dir,
+                                           progress_cb=request.progress_cb)
+        source = open_source(parse_source(request.src), registry, virt_builder)
     try:
         if not check_mode and dest.needs_recovery():
             with dest:
@@ -303,6 +310,8 @@ def _build_and_swap(request: Request, image: Image, after: StateRecord, dest: De
         new_root = os.path.join(build_dir, 'rootfs')
         stats = write_dir(image, new_root, request.max_size, _id_mapper(request), progress,
                           device_nodes=request.device_nodes)
+        if image.finish_tree is not None:
+            image.finish_tree(new_root)
         after.image_root_field = shadow.read_root_hash(new_root)
         if _wants_password(request):
             progress.status('Setting the root password')
@@ -366,7 +375,8 @@ def build_request(src: t.Optional[str], dest: str, format: str = 'dir', state: s
                   progress_cb: t.Optional[ProgressCallback] = None, username: t.Optional[str] = None,
                   password: t.Optional[str] = None, auth_file: t.Optional[str] = None, not_secure: bool = False,
                   ca_path: t.Optional[str] = None, cache_dir: t.Optional[str] = None,
-                  no_cache: bool = False, cache_max_age: t.Optional[str] = None, timeout: float = 60.0) -> Request:
+                  no_cache: bool = False, cache_max_age: t.Optional[str] = None, timeout: float = 60.0,
+                  virt_builder_source: t.Optional[str] = None, virt_builder_no_check_signature: bool = False) -> Request:
     """The one place a Request is made from plain options: the module, bootstrap() and the CLI use it."""
     return Request(src=src, dest=dest, format=format, state=state, platform=platform, force=force,
                    max_size=parse_size(max_size, 'max_size'), root_password=root_password,
@@ -375,7 +385,10 @@ def build_request(src: t.Optional[str], dest: str, format: str = 'dir', state: s
                    update=update,
                    registry=RegistryOptions(username=username, password=password, auth_file=auth_file,
                                             not_secure=not_secure, ca_path=ca_path, cache_dir=cache_dir,
-                                            no_cache=no_cache, cache_max_age=cache_max_age, timeout=timeout))
+                                            no_cache=no_cache, cache_max_age=cache_max_age, timeout=timeout),
+                   virt_builder=VirtBuilderOptions(source_url=virt_builder_source,
+                                                   no_check_signature=virt_builder_no_check_signature,
+                                                   cache_dir=cache_dir, no_cache=no_cache))
 
 
 def parse_size(value: t.Union[int, str], name: str) -> int:
@@ -402,7 +415,8 @@ def bootstrap(uri: str, dest: str, fmt: str = 'dir', username: t.Optional[str] =
 
     The positional order is the original virt-bootstrap's. Every other option of build_request
     (platform, force, max_size, root_password_hash, device_nodes, update, auth_file, ca_path,
-    cache_dir, cache_max_age, timeout, state) can be given by name.
+    cache_dir, cache_max_age, timeout, state, virt_builder_source, virt_builder_no_check_signature) can
+    be given by name.
     """
     return run(build_request(uri, dest, format=fmt, username=username, password=password,
                              root_password=root_password, uid_map=uid_map, gid_map=gid_map, not_secure=not_secure,
@@ -415,7 +429,8 @@ def _result(request: Request, plan: Plan, source: t.Optional[Source], dest: Dest
     result = Result(changed=plan.action not in ('none', 'record'), msg=plan.reason, dest=os.path.normpath(request.dest),
                     format=request.format, state=request.state, before=plan.before,
                     after=plan.after if request.state == 'present' else None,
-                    credentials_from=getattr(source, 'credentials_origin', None))
+                    credentials_from=getattr(source, 'credentials_origin', None),
+                    appliance_launches=getattr(source, 'appliance_launches', None))
     if record is not None and request.state == 'present':
         result.digest = record.digest
         result.index_digest = record.index_digest

@@ -34,6 +34,14 @@ options:
       - C(docker://[REGISTRY[:PORT]/]IMAGE[:TAG][@DIGEST]), an image in a registry, pulled directly over the
         OCI distribution API (no skopeo or container daemon needed). A registry that is not named is docker.io,
         so C(docker://debian) is C(docker.io/library/debian:latest).
+      - C(virt-builder://TEMPLATE), a virt-builder template such as C(virt-builder://debian-12), built with
+        C(virt-builder) (Debian package C(guestfs-tools)) and copied out with C(guestfish) (C(libguestfs-tools)).
+        Every filesystem the guest's C(/etc/fstab) mounts (C(/boot), C(/boot/efi), ...) is copied into place;
+        swap and partitions the guest does not mount are not. The guest's C(/dev) is not copied, and its
+        C(/etc/fstab) has its entries commented out (the template's disks are not the container's). The root
+        account is locked unless O(root_password) or O(root_password_hash) sets it; the password never reaches a
+        command line. A rerun reads the repository index only; a new template revision rebuilds.
+        See O(virt_builder_source) and RV(appliance_launches).
       - Required when O(state=present).
     type: str
     aliases: [uri]
@@ -64,6 +72,9 @@ options:
         variant of the same architecture is taken (C(arm/v7) takes C(arm/v6), C(amd64/v3) takes C(amd64/v2)).
       - Defaults to the managed host's platform. A single-platform image is used whatever its platform unless
         this option is set, in which case the image must match it.
+      - For C(virt-builder://), the template's architecture; C(linux/amd64) is C(x86_64), C(linux/arm64) is
+        C(aarch64), C(linux/386) is C(i686), C(linux/arm/v7) is C(armv7l); C(ppc64le), C(ppc64), C(s390x) and
+        C(riscv64) keep their names.
     type: str
   force:
     description:
@@ -103,6 +114,7 @@ options:
   cache_dir:
     description:
       - Where downloaded blobs are kept, by digest, for later runs. Only complete, verified blobs enter it.
+      - For C(virt-builder://), virt-builder's template cache is its C(virt-builder) subdirectory.
       - Defaults to C(/var/cache/virt-bootstrap) for root and C(~/.cache/virt-bootstrap) for other users.
     type: path
   cache_max_age:
@@ -128,6 +140,21 @@ options:
     description:
       - Download into a temporary cache that is removed at the end of the run. It lives in the bookkeeping
         directory beside O(dest), on the same filesystem as the rootfs.
+      - For C(virt-builder://), virt-builder downloads the template for this run only (C(--no-cache)).
+    type: bool
+    default: false
+  virt_builder_source:
+    description:
+      - For C(virt-builder://) sources, the URL of a virt-builder repository index (C(file:///srv/index),
+        C(https://example.com/index)) used instead of the repositories configured on the managed host (which
+        virt-builder would otherwise also try, and which may need the internet).
+      - No signing key is configured for it, so its templates are checked against the index's checksums only.
+      - Put no credentials in it; virt-builder hands the URL to C(curl) on its command line.
+    type: str
+  virt_builder_no_check_signature:
+    description:
+      - For C(virt-builder://) sources, do not check the digital signatures of the index and templates of the
+        configured repositories (C(virt-builder --no-check-signature)). Only when you trust the way they reach you.
     type: bool
     default: false
   root_password:
@@ -270,6 +297,18 @@ EXAMPLES = r"""
     gid_map: [[0, 100000, 65536]]
     root_password: "{{ vault_db1_root_password }}"
     progress_log: /var/log/virt-bootstrap-db1.jsonl
+
+- name: Build a rootfs from a virt-builder template of a local repository
+  virt.bootstrap.container_rootfs:
+    src: virt-builder://debian-12
+    dest: /var/lib/libvirt/filesystems/deb1
+    virt_builder_source: file:///srv/virt-builder/index
+    root_password: "{{ vault_deb1_root_password }}"
+  register: deb1
+
+- name: Say what it cost
+  ansible.builtin.debug:
+    msg: "{{ deb1.appliance_launches }} appliance launches"
 
 - name: Remove a rootfs and its state record
   virt.bootstrap.container_rootfs:
@@ -416,6 +455,14 @@ state:
   returned: always
   type: str
   sample: directory
+appliance_launches:
+  description:
+    - How many times a libguestfs appliance was started for a C(virt-builder://) source (each launch is a small
+      virtual machine, several seconds). A build takes two (virt-builder's, and one to copy every filesystem out);
+      a run with nothing to do takes none.
+  returned: when the source is C(virt-builder://) and O(state=present)
+  type: int
+  sample: 2
 credentials_from:
   description: Where the registry credentials came from (an auth file path, or the options); never the secret.
   returned: when a registry source used credentials
@@ -502,7 +549,8 @@ def _diff(result: Result) -> dict:
 
 _ENGINE_OPTIONS = ('src', 'dest', 'format', 'state', 'platform', 'force', 'max_size', 'root_password',
                    'root_password_hash', 'uid_map', 'gid_map', 'device_nodes', 'update', 'username', 'password',
-                   'auth_file', 'not_secure', 'ca_path', 'cache_dir', 'no_cache', 'cache_max_age', 'timeout')
+                   'auth_file', 'not_secure', 'ca_path', 'cache_dir', 'no_cache', 'cache_max_age', 'timeout',
+                   'virt_builder_source', 'virt_builder_no_check_signature')
 
 
 def main() -> None:
@@ -530,6 +578,8 @@ def main() -> None:
             cache_max_age=dict(type='str'),
             timeout=dict(type='float', default=60.0),
             device_nodes=dict(type='bool', default=False),
+            virt_builder_source=dict(type='str'),
+            virt_builder_no_check_signature=dict(type='bool', default=False),
             update=dict(type='str', default='always', choices=['always', 'never']),
         ),
         required_together=[('username', 'password'), ('uid_map', 'gid_map')],
@@ -563,7 +613,7 @@ def main() -> None:
         returned.pop(internal)
     # The file type of dest, as Ansible reports it for paths; Ansible replaces it when dest exists.
     returned['state'] = 'absent'
-    for optional in ('credentials_from', 'cache_pruned'):
+    for optional in ('credentials_from', 'cache_pruned', 'appliance_launches'):
         if returned[optional] is None:
             del returned[optional]
     if params['state'] == 'absent':

@@ -18,7 +18,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image
 
 LOCAL_ARCHIVE_SCHEMES = ('docker-archive', 'oci', 'oci-archive')
 SUPPORTED_FORMS = '/abs/path/rootfs.tar[.gz|.xz|.bz2|.zst], file:///abs/path, ' + ', '.join(
-    '%s:/path[:ref]' % scheme for scheme in LOCAL_ARCHIVE_SCHEMES) + ', docker://[registry[:port]/]image[:tag][@digest]'
+    '%s:/path[:ref]' % scheme for scheme in LOCAL_ARCHIVE_SCHEMES) + ', docker://[registry[:port]/]image[:tag][@digest]' \
+    ', virt-builder://TEMPLATE'
 # USER[:PASSWORD]@ after scheme://, up to the last '@' (a password typed by hand may hold '/' or '@'
 # unescaped); and after a bare scheme: (user:password@host/...), up to the last '@' before a '/'.
 _URL_USERINFO_RE = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*://)(?!/).*@', re.DOTALL)
@@ -37,6 +38,8 @@ class SourceRef:
             return self.path
         if self.kind == 'docker':
             return 'docker://' + self.reference
+        if self.kind == 'virt-builder':
+            return 'virt-builder://' + self.reference
         return '%s:%s%s' % (self.kind, self.path, ':' + self.reference if self.reference else '')
 
 
@@ -87,12 +90,24 @@ def parse_source(uri: str) -> SourceRef:
     if scheme == 'docker':
         from ansible_collections.virt.bootstrap.plugins.module_utils._registry.reference import parse_reference
         return SourceRef('docker', '', str(parse_reference(rest)))
+    if scheme == 'virt-builder':
+        from ansible_collections.virt.bootstrap.plugins.module_utils._sources.virt_builder import parse_template_name
+        if not rest.startswith('//'):
+            raise SourceError('virt-builder source %r must be written virt-builder://TEMPLATE' % shown)
+        return SourceRef('virt-builder', '', parse_template_name(rest[2:], shown))
     raise SourceError('unsupported source %r (scheme %r); supported: %s' % (shown, scheme, SUPPORTED_FORMS))
 
 
-def open_source(ref: SourceRef, registry_options: t.Any = None) -> Source:
-    """Open the source `ref` names; `registry_options` (RegistryOptions) only matter for docker://."""
+def open_source(ref: SourceRef, registry_options: t.Any = None, virt_builder_options: t.Any = None) -> Source:
+    """Open the source `ref` names; `registry_options` (RegistryOptions) only matter for docker://,
+    `virt_builder_options` (VirtBuilderOptions) for virt-builder://."""
     # Imported here so a run only loads the code for the kind of source it uses.
+    if ref.kind == 'virt-builder':
+        from ansible_collections.virt.bootstrap.plugins.module_utils._sources.virt_builder import (
+            VirtBuilderOptions,
+            VirtBuilderSource,
+        )
+        return VirtBuilderSource(ref.reference, virt_builder_options or VirtBuilderOptions())
     if ref.kind == 'docker':
         from ansible_collections.virt.bootstrap.plugins.module_utils._registry.reference import parse_reference
         from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry import (

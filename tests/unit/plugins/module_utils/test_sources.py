@@ -94,14 +94,14 @@ def test_parse_source_refuses_relative_and_remote_paths(uri, message):
         parse_source(uri)
 
 
-@pytest.mark.parametrize('uri', ['ftp://mirror/rootfs.tar', 'virt-builder://fedora-25',
+@pytest.mark.parametrize('uri', ['ftp://mirror/rootfs.tar', 'rsync://mirror/rootfs.tar',
                                  'http://example.com/rootfs.tar'])
 def test_parse_source_unknown_scheme_lists_supported_forms(uri):
     with pytest.raises(SourceError) as caught:
         parse_source(uri)
     message = str(caught.value)
     assert 'unsupported source' in message
-    for form in ('file:///', 'oci:/', 'oci-archive:/', 'docker-archive:/'):
+    for form in ('file:///', 'oci:/', 'oci-archive:/', 'docker-archive:/', 'virt-builder://'):
         assert form in message
 
 
