@@ -30,6 +30,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils import _occupancy a
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DestinationError
 from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import libc, remove_tree
 from ansible_collections.virt.bootstrap.plugins.module_utils._state import (
+    RECORD_TEMP_PREFIX,
     StateRecord,
     fsync_directory,
     load_record,
@@ -199,7 +200,7 @@ class Destination:
             names = os.listdir(self.meta_dir)
         except FileNotFoundError:
             return False
-        return any(name.startswith(_DEBRIS_PREFIXES) or name == _PENDING for name in names)
+        return any(name.startswith(_DEBRIS_PREFIXES + (RECORD_TEMP_PREFIX,)) or name == _PENDING for name in names)
 
     def _check_meta_dir(self) -> None:
         """Our bookkeeping must be a private directory of ours, not something planted beside dest."""
@@ -230,6 +231,8 @@ class Destination:
         for name in sorted(os.listdir(self.meta_dir)):
             if name.startswith(_DEBRIS_PREFIXES):
                 self.discard(os.path.join(self.meta_dir, name))
+            elif name.startswith(RECORD_TEMP_PREFIX):
+                os.unlink(os.path.join(self.meta_dir, name))  # a record write that was killed before its rename
 
     def _settle_pending(self) -> None:
         pending = load_record(self.pending_path)

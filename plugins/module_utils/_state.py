@@ -18,6 +18,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._image import sha25
 # 2: dest_identity is an inode and a mark kept on the rootfs (1 had st_dev, which a remount changes);
 # the root password is an edit of the tree, outside options_hash.
 RECORD_VERSION = 2
+# Records are written to a temporary file with this prefix beside them, then renamed over.
+RECORD_TEMP_PREFIX = '.state-'
 
 
 @dataclass
@@ -75,7 +77,7 @@ def load_record(path: str) -> t.Optional[StateRecord]:
 def save_record(path: str, record: StateRecord) -> None:
     """Write atomically: a crash leaves either the old record or the new one."""
     directory = os.path.dirname(path)
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix='.state-')
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=RECORD_TEMP_PREFIX)
     try:
         with os.fdopen(fd, 'w') as stream:
             json.dump(asdict(record), stream, indent=2, sort_keys=True)

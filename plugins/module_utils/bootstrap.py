@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import typing as t
 from dataclasses import dataclass, field
@@ -323,13 +324,17 @@ def _build_and_swap(request: Request, image: Image, after: StateRecord, dest: De
         dest.save_pending(after)
         dest.swap_in(new_root)
         swapped = True
-    except BaseException:
+    except BaseException as exc:
         if not swapped:
             # Cleaning up must not hide why the build failed: what it cannot remove, the next run will.
             with contextlib.suppress(OSError):
                 dest.drop_pending()
             with contextlib.suppress(OSError, BootstrapError):
                 remove_tree(build_dir)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DestinationError('%s while building the new rootfs beside %s (in %s): %s is kept as it was and '
+                                   'the partial build was removed; free space there, or give a dest on another '
+                                   'filesystem' % (exc.strerror, dest.path, dest.meta_dir, dest.path)) from exc
         raise
     # The new rootfs is in place: whatever fails from here on is a warning, and the next run settles the record.
     try:

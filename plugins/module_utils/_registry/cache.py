@@ -126,11 +126,14 @@ class BlobCache:
             self.root = root or default_cache_dir()
             os.makedirs(self.root, mode=0o700, exist_ok=True)
             self._lock = _CacheLock(self.root)
-            self._lock.share()
         self.temporary = temporary
         self._partial_dir = os.path.join(self.root, 'partial')
         os.makedirs(self._partial_dir, mode=0o700, exist_ok=True)
-        _remove_stale_partials(self._partial_dir, time.time() - STALE_PARTIAL_SECONDS)
+        # Alone with the cache, every partial file is a killed run's: none can be a download in progress.
+        alone = self._lock is None or self._lock.try_exclusive()
+        _remove_stale_partials(self._partial_dir, float('inf') if alone else time.time() - STALE_PARTIAL_SECONDS)
+        if self._lock is not None:
+            self._lock.share()
 
     def path(self, digest: str) -> str:
         algorithm, hexdigest = parse_digest(digest)

@@ -168,15 +168,28 @@ def test_a_good_entry_whose_reader_stops_early_stays(tmp_path):
     assert cache.has(DIGEST, len(BLOB))
 
 
-def test_partial_files_of_killed_runs_are_removed_after_a_day(tmp_path):
+def _partials(tmp_path):
     partial = tmp_path / 'cache' / 'partial'
-    partial.mkdir(parents=True)
+    partial.mkdir(parents=True, exist_ok=True)
     (partial / 'old').write_bytes(b'x')
     (partial / 'recent').write_bytes(b'x')
     old = time.time() - STALE_PARTIAL_SECONDS - 60
     os.utime(partial / 'old', (old, old))
+    return partial
+
+
+def test_while_another_run_uses_the_cache_partial_files_are_removed_after_a_day(tmp_path):
+    other_run = BlobCache(str(tmp_path / 'cache'))
+    partial = _partials(tmp_path)
     BlobCache(str(tmp_path / 'cache'))
-    assert os.listdir(partial) == ['recent']
+    assert os.listdir(partial) == ['recent']  # it may be the other run's download in progress
+    other_run.close()
+
+
+def test_alone_with_the_cache_a_run_removes_every_partial_file_at_once(tmp_path):
+    partial = _partials(tmp_path)
+    BlobCache(str(tmp_path / 'cache'))
+    assert os.listdir(partial) == []  # nobody holds the cache: each is a killed run's
 
 
 def test_a_temporary_cache_is_removed_on_close(tmp_path, monkeypatch):
