@@ -6,8 +6,9 @@
 """The blob cache, and fetching layer blobs into it several at a time while they are applied in order.
 
 A blob enters the cache only once it is complete and hashes to its digest: it is downloaded to a
-private partial file and renamed into place. Two runs fetching one blob each write their own partial
-file; whichever renames last replaces identical content, so no lock is needed for that.
+private partial file and renamed into place. A run downloading a blob holds a flock on locks/HEX, so
+that another run wanting the same blob waits and then copies it from the cache: however many runs
+share a cache, each blob is downloaded once.
 
 Pruning (prune_cache) removes blobs no dest holds that were not used for a while. What dests hold is
 kept in the cache itself, one file per dest under refs/ (the cache cannot find every state record on
@@ -23,6 +24,7 @@ the prune's own short walk. The mtime is still refreshed on use, as the blob's a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -47,6 +49,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._image import (
 
 DOWNLOAD_WORKERS = 3
 STALE_PARTIAL_SECONDS = 24 * 3600
+# How often a run waiting for another run's download of the same blob looks again (and at cancellation).
+LOCK_POLL_SECONDS = 0.05
 LOCK_NAME = 'lock'
 REFS_DIR = 'refs'
 _AGE_UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 7 * 86400}
@@ -128,10 +132,14 @@ class BlobCache:
             self._lock = _CacheLock(self.root)
         self.temporary = temporary
         self._partial_dir = os.path.join(self.root, 'partial')
-        os.makedirs(self._partial_dir, mode=0o700, exist_ok=True)
+        self._locks_dir = os.path.join(self.root, 'locks')
+        for directory in (self._partial_dir, self._locks_dir):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
         # Alone with the cache, every partial file is a killed run's: none can be a download in progress.
         alone = self._lock is None or self._lock.try_exclusive()
         _remove_stale_partials(self._partial_dir, float('inf') if alone else time.time() - STALE_PARTIAL_SECONDS)
+        if alone:
+            _remove_stale_partials(self._locks_dir, float('inf'))
         if self._lock is not None:
             self._lock.share()
 
@@ -148,6 +156,36 @@ class BlobCache:
 
     def new_partial(self, digest: str) -> t.Tuple[int, str]:
         return tempfile.mkstemp(prefix=parse_digest(digest)[1][:16] + '-', dir=self._partial_dir)
+
+    @contextlib.contextmanager
+    def downloading(self, digest: str, cancelled: t.Callable[[], bool]) -> t.Iterator[None]:
+        """Held while this run downloads `digest` into the cache: a run that wants the same blob meanwhile
+        waits, then finds it in the cache, so a blob is downloaded once however many runs share the cache."""
+        if self.temporary:
+            yield
+            return
+        path = os.path.join(self._locks_dir, parse_digest(digest)[1])
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            while not _try_flock(fd):
+                if cancelled():
+                    os.close(fd)
+                    raise BootstrapError('download of %s cancelled' % digest)
+                time.sleep(LOCK_POLL_SECONDS)
+            if _is_same_file(fd, path):
+                break
+            os.close(fd)  # the run before removed the file once done with it: lock the one there now
+        try:
+            yield
+        finally:
+            _unlink_quietly(path)  # before the flock goes: whoever waits on this file then takes a new one
+            os.close(fd)
+
+    def copy_into(self, digest: str, write: t.Callable[[bytes], None]) -> None:
+        """Pass a cached blob to `write` (one another run downloaded while this one waited)."""
+        with open(self.path(digest), 'rb') as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b''):
+                write(chunk)
 
     def commit(self, partial: str, digest: str) -> str:
         final = self.path(digest)
@@ -262,6 +300,25 @@ def _cached_blobs(blobs_dir: str) -> t.Iterator[t.Tuple[str, str]]:
         for hexdigest in sorted(os.listdir(directory)):
             digest = '%s:%s' % (algorithm, hexdigest)
             yield (digest if is_digest(digest) else ''), os.path.join(directory, hexdigest)
+
+
+def _is_same_file(fd: int, path: str) -> bool:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (opened.st_dev, opened.st_ino) == (found.st_dev, found.st_ino)
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            return False
+        raise
+    return True
 
 
 def _remove_stale_partials(partial_dir: str, cutoff: float) -> int:
@@ -423,7 +480,7 @@ class BlobFetcher:
     def _fetch(self, digest: str, size: t.Optional[int], transfer: _Transfer) -> None:
         hasher = new_hasher(digest)
         try:
-            with open(transfer.path, 'r+b') as stream:
+            with self._cache.downloading(digest, self._cancelled.is_set), open(transfer.path, 'r+b') as stream:
                 def write(chunk: bytes) -> None:
                     # More than the manifest says cannot hash right: stop before it fills the disk.
                     if size is not None and transfer.written + len(chunk) > size:
@@ -434,15 +491,18 @@ class BlobFetcher:
                     hasher.update(chunk)
                     transfer.advance(len(chunk))
 
-                self._download(digest, write, 0, self._cancelled.is_set)
+                if self._cache.has(digest, size):
+                    self._cache.copy_into(digest, write)  # another run fetched it while this one waited
+                else:
+                    self._download(digest, write, 0, self._cancelled.is_set)
                 # The digest may match all the same: the descriptor lied about the size, which must match too.
                 if size is not None and transfer.written != size:
                     raise DigestMismatch('downloaded blob %s: %d bytes, fewer than the %d bytes the manifest gives it'
                                          % (digest, transfer.written, size))
                 verify_digest(hasher, digest, 'downloaded blob')
-            # Readers keep their open handle on the renamed file.
-            with transfer.condition:
-                transfer.path = self._cache.commit(transfer.path, digest)
+                # Readers keep their open handle on the renamed file; a run waiting for the blob sees it complete.
+                with transfer.condition:
+                    transfer.path = self._cache.commit(transfer.path, digest)
         except BaseException as exc:  # the reader must see every failure, then the file goes
             transfer.finish(exc if isinstance(exc, BootstrapError) else
                             BootstrapError('downloading %s failed: %s' % (digest, exc)))
