@@ -153,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.write('\n%s: interrupted\n' % PROG)
         return 130
     except Terminated:
-        sys.stderr.write('\n%s: terminated, interrupted\n' % PROG)
+        sys.stderr.write('\n%s: terminated\n' % PROG)
         return 128 + signal.SIGTERM
     except (BootstrapError, OSError) as exc:
         if args.debug:

@@ -36,8 +36,8 @@ CONFIG = 'application/vnd.oci.image.config.v1+json'
 ZEROS = 'sha256:' + '0' * 64
 # Deadlines in these tests: short, so that a registry that holds a run is seen to be cut off by them (the
 # socket timeout alone would let each of these run for minutes).
-TIMEOUT = 1.0
-WITHIN = 8.0
+TIMEOUT = 0.5
+WITHIN = 5.0
 
 
 @pytest.fixture(scope='module')
@@ -118,30 +118,30 @@ def test_an_endless_config_blob_is_refused_after_reading_past_the_limit(site):
 
 def test_a_registry_that_never_answers_is_given_up_on_at_the_timeout(site):
     site.registry.on('/manifests/new', hostile.silence)
-    assert site.fails().endswith('the manifest for new did not arrive within 1 s (timeout): the registry stalls '
+    assert site.fails().endswith('the manifest for new did not arrive within 0.5 s (timeout): the registry stalls '
                                  'or is too slow')
 
 
 def test_headers_sent_one_byte_at_a_time_do_not_hold_the_run(site):
     site.registry.on('/manifests/new', hostile.slow_headers(0.1))
-    assert 'the manifest for new did not arrive within 1 s (timeout)' in site.fails()
+    assert 'the manifest for new did not arrive within 0.5 s (timeout)' in site.fails()
 
 
 def test_a_manifest_sent_one_byte_at_a_time_does_not_hold_the_run(site):
     site.registry.on('/manifests/', hostile.trickle(0.05), method='GET')
-    assert 'did not arrive within 1 s (timeout)' in site.fails()
+    assert 'did not arrive within 0.5 s (timeout)' in site.fails()
 
 
 def test_a_config_whose_body_never_comes_is_given_up_on_at_the_timeout(site):
     site.registry.on('/blobs/', hostile.headers_then_silence)
-    assert 'did not arrive within 1 s (timeout)' in site.fails()
+    assert 'did not arrive within 0.5 s (timeout)' in site.fails()
 
 
 def test_a_layer_sent_one_byte_at_a_time_is_given_up_on_after_its_retries(site, sleeps):
     site.registry.on(new_layer_digest(site.registry), hostile.trickle(0.01))
     message = site.fails()
     assert 'failed 6 times in a row' in message
-    assert message.endswith('last: less than 64 KiB in 1 s (timeout)')
+    assert message.endswith('last: less than 64 KiB in 0.5 s (timeout)')
 
 
 def test_a_layer_whose_body_stops_is_resumed_and_finishes(site, sleeps):
@@ -278,7 +278,7 @@ def test_the_cli_stops_promptly_on_a_signal_while_the_registry_stalls(site, tmp_
                                 site.registry.ref('app:new'), site.dest], env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20
-    while site.registry.count('GET', part) == 0 and time.monotonic() < deadline:
+    while site.registry.count('GET', part) + site.registry.count('HEAD', part) == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
     process.send_signal(signal_number)
@@ -289,7 +289,7 @@ def test_the_cli_stops_promptly_on_a_signal_while_the_registry_stalls(site, tmp_
         process.communicate()
         pytest.fail('the CLI did not stop within 5 s of the signal')
     assert process.returncode == status, errors
-    assert errors.decode().strip().endswith('interrupted')
+    assert errors.decode().strip().endswith('interrupted' if signal_number == signal.SIGINT else 'terminated')
     assert snapshot_tree(site.dest) == before
     assert unverified_cache_files(site.cache) == []
     assert sorted(os.listdir(os.path.join(os.path.dirname(site.dest), '.rootfs.virt-bootstrap'))) == ['lock', 'state.json']
