@@ -44,6 +44,8 @@ MOUNT_NAME = 'mnt'
 _STDERR_SHOWN = 600
 _DAEMON_STOP_TIMEOUT = 30.0
 _LOOP_SYSFS = '/sys/block'
+# Also searched: an Ansible task's PATH often lacks the sbin directories where mkfs and losetup live.
+SYSTEM_PATH = '/usr/sbin:/sbin:/usr/bin:/bin'
 
 
 class Interrupted(BootstrapError):
@@ -52,7 +54,7 @@ class Interrupted(BootstrapError):
 
 def tool(name: str) -> str:
     """The path of program `name`, or a ToolError naming the Debian package that brings it."""
-    found = shutil.which(name) or shutil.which(name, path='/usr/sbin:/sbin:/usr/bin:/bin')
+    found = shutil.which(name) or (shutil.which(name, path=SYSTEM_PATH) if SYSTEM_PATH else None)
     if found is None:
         raise ToolError('%s is not installed: install the Debian package %s' % (name, PACKAGES.get(name, name)))
     return found
@@ -325,5 +327,3 @@ def _daemon_of(pidfile: str) -> t.Optional[int]:
     if os.fsencode(pidfile) not in argv or not _process_alive(pid):
         return None
     return pid
-
-
