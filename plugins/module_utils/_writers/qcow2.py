@@ -37,7 +37,8 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._layers import (
     shift_capability_root,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress
-from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import DIR_FLAGS
+from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import DIR_FLAGS, remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils._writers.dir import write_dir
 
 CHAIN = 'chain'
 FLAT = 'flat'
@@ -67,7 +68,7 @@ class Qcow2Settings:
             raise BootstrapError('qcow2_filesystem %r is not one of: %s'
                                  % (self.filesystem, ', '.join(FILESYSTEMS)))
         if self.layers == FLAT and self.filesystem != 'ext4':
-            raise BootstrapError('qcow2_layers: flat writes ext4 (mke2fs -d); %s needs qcow2_layers: chain'
+            raise BootstrapError('qcow2_layers: flat writes ext4 (with mke2fs -d); for %s use qcow2_layers: chain'
                                  % self.filesystem)
 
 
@@ -94,12 +95,12 @@ def write_qcow2(image: Image, images_dir: str, settings: Qcow2Settings, max_size
     if not image.layers:
         raise BootstrapError('the image has no layers: there is nothing to write')
     settings.validate()
-    if settings.layers == FLAT:
-        raise BootstrapError('qcow2_layers: flat is not built yet')
     os.mkdir(images_dir, 0o700)
     work_dir = os.path.join(os.path.dirname(images_dir), WORK_NAME)
     size = settings.size or size_for(*measure(image, max_size))
     names = image_names(len(image.layers), settings.layers)
+    if settings.layers == FLAT:
+        return _write_flat(image, images_dir, size, max_size, id_mapper, progress, device_nodes, root_hash)
     stats, image_root_field = _write_layers(image, images_dir, work_dir, names, size, settings, max_size,
                                             progress, device_nodes)
     top = os.path.join(images_dir, names[-1])
@@ -145,6 +146,26 @@ def _write_layers(image: Image, images_dir: str, work_dir: str, names: t.List[st
                 if builder is not None:
                     builder.close()  # its fds would keep the filesystem busy
     return t.cast(RootfsBuilder, builder).stats, image_root_field
+
+
+def _write_flat(image: Image, images_dir: str, size: int, max_size: int, id_mapper: t.Optional[IdMapper],
+                progress: Progress, device_nodes: bool, root_hash: t.Optional[str]) -> Written:
+    """One image without backing: the dir writer's tree beside dest, put in ext4 by mke2fs -d, then converted."""
+    for name in ('mke2fs', 'debugfs', 'qemu-img'):
+        qemu.tool(name)
+    build_dir = os.path.dirname(images_dir)
+    tree = os.path.join(build_dir, 'tree')
+    raw = os.path.join(build_dir, 'flat.raw')
+    stats = write_dir(image, tree, max_size, id_mapper, progress, device_nodes=device_nodes)
+    image_root_field = shadow.read_root_hash(tree)
+    if root_hash is not None:
+        shadow.set_root_hash(tree, root_hash)
+    progress.status('Building image')
+    qemu.make_ext4_from(tree, raw, size)
+    remove_tree(tree)
+    qemu.flatten_raw(raw, os.path.join(images_dir, FLAT_NAME))
+    os.unlink(raw)
+    return Written(stats, image_root_field, [FLAT_NAME])
 
 
 @contextlib.contextmanager

@@ -291,3 +291,20 @@ def test_state_absent_removes_the_images(site):
     site.run()
     result = run(Request(src=None, dest=site.dest, format='qcow2', state='absent'))
     assert result.changed and not os.path.exists(site.dest) and not os.path.exists(site.meta)
+
+
+def test_flat_through_the_engine_and_its_password_edit(site, tmp_path):
+    result = site.run(qcow2_layers='flat')
+    assert result.qcow2_images == [site.image('rootfs.qcow2')] and result.qcow2_method == 'flat'
+    dir_root = str(tmp_path / 'dir')
+    write_dir(layered_image(), dir_root, 1 << 30)
+    assert site.top_tree('rootfs.qcow2') == tree_of(dir_root, filesystem='none')
+    chain = site.run()
+    assert chain.changed and chain.msg.endswith('options changed') and sorted(os.listdir(site.dest)) == NAMES
+    site.run(qcow2_layers='flat')
+    edited = site.run(qcow2_layers='flat', root_password_hash=HASH)
+    assert edited.changed and edited.msg.startswith('set the root password')
+    with looking_at(site.image('rootfs.qcow2'), str(tmp_path / 'look')) as root:
+        with open(os.path.join(root, 'etc/shadow'), 'rb') as stream:
+            assert stream.read().startswith(b'root:%s:' % HASH.encode())
+    assert site.run(qcow2_layers='flat', root_password_hash=HASH).changed is False

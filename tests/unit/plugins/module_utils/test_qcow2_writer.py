@@ -31,13 +31,14 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.qcow2_su
     allocated_bytes,
     file_sha256,
     image_info,
+    layer_tars,
     layered_image,
     leftovers,
     looking_at,
     needs_qemu,
     tree_of,
 )
-from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import CAPABILITY_V2
+from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import CAPABILITY_V2, TarBuilder
 
 MAX_SIZE = 1 << 30
 HASH = '$6$salt$' + 'x' * 86
@@ -178,6 +179,44 @@ def test_corrupt_layer_fails_with_layer_error_and_nothing_mounted(tmp_path, buil
     image.layers[1].open_blob = lambda: io.BytesIO(damaged)
     with pytest.raises(LayerError):
         write_qcow2(image, str(build / 'rootfs'), Qcow2Settings(size=300 << 20), MAX_SIZE)
+
+
+def test_flat_is_one_image_without_backing_holding_the_same_tree(tmp_path, build):
+    images = str(build / 'rootfs')
+    written = write_qcow2(layered_image(), images, Qcow2Settings(layers='flat'), MAX_SIZE)
+    assert written.images == ['rootfs.qcow2'] and sorted(os.listdir(images)) == ['rootfs.qcow2']
+    assert sorted(os.listdir(str(build))) == ['rootfs']  # the tree and the raw image are gone
+    info = image_info(os.path.join(images, 'rootfs.qcow2'))
+    assert len(info) == 1 and 'backing-filename' not in info[0]
+    assert top_tree(images, written.images, tmp_path) == dir_tree(tmp_path)
+    assert written.image_root_field == '*'
+
+
+def test_flat_root_directory_keeps_the_image_attributes(tmp_path, build):
+    tars = layer_tars()
+    tars[0] = TarBuilder().dir('./', mode=0o711, uid=5, gid=6, mtime=1_400_000_000.25,
+                               pax={'SCHILY.xattr.user.origin': 'image'}).dir('etc').file('etc/shadow', SHADOW).tar()
+    images = str(build / 'rootfs')
+    written = write_qcow2(layered_image(tars[:1]), images, Qcow2Settings(layers='flat'), MAX_SIZE)
+    root_dir = str(tmp_path / 'dir-rootfs')
+    write_dir(layered_image(tars[:1]), root_dir, MAX_SIZE)
+    got = top_tree(images, written.images, tmp_path)
+    assert got == tree_of(root_dir, filesystem='none')
+    assert got['entries']['.'][:4] == (0o40711, 5, 6, 1_400_000_000_250_000_000)
+    assert got['xattrs']['.'] == {'user.origin': b'image'}
+
+
+def test_flat_with_maps_and_password(tmp_path, build):
+    uid_map = parse_id_map([[0, 100000, 65536]])
+    mapper = lambda uid, gid: (uid_map(uid), uid_map(gid))  # noqa: E731
+    images = str(build / 'rootfs')
+    written = write_qcow2(layered_image(), images, Qcow2Settings(layers='flat'), MAX_SIZE, id_mapper=mapper,
+                          root_hash=HASH)
+    got = top_tree(images, written.images, tmp_path)
+    expected = dir_tree(tmp_path, id_mapper=mapper)
+    assert got['entries'].pop('etc/shadow')[5].startswith(b'root:%s:' % HASH.encode())
+    expected['entries'].pop('etc/shadow')
+    assert got == expected and got['entries']['home/user/notes'][1:3] == (101000, 101000)
 
 
 def test_image_names():
