@@ -208,7 +208,9 @@ def test_flat_root_directory_keeps_the_image_attributes(tmp_path, build):
 
 def test_flat_with_maps_and_password(tmp_path, build):
     uid_map = parse_id_map([[0, 100000, 65536]])
-    mapper = lambda uid, gid: (uid_map(uid), uid_map(gid))  # noqa: E731
+
+    def mapper(uid, gid):
+        return uid_map(uid), uid_map(gid)
     images = str(build / 'rootfs')
     written = write_qcow2(layered_image(), images, Qcow2Settings(layers='flat'), MAX_SIZE, id_mapper=mapper,
                           root_hash=HASH)
