@@ -125,6 +125,22 @@ def make_ext4_from(tree: str, raw_path: str, size: int) -> None:
                 os.unlink(os.path.join(work, name))
 
 
+def require_host_mounts(filesystem: str, make_filesystem: bool = True) -> None:
+    """Refuse, with what is missing, before any work: mounting images on the host needs these."""
+    if filesystem not in FILESYSTEMS:
+        raise BootstrapError('filesystem %r is not one of: %s' % (filesystem, ', '.join(FILESYSTEMS)))
+    for name in ('qemu-img', 'qemu-storage-daemon', 'losetup', 'mount', 'umount'):
+        tool(name)
+    if make_filesystem:
+        tool('mkfs.' + filesystem)
+    if os.geteuid() != 0:
+        raise ToolError('qcow2 images are written through loop devices, which needs root (running as uid %d); '
+                        'the libguestfs way for other users is not built yet' % os.geteuid())
+    if not os.path.exists('/dev/loop-control'):
+        raise ToolError('no loop devices here (/dev/loop-control is missing; modprobe loop?); the libguestfs way '
+                        'for hosts without them is not built yet')
+
+
 @contextlib.contextmanager
 def mounted_image(image_path: str, work_dir: str, filesystem: str, make_filesystem: bool = False,
                   read_only: bool = False) -> t.Iterator[str]:
@@ -135,18 +151,7 @@ def mounted_image(image_path: str, work_dir: str, filesystem: str, make_filesyst
     SIGTERM, the filesystem is unmounted, the loop device detached and the daemon stopped before this
     returns or raises.
     """
-    if filesystem not in FILESYSTEMS:
-        raise BootstrapError('filesystem %r is not one of: %s' % (filesystem, ', '.join(FILESYSTEMS)))
-    for name in ('qemu-storage-daemon', 'losetup', 'mount', 'umount'):
-        tool(name)
-    if make_filesystem:
-        tool('mkfs.' + filesystem)
-    if os.geteuid() != 0:
-        raise ToolError('qcow2 images are written through loop devices, which needs root (running as uid %d); '
-                        'the libguestfs way for other users is not built yet' % os.geteuid())
-    if not os.path.exists('/dev/loop-control'):
-        raise ToolError('no loop devices here (/dev/loop-control is missing; modprobe loop?); the libguestfs way '
-                        'for hosts without them is not built yet')
+    require_host_mounts(filesystem, make_filesystem)
     os.mkdir(work_dir, 0o700)
     with contextlib.ExitStack() as undo, _sigterm_raises():
         undo.callback(_remove_work_dir, work_dir)

@@ -95,6 +95,8 @@ def write_qcow2(image: Image, images_dir: str, settings: Qcow2Settings, max_size
     if not image.layers:
         raise BootstrapError('the image has no layers: there is nothing to write')
     settings.validate()
+    if settings.layers == CHAIN:
+        qemu.require_host_mounts(settings.filesystem)
     os.mkdir(images_dir, 0o700)
     work_dir = os.path.join(os.path.dirname(images_dir), WORK_NAME)
     size = settings.size or size_for(*measure(image, max_size))

@@ -38,7 +38,11 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.qcow2_su
     needs_qemu,
     tree_of,
 )
-from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import CAPABILITY_V2, TarBuilder
+from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import (
+    CAPABILITY_V2,
+    TarBuilder,
+    as_nobody,
+)
 
 MAX_SIZE = 1 << 30
 HASH = '$6$salt$' + 'x' * 86
@@ -219,6 +223,16 @@ def test_flat_with_maps_and_password(tmp_path, build):
     assert got['entries'].pop('etc/shadow')[5].startswith(b'root:%s:' % HASH.encode())
     expected['entries'].pop('etc/shadow')
     assert got == expected and got['entries']['home/user/notes'][1:3] == (101000, 101000)
+
+
+def test_not_root_is_a_clear_error_before_any_work(tmp_path):
+    os.chmod(str(tmp_path), 0o777)
+    images = str(tmp_path / 'rootfs')
+    outcome = as_nobody(lambda: write_qcow2(layered_image(), images, Qcow2Settings(), MAX_SIZE))
+    assert outcome.get('error') == 'ToolError', outcome
+    assert outcome['message'] == ('qcow2 images are written through loop devices, which needs root (running as uid '
+                                  '65534); the libguestfs way for other users is not built yet')
+    assert not os.path.exists(images)
 
 
 def test_image_names():
