@@ -285,6 +285,9 @@ def test_bootstrap_and_the_cli_write_qcow2(site, tmp_path):
     assert result.qcow2_top == str(tmp_path / 'api' / NAMES[-1])
     assert cli.main([site.src, str(tmp_path / 'cli'), '-f', 'qcow2', '-q']) == 0
     assert sorted(os.listdir(str(tmp_path / 'cli'))) == NAMES
+    assert cli.main([site.src, str(tmp_path / 'flat'), '-f', 'qcow2', '--qcow2-layers', 'flat', '--qcow2-size', '600M',
+                     '-q']) == 0
+    assert sorted(os.listdir(str(tmp_path / 'flat'))) == ['rootfs.qcow2']
 
 
 def test_state_absent_removes_the_images(site):
