@@ -311,3 +311,11 @@ def test_flat_through_the_engine_and_its_password_edit(site, tmp_path):
         with open(os.path.join(root, 'etc/shadow'), 'rb') as stream:
             assert stream.read().startswith(b'root:%s:' % HASH.encode())
     assert site.run(qcow2_layers='flat', root_password_hash=HASH).changed is False
+
+
+def test_an_image_removed_behind_our_back_is_rebuilt(site):
+    site.run()
+    os.unlink(site.image(NAMES[1]))
+    result = site.run()
+    assert result.changed and 'changed or removed outside this module' in result.msg
+    assert sorted(os.listdir(site.dest)) == NAMES
