@@ -23,7 +23,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2 impo
     size_for,
     write_qcow2,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, LayerError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, HostileLayer, LayerError
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.qcow2_support import (
     BIG,
     NOTHING_LEFT,
@@ -248,3 +248,24 @@ def test_unknown_settings_are_refused(tmp_path):
             write_qcow2(layered_image(), str(tmp_path / 'rootfs'), settings, MAX_SIZE)
     assert not os.path.exists(str(tmp_path / 'rootfs'))
     shutil.rmtree(str(tmp_path), ignore_errors=True)
+
+
+def test_hostile_layer_is_refused_inside_the_image_and_nothing_stays_mounted(tmp_path, build):
+    escape = TarBuilder().dir('etc').symlink('etc/host', '/../../..').file('etc/host/escaped', b'x').tar()
+    climb = TarBuilder().file('../outside', b'x').tar()
+    written = write_qcow2(layered_image([escape]), str(build / 'rootfs'), Qcow2Settings(size=300 << 20), MAX_SIZE)
+    with looking_at(os.path.join(str(build / 'rootfs'), written.images[-1]), str(tmp_path / 'look')) as root:
+        assert os.listdir(os.path.join(root, 'etc')) == ['host'] and os.path.isfile(os.path.join(root, 'escaped'))
+    other = tmp_path / 'other'
+    other.mkdir(mode=0o700)
+    with pytest.raises(HostileLayer):
+        write_qcow2(layered_image([climb]), str(other / 'rootfs'), Qcow2Settings(size=300 << 20), MAX_SIZE)
+    assert leftovers(str(tmp_path)) == NOTHING_LEFT
+
+
+def test_paths_with_commas_reach_qemu_whole(tmp_path):
+    build = tmp_path / 'a,b=c'
+    build.mkdir(mode=0o700)
+    written = write_qcow2(layered_image(), str(build / 'rootfs'), Qcow2Settings(size=300 << 20), MAX_SIZE)
+    assert top_tree(str(build / 'rootfs'), written.images, tmp_path) == dir_tree(tmp_path)
+    assert leftovers(str(tmp_path)) == NOTHING_LEFT
