@@ -148,12 +148,12 @@ def mounted_image(image_path: str, work_dir: str, filesystem: str, make_filesyst
 
     `work_dir` must not exist and its parent must be private: it is made 0700 and holds the export,
     the daemon's pid file and the mount point, and is removed afterwards. Whatever happens, including
-    SIGTERM, the filesystem is unmounted, the loop device detached and the daemon stopped before this
-    returns or raises.
+    SIGTERM (raised as Interrupted), the filesystem is unmounted, the loop device detached and the
+    daemon stopped before this returns or raises.
     """
     require_host_mounts(filesystem, make_filesystem)
     os.mkdir(work_dir, 0o700)
-    with contextlib.ExitStack() as undo, _sigterm_raises():
+    with _TermGuard() as guard, contextlib.ExitStack() as undo:
         undo.callback(_remove_work_dir, work_dir)
         export = os.path.join(work_dir, EXPORT_NAME)
         pid = _start_export(os.path.abspath(image_path), export, read_only)
@@ -171,6 +171,7 @@ def mounted_image(image_path: str, work_dir: str, filesystem: str, make_filesyst
         run_tool(['mount', '-t', filesystem, '-o', ','.join(options), device, point],
                  'mounting %s' % os.path.basename(image_path))
         undo.callback(_unmount, point)
+        undo.callback(guard.disarm)  # runs first: taking the mount down is not cut short
         yield point
 
 
@@ -268,27 +269,47 @@ def _remove_work_dir(work_dir: str) -> None:
     os.rmdir(work_dir)
 
 
-@contextlib.contextmanager
-def _sigterm_raises() -> t.Iterator[None]:
+class _TermGuard:
     """While an image is mounted, SIGTERM raises Interrupted, so the mount is taken down on the way out.
 
-    Only the first SIGTERM raises: taking the mount down is not interrupted again.
+    Once taking it down has begun (disarm), a SIGTERM waits until that is done and is raised then.
+    Only one SIGTERM is ever raised.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    raised: t.List[bool] = []
 
-    def handler(signum: int, frame: t.Any) -> None:
-        if not raised:
-            raised.append(True)
-            raise Interrupted('stopped by SIGTERM; the image being written was unmounted and its build removed')
+    def __init__(self) -> None:
+        self._armed = True
+        self._pending = False
+        self._raised = False
+        self._previous: t.Any = None
+        self._installed = False
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __enter__(self) -> '_TermGuard':
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+        if self._pending and exc_info[0] is None:
+            self._raise()
+
+    def disarm(self) -> None:
+        self._armed = False
+
+    def _handle(self, signum: int, frame: t.Any) -> None:
+        if self._armed:
+            self._raise()
+        self._pending = not self._raised
+
+    def _raise(self) -> None:
+        if self._raised:
+            return
+        self._raised = True
+        self._armed = False
+        self._pending = False
+        raise Interrupted('stopped by SIGTERM; the image being written was unmounted first')
 
 
 def release_debris(directory: str) -> t.List[str]:

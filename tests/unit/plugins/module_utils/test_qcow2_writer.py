@@ -8,10 +8,12 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import struct
 
 import pytest
 
+from ansible_collections.virt.bootstrap.plugins.module_utils import _qemu as qemu
 from ansible_collections.virt.bootstrap.plugins.module_utils._layers import CAPABILITY_XATTR
 from ansible_collections.virt.bootstrap.plugins.module_utils._idmap import parse_id_map
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.dir import write_dir
@@ -269,3 +271,23 @@ def test_paths_with_commas_reach_qemu_whole(tmp_path):
     written = write_qcow2(layered_image(), str(build / 'rootfs'), Qcow2Settings(size=300 << 20), MAX_SIZE)
     assert top_tree(str(build / 'rootfs'), written.images, tmp_path) == dir_tree(tmp_path)
     assert leftovers(str(tmp_path)) == NOTHING_LEFT
+
+
+def test_sigterm_while_taking_a_mount_down_waits_until_it_is_down():
+    reached = []
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(qemu.Interrupted):
+        with qemu._TermGuard() as guard:
+            guard.disarm()
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # a second one is not raised again
+            reached.append('after the signals')
+    assert reached == ['after the signals']
+    assert signal.getsignal(signal.SIGTERM) == before  # put back
+
+
+def test_sigterm_while_armed_raises_at_once():
+    with pytest.raises(qemu.Interrupted):
+        with qemu._TermGuard():
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError('not reached')
