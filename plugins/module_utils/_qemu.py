@@ -103,7 +103,7 @@ def make_ext4_from(tree: str, raw_path: str, size: int) -> None:
     # A size without a unit is KiB to mke2fs; -T default: below 512 MiB it would pick 1 KiB blocks.
     run_tool(['mke2fs', '-q', '-F', '-t', 'ext4', '-T', 'default', '-d', tree,
               '-E', 'root_owner=%d:%d' % (info.st_uid, info.st_gid), raw_path, '%dk' % (size // 1024)],
-             'making the ext4 filesystem from the tree')
+             'making a %d MiB ext4 filesystem from the tree (too small? give a larger qcow2_size)' % (size >> 20))
     commands = ['sif / mode 0%o' % info.st_mode,
                 'sif / mtime @%d' % (info.st_mtime_ns // 1_000_000_000),
                 # The nanoseconds, as ext4 keeps them: shifted past the two epoch bits.

@@ -25,7 +25,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2 impo
     size_for,
     write_qcow2,
 )
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, HostileLayer, LayerError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, HostileLayer, LayerError, ToolError
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.qcow2_support import (
     BIG,
     NOTHING_LEFT,
@@ -291,3 +291,9 @@ def test_sigterm_while_armed_raises_at_once():
         with qemu._TermGuard():
             os.kill(os.getpid(), signal.SIGTERM)
             raise AssertionError('not reached')
+
+
+def test_flat_too_small_says_which_option_to_raise(build):
+    with pytest.raises(ToolError, match='making a 4 MiB ext4 filesystem from the tree .too small. give a larger '
+                                        'qcow2_size.: mke2fs failed'):
+        write_qcow2(layered_image(), str(build / 'rootfs'), Qcow2Settings(layers='flat', size=4 << 20), MAX_SIZE)
