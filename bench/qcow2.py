@@ -142,8 +142,8 @@ def _by_round(measurements: t.Sequence[Measurement]) -> t.List[t.Dict[str, Measu
 def print_table(result: t.Dict[str, t.Any]) -> None:
     print('%-20s %9s %8s %11s %9s %5s' % ('way', 'wall (s)', 'cpu (s)', 'appliances', 'disk MiB', 'runs'))
     for way, row in result['ways'].items():
-        print('%-20s %9.2f %8.2f %11d %9.1f %5d' % (way, row['wall_s'], row['cpu_s'], row['appliances'],
-                                                   row['disk_mib'], row['runs']))
+        values = (way, row['wall_s'], row['cpu_s'], row['appliances'], row['disk_mib'], row['runs'])
+        print('%-20s %9.2f %8.2f %11d %9.1f %5d' % values)
     for name, ratio in result['median_ratios_of_wall_time'].items():
         print('%-28s %6.2f' % (name, ratio))
 

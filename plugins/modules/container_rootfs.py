@@ -66,7 +66,7 @@ options:
   qcow2_layers:
     description:
       - V(chain) writes one image per image layer, so guests made from the same image can share them.
-      - V(flat) writes one C(rootfs.qcow2) with no backing file, for guests that share nothing: the tree is written
+      - V(flat) writes one C(rootfs.qcow2) with no backing file, for guests that share nothing. The tree is written
         beside O(dest) as for V(dir), then put into an ext4 image by C(mke2fs -d) (mtimes to the second) and
         converted. The guest writes into that image; a root password edit copies it.
     type: str

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # A read-only look into a qcow2 image (and its backing chain), as the tests need it:
 #   look.sh up IMAGE WORK   mounts the image's filesystem read-only at WORK/mnt (WORK must not exist)
 #   look.sh down WORK       takes it down again (safe to call when up failed half-way, or twice)
