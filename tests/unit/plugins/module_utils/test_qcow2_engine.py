@@ -319,3 +319,13 @@ def test_an_image_removed_behind_our_back_is_rebuilt(site):
     result = site.run()
     assert result.changed and 'changed or removed outside this module' in result.msg
     assert sorted(os.listdir(site.dest)) == NAMES
+
+
+def test_switching_between_dir_and_qcow2_rebuilds_in_place(site):
+    site.run(format='dir')
+    assert os.path.isfile(os.path.join(site.dest, 'etc/hostname'))
+    to_qcow2 = site.run()
+    assert to_qcow2.changed and sorted(os.listdir(site.dest)) == NAMES
+    back = site.run(format='dir')
+    assert back.changed and back.qcow2_images == [] and os.path.isfile(os.path.join(site.dest, 'etc/hostname'))
+    assert site.meta_listing() == ['lock', 'state.json']
