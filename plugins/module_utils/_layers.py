@@ -138,7 +138,9 @@ class RootfsBuilder:
     """Applies layers into `root` (a directory that must exist and be private to us)."""
 
     def __init__(self, root: str, max_size: int = DEFAULT_MAX_SIZE, id_mapper: t.Optional[IdMapper] = None,
-                 progress: t.Optional[t.Callable[[int], None]] = None, device_nodes: bool = False) -> None:
+                 progress: t.Optional[t.Callable[[int], None]] = None, device_nodes: bool = False,
+                 directories: t.Optional[t.Sequence[t.Sequence[t.Any]]] = None) -> None:
+        """`directories`: what directories() said after the layers already in `root`, to go on from there."""
         self._root_fd = os.open(root, DIR_FLAGS)
         # Off by default: a device node with the image's mode (say a 0666 disk) is reachable by every
         # host user who can reach the rootfs, and libvirt gives LXC guests a /dev of their own.
@@ -153,9 +155,17 @@ class RootfsBuilder:
         self._scope = _LayerScope()
         self._entries = 0
         self.stats = ApplyStats()
+        if directories is not None:
+            self._dir_meta = {tuple(parts): _DirMeta(mode, mtime_ns) for parts, mode, mtime_ns in directories}
+            return  # the root already has what the layers below gave it
         # Like a directory no entry names, the root belongs to the (mapped) root user unless an entry says otherwise.
         root_uid, root_gid = self._map_ids(0, 0)
         self._chown(lambda: os.chown(self._root_fd, root_uid, root_gid), root_uid, root_gid)
+
+    def directories(self) -> t.List[t.List[t.Any]]:
+        """What the builder knows of the directories written so far ([parts, mode, mtime_ns or None]), as
+        plain data: a later builder given it goes on where this one stopped (finish(final=False) first)."""
+        return [[list(parts), meta.mode, meta.mtime_ns] for parts, meta in sorted(self._dir_meta.items())]
 
     # -- lifecycle -------------------------------------------------------------------------------
 

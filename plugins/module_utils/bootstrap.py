@@ -54,9 +54,11 @@ class Request:
     qcow2_size: t.Optional[int] = None
     qcow2_layers: str = qcow2.CHAIN
     qcow2_filesystem: str = 'ext4'
+    qcow2_layer_store: t.Optional[str] = None
 
     def qcow2_settings(self) -> qcow2.Qcow2Settings:
-        return qcow2.Qcow2Settings(size=self.qcow2_size, layers=self.qcow2_layers, filesystem=self.qcow2_filesystem)
+        return qcow2.Qcow2Settings(size=self.qcow2_size, layers=self.qcow2_layers, filesystem=self.qcow2_filesystem,
+                                   layer_store=self.qcow2_layer_store)
 
     def shaping_options(self, with_password: bool = True) -> t.Dict[str, t.Any]:
         """Options that change the rootfs written, beyond the image itself.
@@ -74,6 +76,8 @@ class Request:
             # Only for qcow2: the records of dir dests keep their hash.
             options.update(qcow2_size=self.qcow2_size, qcow2_layers=self.qcow2_layers,
                            qcow2_filesystem=self.qcow2_filesystem)
+            if self.qcow2_layer_store is not None:
+                options['qcow2_layer_store'] = os.path.normpath(self.qcow2_layer_store)
         if with_password:
             options['root_password'] = _wants_password(self)
         return options
@@ -376,14 +380,25 @@ def _write_qcow2(request: Request, image: t.Optional[Image], after: StateRecord,
 
 
 def _image_names(record: StateRecord) -> t.List[str]:
-    return qcow2.image_names(len(record.layers), record.options.get('qcow2_layers', qcow2.CHAIN))
+    """The images in dest (a layer store holds the others: _store_images)."""
+    return qcow2.image_names(len(record.layers), record.options.get('qcow2_layers', qcow2.CHAIN),
+                             shared=record.options.get('qcow2_layer_store') is not None)
+
+
+def _store_images(record: StateRecord) -> t.List[str]:
+    settings = qcow2.Qcow2Settings(size=record.options.get('qcow2_size'),
+                                   filesystem=record.options.get('qcow2_filesystem', 'ext4'),
+                                   layer_store=record.options.get('qcow2_layer_store'))
+    return qcow2.store_images([layer['digest'] for layer in record.layers], settings,
+                              bool(record.options.get('device_nodes')))
 
 
 def _holds_images(dest: Destination, record: t.Optional[StateRecord]) -> bool:
-    """For qcow2: whether every image the record names is still in dest."""
+    """For qcow2: whether every image the record names is still there, in dest and in the layer store."""
     if record is None or record.format != 'qcow2':
         return True
-    return all(os.path.isfile(os.path.join(dest.tree_path(), name)) for name in _image_names(record))
+    paths = [os.path.join(dest.tree_path(), name) for name in _image_names(record)] + _store_images(record)
+    return all(os.path.isfile(path) for path in paths)
 
 
 def _password_is_set(request: Request, dest: Destination, record: StateRecord) -> bool:
@@ -439,14 +454,14 @@ def build_request(src: t.Optional[str], dest: str, format: str = 'dir', state: s
                   ca_path: t.Optional[str] = None, cache_dir: t.Optional[str] = None,
                   no_cache: bool = False, cache_max_age: t.Optional[str] = None,
                   qcow2_size: t.Optional[t.Union[int, str]] = None, qcow2_layers: str = qcow2.CHAIN,
-                  qcow2_filesystem: str = 'ext4') -> Request:
+                  qcow2_filesystem: str = 'ext4', qcow2_layer_store: t.Optional[str] = None) -> Request:
     """The one place a Request is made from plain options: the module, bootstrap() and the CLI use it."""
     return Request(src=src, dest=dest, format=format, state=state, platform=platform, force=force,
                    max_size=parse_size(max_size, 'max_size'), root_password=root_password,
                    root_password_hash=root_password_hash, uid_map=parse_id_map(uid_map, 'uid_map'),
                    gid_map=parse_id_map(gid_map, 'gid_map'), progress_cb=progress_cb, device_nodes=device_nodes,
                    update=update, qcow2_size=None if qcow2_size is None else parse_size(qcow2_size, 'qcow2_size'),
-                   qcow2_layers=qcow2_layers, qcow2_filesystem=qcow2_filesystem,
+                   qcow2_layers=qcow2_layers, qcow2_filesystem=qcow2_filesystem, qcow2_layer_store=qcow2_layer_store,
                    registry=RegistryOptions(username=username, password=password, auth_file=auth_file,
                                             not_secure=not_secure, ca_path=ca_path, cache_dir=cache_dir,
                                             no_cache=no_cache, cache_max_age=cache_max_age))
@@ -476,7 +491,8 @@ def bootstrap(uri: str, dest: str, fmt: str = 'dir', username: t.Optional[str] =
 
     The positional order is the original virt-bootstrap's. Every other option of build_request
     (platform, force, max_size, root_password_hash, device_nodes, update, auth_file, ca_path,
-    cache_dir, cache_max_age, state, qcow2_size, qcow2_layers, qcow2_filesystem) can be given by name.
+    cache_dir, cache_max_age, state, qcow2_size, qcow2_layers, qcow2_filesystem, qcow2_layer_store) can be
+    given by name.
     """
     return run(build_request(uri, dest, format=fmt, username=username, password=password,
                              root_password=root_password, uid_map=uid_map, gid_map=gid_map, not_secure=not_secure,
@@ -484,7 +500,7 @@ def bootstrap(uri: str, dest: str, fmt: str = 'dir', username: t.Optional[str] =
 
 
 def _describe_images(result: Result, record: StateRecord) -> None:
-    result.qcow2_images = [os.path.join(result.dest, name) for name in _image_names(record)]
+    result.qcow2_images = _store_images(record) + [os.path.join(result.dest, name) for name in _image_names(record)]
     result.qcow2_top = result.qcow2_images[-1]
     flat = record.options.get('qcow2_layers') == qcow2.FLAT
     result.qcow2_method = 'flat' if flat else 'host-mount'

@@ -78,6 +78,16 @@ options:
     type: str
     choices: [ext4, xfs]
     default: ext4
+  qcow2_layer_store:
+    description:
+      - A directory (for example V(/var/lib/virt-bootstrap/layers)) that keeps the layer images of
+        O(qcow2_layers=chain) for every guest made with it. Each image is named by a digest of the layers up to it and
+        of O(qcow2_filesystem), O(qcow2_size) and O(device_nodes); a second guest from the same image (or one that
+        only adds layers) writes only what the store lacks, and O(dest) then holds only the guest's overlay, backed
+        by the store's top image (an absolute backing name).
+      - Safe with concurrent runs; an image is never changed once it is in the store. Nothing is ever removed from
+        it; delete images no guest uses by hand.
+    type: path
   state:
     description:
       - V(present) makes O(dest) hold the rootfs of O(src).
@@ -450,7 +460,7 @@ cache_pruned:
       type: str
       returned: when it could not
 qcow2_images:
-  description: The qcow2 images O(dest) holds, bottom first (absolute paths).
+  description: The qcow2 images of the guest, bottom first (absolute paths), those in O(qcow2_layer_store) included.
   returned: when O(format=qcow2) and O(state=present)
   type: list
   elements: str
@@ -520,7 +530,7 @@ def _diff(result: Result) -> dict:
 _ENGINE_OPTIONS = ('src', 'dest', 'format', 'state', 'platform', 'force', 'max_size', 'root_password',
                    'root_password_hash', 'uid_map', 'gid_map', 'device_nodes', 'update', 'username', 'password',
                    'auth_file', 'not_secure', 'ca_path', 'cache_dir', 'no_cache', 'cache_max_age', 'qcow2_size',
-                   'qcow2_layers', 'qcow2_filesystem')
+                   'qcow2_layers', 'qcow2_filesystem', 'qcow2_layer_store')
 
 
 def main() -> None:
@@ -532,6 +542,7 @@ def main() -> None:
             qcow2_size=dict(type='str'),
             qcow2_layers=dict(type='str', default='chain', choices=['chain', 'flat']),
             qcow2_filesystem=dict(type='str', default='ext4', choices=['ext4', 'xfs']),
+            qcow2_layer_store=dict(type='path'),
             state=dict(type='str', default='present', choices=['present', 'absent']),
             platform=dict(type='str'),
             force=dict(type='bool', default=False),

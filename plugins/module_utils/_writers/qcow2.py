@@ -39,6 +39,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._layers import (
 from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress
 from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import DIR_FLAGS, remove_tree
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.dir import write_dir
+from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2_store import LayerStore, chain_keys
 
 CHAIN = 'chain'
 FLAT = 'flat'
@@ -60,6 +61,8 @@ class Qcow2Settings:
     size: t.Optional[int] = None
     layers: str = CHAIN
     filesystem: str = 'ext4'
+    # A directory whose layer images guests of the same image share (chain only); None: each dest has its own.
+    layer_store: t.Optional[str] = None
 
     def validate(self) -> None:
         if self.layers not in LAYOUTS:
@@ -70,6 +73,10 @@ class Qcow2Settings:
         if self.layers == FLAT and self.filesystem != 'ext4':
             raise BootstrapError('qcow2_layers: flat writes ext4 (with mke2fs -d); for %s use qcow2_layers: chain'
                                  % self.filesystem)
+        if self.layer_store is not None:
+            if self.layers != CHAIN:
+                raise BootstrapError('qcow2_layer_store shares the images of qcow2_layers: chain; flat has none')
+            LayerStore(self.layer_store)  # an absolute path
 
 
 @dataclass
@@ -80,11 +87,23 @@ class Written:
     images: t.List[str] = field(default_factory=list)
 
 
-def image_names(layer_count: int, layout: str) -> t.List[str]:
-    """The files of a qcow2 dest, bottom first: one per image layer and the guest's overlay, or one flat image."""
+def image_names(layer_count: int, layout: str, shared: bool = False) -> t.List[str]:
+    """The files of a qcow2 dest, bottom first: one per image layer and the guest's overlay, or one flat
+    image; with a layer store (`shared`), only the guest's overlay."""
     if layout == FLAT:
         return [FLAT_NAME]
+    if shared:
+        return ['layer-%d.qcow2' % layer_count]
     return ['layer-%d.qcow2' % index for index in range(layer_count + 1)]
+
+
+def store_images(layer_digests: t.Sequence[str], settings: Qcow2Settings, device_nodes: bool) -> t.List[str]:
+    """The paths of the layer images in the store, bottom first (empty without a store)."""
+    if settings.layer_store is None:
+        return []
+    store = LayerStore(settings.layer_store)
+    return [store.image_path(key) for key in chain_keys(layer_digests, settings.filesystem, settings.size,
+                                                        device_nodes)]
 
 
 def write_qcow2(image: Image, images_dir: str, settings: Qcow2Settings, max_size: int,
@@ -99,14 +118,17 @@ def write_qcow2(image: Image, images_dir: str, settings: Qcow2Settings, max_size
         qemu.require_host_mounts(settings.filesystem)
     os.mkdir(images_dir, 0o700)
     work_dir = os.path.join(os.path.dirname(images_dir), WORK_NAME)
-    size = settings.size or size_for(*measure(image, max_size))
-    names = image_names(len(image.layers), settings.layers)
+    names = image_names(len(image.layers), settings.layers, shared=settings.layer_store is not None)
     if settings.layers == FLAT:
+        size = settings.size or size_for(*measure(image, max_size))
         return _write_flat(image, images_dir, size, max_size, id_mapper, progress, device_nodes, root_hash)
-    stats, image_root_field = _write_layers(image, images_dir, work_dir, names, size, settings, max_size,
-                                            progress, device_nodes)
+    if settings.layer_store is not None:
+        place: _Placement = _InStore(image, settings, device_nodes)
+    else:
+        place = _InDest(images_dir, names)
+    stats, image_root_field = _write_layers(image, place, work_dir, settings, max_size, progress, device_nodes)
     top = os.path.join(images_dir, names[-1])
-    qemu.create_image(top, backing=names[-2])
+    qemu.create_image(top, backing=place.top_backing())
     if id_mapper is not None or root_hash is not None:
         progress.status('Writing the guest overlay')
         with qemu.mounted_image(top, work_dir, settings.filesystem) as root:
@@ -117,37 +139,106 @@ def write_qcow2(image: Image, images_dir: str, settings: Qcow2Settings, max_size
     return Written(stats, image_root_field, names)
 
 
-def _write_layers(image: Image, images_dir: str, work_dir: str, names: t.List[str], size: int,
-                  settings: Qcow2Settings, max_size: int, progress: Progress,
-                  device_nodes: bool) -> t.Tuple[ApplyStats, t.Optional[str]]:
-    """One image per layer, each written through a mount; returns the stats and the image's root entry."""
+class _Placement:
+    """Where the layer images go: into dest itself, or into a shared store."""
+
+    def reused(self) -> t.Tuple[int, t.Optional[t.Dict[str, t.Any]]]:
+        """How many layers from the bottom are already written, and the builder state after them."""
+        return 0, None
+
+    def size(self, image: Image, settings: Qcow2Settings, max_size: int) -> int:
+        return settings.size or size_for(*measure(image, max_size))
+
+    def writing(self, index: int) -> t.ContextManager[t.Tuple[str, t.Optional[str]]]:
+        """(path to write layer `index`'s image at, its backing name) while it is written."""
+        raise NotImplementedError
+
+    def done(self, index: int, path: str, state: t.Dict[str, t.Any]) -> None:
+        """Layer `index`'s image at `path` is complete; `state` lets a later builder go on from it."""
+
+    def top_backing(self) -> str:
+        raise NotImplementedError
+
+
+class _InDest(_Placement):
+    def __init__(self, images_dir: str, names: t.List[str]) -> None:
+        self._images_dir = images_dir
+        self._names = names
+
+    @contextlib.contextmanager
+    def writing(self, index: int) -> t.Iterator[t.Tuple[str, t.Optional[str]]]:
+        yield os.path.join(self._images_dir, self._names[index]), self._names[index - 1] if index else None
+
+    def top_backing(self) -> str:
+        return self._names[-2]
+
+
+class _InStore(_Placement):
+    def __init__(self, image: Image, settings: Qcow2Settings, device_nodes: bool) -> None:
+        self._store = LayerStore(t.cast(str, settings.layer_store))
+        self._store.open()
+        self._keys = chain_keys([layer.digest or layer.diff_id or '' for layer in image.layers],
+                                settings.filesystem, settings.size, device_nodes)
+
+    def reused(self) -> t.Tuple[int, t.Optional[t.Dict[str, t.Any]]]:
+        count = self._store.complete_prefix(self._keys)
+        return count, self._store.state(self._keys[count - 1]) if count else None
+
+    def size(self, image: Image, settings: Qcow2Settings, max_size: int) -> int:
+        if settings.size is None and self._store.has(self._keys[0]):
+            # The disk size is layer 0's: the upper images must have it too.
+            return t.cast(int, self._store.state(self._keys[0])['size'])
+        return super().size(image, settings, max_size)
+
+    @contextlib.contextmanager
+    def writing(self, index: int) -> t.Iterator[t.Tuple[str, t.Optional[str]]]:
+        with self._store.building(self._keys[index]) as path:
+            # The store is one directory: a relative backing name, as in a dest.
+            yield path, self._keys[index - 1] + '.qcow2' if index else None
+
+    def done(self, index: int, path: str, state: t.Dict[str, t.Any]) -> None:
+        self._store.commit(self._keys[index], path, state)
+
+    def top_backing(self) -> str:
+        # Absolute: the guest's overlay is in dest, the layers stay in the store.
+        return self._store.image_path(self._keys[-1])
+
+
+def _write_layers(image: Image, place: _Placement, work_dir: str, settings: Qcow2Settings, max_size: int,
+                  progress: Progress, device_nodes: bool) -> t.Tuple[ApplyStats, t.Optional[str]]:
+    """One image per layer not yet written, each through a mount; returns the stats and the image's root entry."""
     count = len(image.layers)
     progress.start_layers([layer.size for layer in image.layers])
+    start, state = place.reused()
+    size = place.size(image, settings, max_size) if start < count else 0
     builder: t.Optional[RootfsBuilder] = None
-    image_root_field = None
-    for index, layer in enumerate(image.layers):
-        path = os.path.join(images_dir, names[index])
-        if index == 0:
-            qemu.create_image(path, size=size)
-        else:
-            qemu.create_image(path, backing=names[index - 1])
-        with qemu.mounted_image(path, work_dir, settings.filesystem, make_filesystem=index == 0) as root:
-            try:
-                if builder is None:
-                    # Owners as the image has them: UID/GID maps go in the guest's overlay.
-                    builder = RootfsBuilder(root, max_size=max_size, device_nodes=device_nodes)
-                else:
-                    builder.move_root(root)
-                builder.progress = progress.layer(index, count, layer.size)
-                with _full_is_clear(size, settings):
-                    builder.apply_layer(layer, label='layer %d/%d' % (index + 1, count))
-                    builder.finish(final=False)
-                if index == count - 1:
+    image_root_field = state['root_field'] if state else None
+    for index in range(start, count):
+        layer = image.layers[index]
+        with place.writing(index) as (path, backing):
+            if backing is None:
+                qemu.create_image(path, size=size)
+            else:
+                qemu.create_image(path, backing=backing)
+            with qemu.mounted_image(path, work_dir, settings.filesystem, make_filesystem=index == 0) as root:
+                try:
+                    if builder is None:
+                        # Owners as the image has them: UID/GID maps go in the guest's overlay.
+                        builder = RootfsBuilder(root, max_size=max_size, device_nodes=device_nodes,
+                                                directories=state['directories'] if state else None)
+                    else:
+                        builder.move_root(root)
+                    builder.progress = progress.layer(index, count, layer.size)
+                    with _full_is_clear(size, settings):
+                        builder.apply_layer(layer, label='layer %d/%d' % (index + 1, count))
+                        builder.finish(final=False)
                     image_root_field = shadow.read_root_hash(root)
-            finally:
-                if builder is not None:
-                    builder.close()  # its fds would keep the filesystem busy
-    return t.cast(RootfsBuilder, builder).stats, image_root_field
+                finally:
+                    if builder is not None:
+                        builder.close()  # its fds would keep the filesystem busy
+            place.done(index, path, {'directories': builder.directories(), 'root_field': image_root_field,
+                                     'size': size})
+    return (builder.stats if builder is not None else ApplyStats()), image_root_field
 
 
 def _write_flat(image: Image, images_dir: str, size: int, max_size: int, id_mapper: t.Optional[IdMapper],
