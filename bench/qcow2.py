@@ -25,7 +25,8 @@ from common import (CACHE_DIR, LAYOUT_DIR, REPO_ROOT, TAG, BenchError, Command, 
                     layer_blobs, link_collection, rotated, run_timed)
 
 RUNS_DIR = os.path.join(CACHE_DIR, 'qcow2-runs')
-WAYS = ('chain', 'flat', 'dir')
+# store-second: the second guest of an image whose layers a first guest already put in a layer store.
+WAYS = ('chain', 'flat', 'dir', 'store-second')
 OLD_TOOL = 'guestfish-per-layer'
 # KVM does not work on these machines; every libguestfs appliance runs under TCG.
 GUESTFS_ENV = {'LIBGUESTFS_BACKEND_SETTINGS': 'force_tcg', 'LIBGUESTFS_BACKEND': 'direct'}
@@ -47,7 +48,9 @@ def engine_child(way: str, dest: str) -> None:
     """One engine run into a new dest (run in a child process, so each way pays its own imports)."""
     bootstrap = import_engine()
     options: t.Dict[str, t.Any] = {'device_nodes': True}
-    if way != 'dir':
+    if way.startswith('store:'):
+        options.update(format='qcow2', qcow2_layer_store=way[len('store:'):])
+    elif way != 'dir':
         options.update(format='qcow2', qcow2_layers=way)
     result = bootstrap.run(bootstrap.build_request('oci:%s:%s' % (LAYOUT_DIR, TAG), dest, **options))
     print(json.dumps({'appliances': result.appliances_launched or 0}))
@@ -81,6 +84,12 @@ def measure(way: str, round_number: int, blobs: t.Sequence[LayerBlob]) -> Measur
     stdout_path, log_path = os.path.join(out_dir, 'stdout'), os.path.join(out_dir, 'log')
     if way == OLD_TOOL:
         commands = old_tool_commands(dest, blobs)
+    elif way == 'store-second':
+        store = os.path.join(out_dir, 'store')
+        first = [Command([sys.executable, os.path.abspath(__file__), '--engine-child', 'store:' + store,
+                          os.path.join(out_dir, 'first')])]
+        run_timed(first, stdout_path, log_path)  # not timed: the first guest fills the store
+        commands = [Command([sys.executable, os.path.abspath(__file__), '--engine-child', 'store:' + store, dest])]
     else:
         commands = [Command([sys.executable, os.path.abspath(__file__), '--engine-child', way, dest])]
     usage = run_timed(commands, stdout_path, log_path)
@@ -124,7 +133,7 @@ def summary(measurements: t.Sequence[Measurement]) -> t.Dict[str, t.Any]:
                    'disk_mib': statistics.median(m.disk_bytes for m in runs) / (1 << 20),
                    'runs': len(runs)} for way, runs in by_way.items()}
     ratios = {}
-    for other in ('dir', 'flat', OLD_TOOL):
+    for other in ('dir', 'flat', 'store-second', OLD_TOOL):
         pairs = [(by_round['chain'], by_round[other]) for by_round in _by_round(measurements)
                  if 'chain' in by_round and other in by_round]
         if pairs:
