@@ -190,3 +190,25 @@ def test_two_guests_through_the_engine_share_the_store(tmp_path, store):
     os.unlink(results[0].qcow2_images[1])
     rebuilt = run(build_request(src, str(parent / 'web1'), format='qcow2', qcow2_layer_store=store))
     assert rebuilt.changed and os.path.isfile(results[0].qcow2_images[1])
+
+
+def test_concurrent_builders_of_the_same_layers_both_end_with_one_image_per_layer(tmp_path, store):
+    settings = Qcow2Settings(layer_store=store, size=400 << 20)
+    pids = []
+    for name in ('one', 'two'):
+        images = build_dir(tmp_path, name)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - reports through its exit status
+            status = 1
+            try:
+                write_qcow2(layered_image(), images, settings, MAX_SIZE)
+                status = 0
+            finally:
+                os._exit(status)
+        pids.append(pid)
+    assert [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids] == [0, 0]
+    keys = chain_keys([layer.digest for layer in layered_image().layers], 'ext4', 400 << 20, False)
+    assert sorted(os.listdir(store)) == sorted([key + '.qcow2' for key in keys] + [key + '.json' for key in keys])
+    expected = dir_tree(tmp_path, layer_tars())
+    for name in ('one', 'two'):
+        assert top_tree(os.path.join(str(tmp_path / name / 'rootfs'), 'layer-3.qcow2'), tmp_path) == expected
