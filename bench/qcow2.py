@@ -53,7 +53,8 @@ def engine_child(way: str, dest: str) -> None:
     elif way != 'dir':
         options.update(format='qcow2', qcow2_layers=way)
     result = bootstrap.run(bootstrap.build_request('oci:%s:%s' % (LAYOUT_DIR, TAG), dest, **options))
-    print(json.dumps({'appliances': result.appliances_launched or 0}))
+    # The host-mount and flat ways launch no appliance (the libguestfs fallback would).
+    print(json.dumps({'appliances': getattr(result, 'appliance_launches', None) or 0}))
 
 
 def old_tool_commands(dest: str, blobs: t.Sequence[LayerBlob]) -> t.List[Command]:

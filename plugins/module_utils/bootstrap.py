@@ -145,7 +145,6 @@ class Result:
     qcow2_images: t.List[str] = field(default_factory=list)
     qcow2_top: t.Optional[str] = None
     qcow2_method: t.Optional[str] = None
-    appliances_launched: t.Optional[int] = None
     before: t.Optional[StateRecord] = None
     after: t.Optional[StateRecord] = None
 
@@ -504,7 +503,6 @@ def _describe_images(result: Result, record: StateRecord) -> None:
     result.qcow2_top = result.qcow2_images[-1]
     flat = record.options.get('qcow2_layers') == qcow2.FLAT
     result.qcow2_method = 'flat' if flat else 'host-mount'
-    result.appliances_launched = 0
 
 
 def _result(request: Request, plan: Plan, source: t.Optional[Source], dest: Destination,

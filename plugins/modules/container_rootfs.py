@@ -472,15 +472,10 @@ qcow2_top:
   sample: /var/lib/libvirt/images/web1/layer-1.qcow2
 qcow2_method:
   description: How the images were written. V(host-mount) (each image mounted on the host and written by the layer
-    applier) or V(flat).
+    applier; no appliance is launched) or V(flat).
   returned: when O(format=qcow2) and O(state=present)
   type: str
   sample: host-mount
-appliances_launched:
-  description: How many libguestfs appliances were launched (none on the host-mount way).
-  returned: when O(format=qcow2) and O(state=present)
-  type: int
-  sample: 0
 msg:
   description: What the module decided, as a sentence.
   returned: always
@@ -601,7 +596,7 @@ def main() -> None:
         for image_key in ('digest', 'index_digest', 'platform', 'layers'):
             del returned[image_key]
     if params['state'] == 'absent' or params['format'] != 'qcow2':
-        for image_key in ('qcow2_images', 'qcow2_top', 'qcow2_method', 'appliances_launched'):
+        for image_key in ('qcow2_images', 'qcow2_top', 'qcow2_method'):
             del returned[image_key]
     for warning in result.warnings:
         module.warn(warning)

@@ -108,7 +108,7 @@ def test_builds_a_chain_beside_dest_and_swaps_it_in(site, tmp_path):
     assert result.changed and result.format == 'qcow2'
     assert result.qcow2_images == [site.image(name) for name in NAMES]
     assert result.qcow2_top == site.image(NAMES[-1])
-    assert (result.qcow2_method, result.appliances_launched) == ('host-mount', 0)
+    assert result.qcow2_method == 'host-mount'
     assert sorted(os.listdir(site.dest)) == NAMES
     assert site.meta_listing() == ['lock', 'state.json']
     record = load_record(os.path.join(site.meta, 'state.json'))
