@@ -270,7 +270,8 @@ def _remove_work_dir(work_dir: str) -> None:
 
 
 class _TermGuard:
-    """While an image is mounted, SIGTERM raises Interrupted, so the mount is taken down on the way out.
+    """While an image is mounted, SIGTERM raises (Interrupted, or whatever a handler the caller set raises),
+    so the mount is taken down on the way out.
 
     Once taking it down has begun (disarm), a SIGTERM waits until that is done and is raised then.
     Only one SIGTERM is ever raised.
@@ -309,6 +310,10 @@ class _TermGuard:
         self._raised = True
         self._armed = False
         self._pending = False
+        if callable(self._previous):
+            # The caller's own way to stop (the CLI's), now that it cannot cut a cleanup short.
+            self._previous(signal.SIGTERM, None)
+            return
         raise Interrupted('stopped by SIGTERM; the image being written was unmounted first')
 
 

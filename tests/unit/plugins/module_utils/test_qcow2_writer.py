@@ -297,3 +297,21 @@ def test_flat_too_small_says_which_option_to_raise(build):
     with pytest.raises(ToolError, match='making a 4 MiB ext4 filesystem from the tree .too small. give a larger '
                                         'qcow2_size.: mke2fs failed'):
         write_qcow2(layered_image(), str(build / 'rootfs'), Qcow2Settings(layers='flat', size=4 << 20), MAX_SIZE)
+
+
+class _Stopped(BaseException):
+    pass
+
+
+def test_sigterm_goes_to_the_callers_own_handler_once_the_mount_is_down():
+    def stop(_signum, _frame):
+        raise _Stopped()
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(_Stopped):
+            with qemu._TermGuard() as guard:
+                guard.disarm()
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is stop
+    finally:
+        signal.signal(signal.SIGTERM, before)
