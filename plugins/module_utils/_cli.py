@@ -40,7 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
                         'docker-archive:/path.tar, oci:/layout[:tag], oci-archive:/path.tar[:tag], '
                         'docker://[registry/]image[:tag][@digest], virt-builder://TEMPLATE')
     parser.add_argument('dest', metavar='DEST', help='the directory to write the rootfs into')
-    parser.add_argument('-f', '--format', default='dir', choices=['dir'], help='output format (default: dir)')
+    parser.add_argument('-f', '--format', default='dir', choices=['dir', 'qcow2'],
+                        help='output format (default: dir); qcow2: DEST holds layer-0.qcow2 ... layer-N.qcow2')
+    parser.add_argument('--qcow2-size', metavar='SIZE', help='qcow2 disk size, e.g. 4G (default: from the image)')
+    parser.add_argument('--qcow2-layers', choices=['chain', 'flat'], default='chain',
+                        help='qcow2: one image per layer (chain, default) or one rootfs.qcow2 (flat)')
+    parser.add_argument('--qcow2-layer-store', metavar='DIR',
+                        help='qcow2: keep the layer images in DIR, shared by every guest made with it')
+    parser.add_argument('--qcow2-filesystem', choices=['ext4', 'xfs'], default='ext4',
+                        help='filesystem of the qcow2 images (default: ext4)')
     parser.add_argument('--root-password', metavar='PASSWORD',
                         help='set the root password; file:PATH reads it from the first line of PATH')
     parser.add_argument('--root-password-hash', metavar='HASH',
@@ -148,7 +156,10 @@ def _run(args: argparse.Namespace) -> int:
                            ca_path=args.ca_path, cache_dir=args.cache_dir, device_nodes=args.device_nodes,
                            root_password_hash=read_root_password(args.root_password_hash), max_size=args.max_size,
                            update=args.update, timeout=args.timeout, virt_builder_source=args.virt_builder_source,
-                           virt_builder_no_check_signature=args.virt_builder_no_check_signature)
+                           virt_builder_no_check_signature=args.virt_builder_no_check_signature,
+                           qcow2_size=args.qcow2_size, qcow2_layers=args.qcow2_layers,
+                           qcow2_filesystem=args.qcow2_filesystem,
+                           qcow2_layer_store=args.qcow2_layer_store and os.path.abspath(args.qcow2_layer_store))
     except KeyboardInterrupt:
         sys.stderr.write('\n%s: interrupted\n' % PROG)
         return 130

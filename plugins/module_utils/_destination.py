@@ -27,6 +27,7 @@ import tempfile
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import _occupancy as occupancy
+from ansible_collections.virt.bootstrap.plugins.module_utils import _qemu as qemu
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DestinationError
 from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import libc, remove_tree
 from ansible_collections.virt.bootstrap.plugins.module_utils._state import (
@@ -215,6 +216,8 @@ class Destination:
         First a rootfs parked by the two-rename swap goes back to a missing dest, then the tree at
         dest says which record is true, then builds left behind are removed.
         """
+        # A killed qcow2 build may have left an image mounted in its build directory: taken down first.
+        qemu.release_debris(self.meta_dir)
         parked = self._parked_rootfs()
         if parked is not None and not os.path.lexists(self.path):
             os.rename(parked, self.path)

@@ -138,7 +138,9 @@ class RootfsBuilder:
     """Applies layers into `root` (a directory that must exist and be private to us)."""
 
     def __init__(self, root: str, max_size: int = DEFAULT_MAX_SIZE, id_mapper: t.Optional[IdMapper] = None,
-                 progress: t.Optional[t.Callable[[int], None]] = None, device_nodes: bool = False) -> None:
+                 progress: t.Optional[t.Callable[[int], None]] = None, device_nodes: bool = False,
+                 directories: t.Optional[t.Sequence[t.Sequence[t.Any]]] = None) -> None:
+        """`directories`: what directories() said after the layers already in `root`, to go on from there."""
         self._root_fd = os.open(root, DIR_FLAGS)
         # Off by default: a device node with the image's mode (say a 0666 disk) is reachable by every
         # host user who can reach the rootfs, and libvirt gives LXC guests a /dev of their own.
@@ -153,9 +155,17 @@ class RootfsBuilder:
         self._scope = _LayerScope()
         self._entries = 0
         self.stats = ApplyStats()
+        if directories is not None:
+            self._dir_meta = {tuple(parts): _DirMeta(mode, mtime_ns) for parts, mode, mtime_ns in directories}
+            return  # the root already has what the layers below gave it
         # Like a directory no entry names, the root belongs to the (mapped) root user unless an entry says otherwise.
         root_uid, root_gid = self._map_ids(0, 0)
         self._chown(lambda: os.chown(self._root_fd, root_uid, root_gid), root_uid, root_gid)
+
+    def directories(self) -> t.List[t.List[t.Any]]:
+        """What the builder knows of the directories written so far ([parts, mode, mtime_ns or None]), as
+        plain data: a later builder given it goes on where this one stopped (finish(final=False) first)."""
+        return [[list(parts), meta.mode, meta.mtime_ns] for parts, meta in sorted(self._dir_meta.items())]
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -197,8 +207,13 @@ class RootfsBuilder:
         """Apply an already opened tar stream (any compression) as one more layer."""
         self.apply_layer(Layer(open_blob=lambda: _Unclosable(stream), digest=None, size=None, media_type='tar'))
 
-    def finish(self) -> None:
-        """Give directories their final modes and mtimes, deepest first, once nothing else changes."""
+    def finish(self, final: bool = True) -> None:
+        """Give directories their final modes and mtimes, deepest first, once nothing else changes.
+
+        Not `final` (a qcow2 chain, where each layer's image must be complete): what the directories
+        should be is kept for the layers to come, and directories that already are right are not
+        touched, so an upper layer's image does not copy them.
+        """
         for parts in sorted(self._dir_meta, key=len, reverse=True):
             meta = self._dir_meta[parts]
             if len(self._dirs) >= DIR_CACHE_LIMIT:
@@ -207,11 +222,23 @@ class RootfsBuilder:
                 fd = self._dirs.real(parts)
             except (OSError, LayerError):
                 continue
+            if not final and _dir_is(os.fstat(fd), meta):
+                continue
             os.chmod(fd, meta.mode)
             if meta.mtime_ns is not None:
                 os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
-        self._dir_meta.clear()
+        if final:
+            self._dir_meta.clear()
         self._dirs.release()
+
+    def move_root(self, root: str) -> None:
+        """Go on in `root`, which holds the tree written so far (the next image of a qcow2 chain).
+
+        What was learnt of the tree (directory metadata, sizes and entries counted) carries over.
+        """
+        self.close()
+        self._root_fd = os.open(root, DIR_FLAGS)
+        self._dirs = InRootDirs(self._root_fd, on_create=self._made_parent_dir)
 
     # -- tar walking -----------------------------------------------------------------------------
 
@@ -581,6 +608,11 @@ def _xattrs_of(member: tarfile.TarInfo) -> t.Iterator[t.Tuple[str, bytes]]:
 
 
 _PAX_TIME = re.compile(r'(-?)([0-9]+)(?:\.([0-9]*))?', re.ASCII)
+
+
+def _dir_is(info: os.stat_result, meta: _DirMeta) -> bool:
+    return stat.S_IMODE(info.st_mode) == stat.S_IMODE(meta.mode) and \
+        (meta.mtime_ns is None or info.st_mtime_ns == meta.mtime_ns)
 
 
 def _mtime_ns(member: tarfile.TarInfo) -> int:

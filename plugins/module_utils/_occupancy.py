@@ -25,9 +25,11 @@ MAX_REPORTED = 5
 class Occupant(t.NamedTuple):
     pid: int
     command: str
-    how: str  # 'root' or 'working directory'
+    how: str  # 'root', 'working directory' or 'open file NAME'
 
     def __str__(self) -> str:
+        if self.how.startswith('open file '):
+            return 'process %d (%s) has %s open' % (self.pid, self.command, self.how[len('open file '):])
         return 'process %d (%s) has it as its %s' % (self.pid, self.command, self.how)
 
 
@@ -59,25 +61,65 @@ def mounts_below(path: str) -> t.List[str]:
 
 
 def occupants(path: str) -> t.List[Occupant]:
-    """Processes whose root or working directory is `path` or below it (up to MAX_REPORTED)."""
+    """Processes whose root or working directory is `path` or below it, or that hold one of the files
+    right inside `path` open (a guest's disk image); up to MAX_REPORTED."""
     try:
         wanted = os.stat(path)
     except OSError:
         return []
     prefix = os.path.realpath(path).rstrip('/') + '/'
+    files = _files_in(path)
     found: t.List[Occupant] = []
     own_pid = os.getpid()
     for name in _pids():
         pid = int(name)
         if pid == own_pid:
             continue
-        for link, how in (('root', 'root'), ('cwd', 'working directory')):
-            if _points_at(os.path.join(_PROC, name, link), wanted, prefix):
-                found.append(Occupant(pid, _command(name), how))
-                break
+        how = _use_of(name, wanted, prefix, files)
+        if how is not None:
+            found.append(Occupant(pid, _command(name), how))
         if len(found) >= MAX_REPORTED:
             break
     return found
+
+
+def _use_of(pid: str, wanted: os.stat_result, prefix: str, files: t.Set[str]) -> t.Optional[str]:
+    for link, how in (('root', 'root'), ('cwd', 'working directory')):
+        if _points_at(os.path.join(_PROC, pid, link), wanted, prefix):
+            return how
+    if files:
+        held = _open_file(pid, files)
+        if held is not None:
+            return 'open file ' + held
+    return None
+
+
+def _files_in(path: str) -> t.Set[str]:
+    """The paths (as /proc names them: resolved) of the regular files right inside directory `path`."""
+    directory = os.path.realpath(path)
+    try:
+        with os.scandir(path) as entries:
+            return {os.path.join(directory, entry.name) for entry in entries if entry.is_file(follow_symlinks=False)}
+    except OSError:
+        return set()
+
+
+def _open_file(pid: str, files: t.Set[str]) -> t.Optional[str]:
+    """The name of one of `files` that process `pid` holds open, if any."""
+    fd_dir = os.path.join(_PROC, pid, 'fd')
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return None  # gone, or not ours to look at
+    for fd in fds:
+        try:
+            # readlink, never stat: a stat through a hung FUSE or NFS mount would hang the run.
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue
+        if target in files:
+            return os.path.basename(target)
+    return None
 
 
 def _pids() -> t.List[str]:

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import tempfile
 import typing as t
 from dataclasses import dataclass, field
 
@@ -28,8 +29,9 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry i
 from ansible_collections.virt.bootstrap.plugins.module_utils._sources.virt_builder import VirtBuilderOptions
 from ansible_collections.virt.bootstrap.plugins.module_utils._state import StateRecord, options_hash
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.dir import write_dir
+from ansible_collections.virt.bootstrap.plugins.module_utils._writers import qcow2
 
-FORMATS = ('dir',)
+FORMATS = ('dir', 'qcow2')
 # always: rebuild when the image or an option changes; never: keep the rootfs dest holds.
 UPDATE_POLICIES = ('always', 'never')
 
@@ -52,6 +54,14 @@ class Request:
     virt_builder: VirtBuilderOptions = field(default_factory=VirtBuilderOptions)
     device_nodes: bool = False
     update: str = 'always'
+    qcow2_size: t.Optional[int] = None
+    qcow2_layers: str = qcow2.CHAIN
+    qcow2_filesystem: str = 'ext4'
+    qcow2_layer_store: t.Optional[str] = None
+
+    def qcow2_settings(self) -> qcow2.Qcow2Settings:
+        return qcow2.Qcow2Settings(size=self.qcow2_size, layers=self.qcow2_layers, filesystem=self.qcow2_filesystem,
+                                   layer_store=self.qcow2_layer_store)
 
     def shaping_options(self, with_password: bool = True) -> t.Dict[str, t.Any]:
         """Options that change the rootfs written, beyond the image itself.
@@ -65,6 +75,12 @@ class Request:
             'gid_map': self.gid_map.as_lists(),
             'device_nodes': self.device_nodes,
         }
+        if self.format == 'qcow2':
+            # Only for qcow2: the records of dir dests keep their hash.
+            options.update(qcow2_size=self.qcow2_size, qcow2_layers=self.qcow2_layers,
+                           qcow2_filesystem=self.qcow2_filesystem)
+            if self.qcow2_layer_store is not None:
+                options['qcow2_layer_store'] = os.path.normpath(self.qcow2_layer_store)
         if with_password:
             options['root_password'] = _wants_password(self)
         return options
@@ -72,6 +88,8 @@ class Request:
     def validate(self) -> None:
         if self.format not in FORMATS:
             raise BootstrapError('format %r is not supported; choose one of: %s' % (self.format, ', '.join(FORMATS)))
+        if self.format == 'qcow2':
+            self.qcow2_settings().validate()
         if self.root_password is not None and self.root_password_hash is not None:
             raise BootstrapError('root_password and root_password_hash are mutually exclusive')
         if self.root_password_hash is not None:
@@ -84,7 +102,10 @@ class Request:
 
     def password_is_set_in(self, root: str) -> bool:
         """Whether the rootfs at `root` already has the requested root password."""
-        current = shadow.read_root_hash(root)
+        return self.password_is(shadow.read_root_hash(root))
+
+    def password_is(self, current: t.Optional[str]) -> bool:
+        """Whether `current`, a root entry's hash, is the requested root password."""
         if self.root_password_hash is not None:
             return current == self.root_password_hash
         return self.root_password is not None and shadow.password_matches(self.root_password, current)
@@ -127,6 +148,10 @@ class Result:
     image_config: t.Optional[t.Dict[str, t.Any]] = None
     # How many times a libguestfs appliance was launched (virt-builder sources; each costs seconds).
     appliance_launches: t.Optional[int] = None
+    # qcow2: the images dest holds (bottom first), the one to give the guest, and how they were written.
+    qcow2_images: t.List[str] = field(default_factory=list)
+    qcow2_top: t.Optional[str] = None
+    qcow2_method: t.Optional[str] = None
     before: t.Optional[StateRecord] = None
     after: t.Optional[StateRecord] = None
 
@@ -193,7 +218,7 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
         dest.check_replaceable('remove')
         return Plan('remove', 'remove %s' % dest.path, before)
 
-    intact = dest.holds(before) and os.path.isdir(dest.tree_path())
+    intact = dest.holds(before) and os.path.isdir(dest.tree_path()) and _holds_images(dest, before)
     if before is not None and intact and request.update == 'never':
         return _unchanged(request, dest, before, reason='%s already holds %s (update: never)'
                           % (dest.path, before.digest))
@@ -258,7 +283,7 @@ def _unchanged(request: Request, dest: Destination, before: StateRecord, image: 
                                       options=dict(resolved.options, root_password=before.root_password))
     after = dataclasses.replace(current, root_password=wants_password,
                                 options=dict(current.options, root_password=wants_password))
-    if wants_password and (not before.root_password or not request.password_is_set_in(dest.path)):
+    if wants_password and (not before.root_password or not _password_is_set(request, dest, before)):
         return Plan('password', 'set the root password in %s' % dest.path, before, after, image)
     if not wants_password and before.root_password:
         return Plan('password', "put back the image's own root password entry in %s" % dest.path, before, after,
@@ -279,11 +304,16 @@ def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[App
         if plan.after is None:
             raise BootstrapError('internal error: a password plan without a record')
         progress.status('Setting the root password', 0.0)
-        if plan.after.root_password:
-            _set_password(request, dest.path)
-        elif plan.after.image_root_field is not None:
-            shadow.set_root_hash(dest.path, plan.after.image_root_field)
-        dest.save_record(plan.after)
+        if request.format == 'qcow2':
+            # Never edited in place: a new guest overlay over the same layers is swapped in, with its record.
+            dest.check_replaceable('replace')
+            _build_and_swap(request, None, plan.after, dest, progress)
+        else:
+            if plan.after.root_password:
+                _set_password(request, dest.path)
+            elif plan.after.image_root_field is not None:
+                shadow.set_root_hash(dest.path, plan.after.image_root_field)
+            dest.save_record(plan.after)
         progress.done('Root password set' if plan.after.root_password else 'Root password entry put back')
         return None
     if plan.action == 'record':
@@ -302,21 +332,27 @@ def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[App
     return stats
 
 
-def _build_and_swap(request: Request, image: Image, after: StateRecord, dest: Destination,
-                    progress: Progress) -> ApplyStats:
-    """Build beside dest, then record and swap as one recoverable step (see Destination)."""
+def _build_and_swap(request: Request, image: t.Optional[Image], after: StateRecord, dest: Destination,
+                    progress: Progress) -> t.Optional[ApplyStats]:
+    """Build beside dest, then record and swap as one recoverable step (see Destination).
+
+    Without an image (qcow2 only): the images dest holds, with a new guest overlay for the password.
+    """
     build_dir = dest.new_build_dir()
     swapped = False
     try:
         new_root = os.path.join(build_dir, 'rootfs')
-        stats = write_dir(image, new_root, request.max_size, _id_mapper(request), progress,
-                          device_nodes=request.device_nodes)
-        if image.finish_tree is not None:
-            image.finish_tree(new_root)
-        after.image_root_field = shadow.read_root_hash(new_root)
-        if _wants_password(request):
-            progress.status('Setting the root password')
-            _set_password(request, new_root)
+        if request.format == 'qcow2':
+            stats = _write_qcow2(request, image, after, dest, new_root, progress)
+        else:
+            stats = write_dir(t.cast(Image, image), new_root, request.max_size, _id_mapper(request), progress,
+                              device_nodes=request.device_nodes)
+            if image.finish_tree is not None:
+                image.finish_tree(new_root)
+            after.image_root_field = shadow.read_root_hash(new_root)
+            if _wants_password(request):
+                progress.status('Setting the root password')
+                _set_password(request, new_root)
         after.dest_identity = mark_rootfs(new_root)
         flush_filesystem(new_root)
         # Checked again with the lock held and the tree ready: a guest may have started meanwhile.
@@ -346,6 +382,56 @@ def _build_and_swap(request: Request, image: Image, after: StateRecord, dest: De
     return stats
 
 
+def _write_qcow2(request: Request, image: t.Optional[Image], after: StateRecord, dest: Destination, new_root: str,
+                 progress: Progress) -> t.Optional[ApplyStats]:
+    settings = request.qcow2_settings()
+    if image is None:
+        root_hash = _new_root_hash(request) if after.root_password else after.image_root_field
+        qcow2.edit_guest_overlay(dest.tree_path(), new_root, _image_names(after), settings.filesystem, root_hash)
+        return None
+    written = qcow2.write_qcow2(image, new_root, settings, request.max_size, _id_mapper(request), progress,
+                                device_nodes=request.device_nodes,
+                                root_hash=_new_root_hash(request) if _wants_password(request) else None)
+    after.image_root_field = written.image_root_field
+    return written.stats
+
+
+def _image_names(record: StateRecord) -> t.List[str]:
+    """The images in dest (a layer store holds the others: _store_images)."""
+    return qcow2.image_names(len(record.layers), record.options.get('qcow2_layers', qcow2.CHAIN),
+                             shared=record.options.get('qcow2_layer_store') is not None)
+
+
+def _store_images(record: StateRecord) -> t.List[str]:
+    settings = qcow2.Qcow2Settings(size=record.options.get('qcow2_size'),
+                                   filesystem=record.options.get('qcow2_filesystem', 'ext4'),
+                                   layer_store=record.options.get('qcow2_layer_store'))
+    return qcow2.store_images([layer['digest'] for layer in record.layers], settings,
+                              bool(record.options.get('device_nodes')))
+
+
+def _holds_images(dest: Destination, record: t.Optional[StateRecord]) -> bool:
+    """For qcow2: whether every image the record names is still there, in dest and in the layer store."""
+    if record is None or record.format != 'qcow2':
+        return True
+    paths = [os.path.join(dest.tree_path(), name) for name in _image_names(record)] + _store_images(record)
+    return all(os.path.isfile(path) for path in paths)
+
+
+def _password_is_set(request: Request, dest: Destination, record: StateRecord) -> bool:
+    if request.format != 'qcow2':
+        return request.password_is_set_in(dest.path)
+    # A read-only look into the guest overlay, below our bookkeeping: what a killed look leaves, the next lock removes.
+    scratch = tempfile.mkdtemp(prefix='build-look-', dir=dest.meta_dir)
+    try:
+        current = qcow2.read_root_hash(dest.tree_path(), _image_names(record)[-1],
+                                       record.options.get('qcow2_filesystem', 'ext4'),
+                                       os.path.join(scratch, qcow2.WORK_NAME))
+    finally:
+        os.rmdir(scratch)
+    return request.password_is(current)
+
+
 def _tidy_cache(result: Result, source: t.Optional[Source], dest: Destination, plan: Plan) -> None:
     """After a present run: the blob cache learns which blobs dest holds, and is pruned with cache_max_age."""
     if not isinstance(source, RegistrySource) or plan.after is None:
@@ -361,8 +447,11 @@ def _wants_password(request: Request) -> bool:
 
 
 def _set_password(request: Request, root: str) -> None:
-    new_hash = request.root_password_hash or shadow.hash_password(t.cast(str, request.root_password))
-    shadow.set_root_hash(root, new_hash)
+    shadow.set_root_hash(root, _new_root_hash(request))
+
+
+def _new_root_hash(request: Request) -> str:
+    return request.root_password_hash or shadow.hash_password(t.cast(str, request.root_password))
 
 
 def _id_mapper(request: Request) -> t.Optional[t.Callable[[int, int], t.Tuple[int, int]]]:
@@ -381,13 +470,16 @@ def build_request(src: t.Optional[str], dest: str, format: str = 'dir', state: s
                   password: t.Optional[str] = None, auth_file: t.Optional[str] = None, not_secure: bool = False,
                   ca_path: t.Optional[str] = None, cache_dir: t.Optional[str] = None,
                   no_cache: bool = False, cache_max_age: t.Optional[str] = None, timeout: float = 60.0,
-                  virt_builder_source: t.Optional[str] = None, virt_builder_no_check_signature: bool = False) -> Request:
+                  virt_builder_source: t.Optional[str] = None, virt_builder_no_check_signature: bool = False,
+                  qcow2_size: t.Optional[t.Union[int, str]] = None, qcow2_layers: str = qcow2.CHAIN,
+                  qcow2_filesystem: str = 'ext4', qcow2_layer_store: t.Optional[str] = None) -> Request:
     """The one place a Request is made from plain options: the module, bootstrap() and the CLI use it."""
     return Request(src=src, dest=dest, format=format, state=state, platform=platform, force=force,
                    max_size=parse_size(max_size, 'max_size'), root_password=root_password,
                    root_password_hash=root_password_hash, uid_map=parse_id_map(uid_map, 'uid_map'),
                    gid_map=parse_id_map(gid_map, 'gid_map'), progress_cb=progress_cb, device_nodes=device_nodes,
-                   update=update,
+                   update=update, qcow2_size=None if qcow2_size is None else parse_size(qcow2_size, 'qcow2_size'),
+                   qcow2_layers=qcow2_layers, qcow2_filesystem=qcow2_filesystem, qcow2_layer_store=qcow2_layer_store,
                    registry=RegistryOptions(username=username, password=password, auth_file=auth_file,
                                             not_secure=not_secure, ca_path=ca_path, cache_dir=cache_dir,
                                             no_cache=no_cache, cache_max_age=cache_max_age, timeout=timeout),
@@ -420,12 +512,19 @@ def bootstrap(uri: str, dest: str, fmt: str = 'dir', username: t.Optional[str] =
 
     The positional order is the original virt-bootstrap's. Every other option of build_request
     (platform, force, max_size, root_password_hash, device_nodes, update, auth_file, ca_path,
-    cache_dir, cache_max_age, timeout, state, virt_builder_source, virt_builder_no_check_signature) can
-    be given by name.
+    cache_dir, cache_max_age, timeout, state, virt_builder_source, virt_builder_no_check_signature,
+    qcow2_size, qcow2_layers, qcow2_filesystem, qcow2_layer_store) can be given by name.
     """
     return run(build_request(uri, dest, format=fmt, username=username, password=password,
                              root_password=root_password, uid_map=uid_map, gid_map=gid_map, not_secure=not_secure,
                              no_cache=no_cache, progress_cb=progress_cb, **options))
+
+
+def _describe_images(result: Result, record: StateRecord) -> None:
+    result.qcow2_images = _store_images(record) + [os.path.join(result.dest, name) for name in _image_names(record)]
+    result.qcow2_top = result.qcow2_images[-1]
+    flat = record.options.get('qcow2_layers') == qcow2.FLAT
+    result.qcow2_method = 'flat' if flat else 'host-mount'
 
 
 def _result(request: Request, plan: Plan, source: t.Optional[Source], dest: Destination,
@@ -442,6 +541,8 @@ def _result(request: Request, plan: Plan, source: t.Optional[Source], dest: Dest
         result.platform = record.platform
         result.layers = record.layers
         result.image_config = record.image_config
+        if record.format == 'qcow2':
+            _describe_images(result, record)
     if plan.image is not None:
         result.warnings.extend(plan.image.warnings)
     if stats is not None:

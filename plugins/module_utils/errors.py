@@ -36,3 +36,7 @@ class SizeLimitExceeded(LayerError):
 
 class DestinationError(BootstrapError):
     """The destination cannot be used as asked (not ours, busy, not a directory)."""
+
+
+class ToolError(BootstrapError):
+    """A program the engine needs (qemu-img, mkfs, ...) is missing or failed."""

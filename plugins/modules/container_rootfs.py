@@ -54,9 +54,48 @@ options:
   format:
     description:
       - How the rootfs is written. V(dir) writes a plain directory tree.
+      - V(qcow2) makes O(dest) a directory of qcow2 disk images, with a filesystem on the whole disk (no partition
+        table, as libvirt LXC mounts it through nbd). With O(qcow2_layers=chain), C(layer-0.qcow2) ... C(layer-N.qcow2),
+        one image per image layer, each backed by the one below (a relative backing file name, with its format), and
+        on top one more, the guest's own, which holds the root password, the UID/GID maps and whatever the guest
+        writes; give that one (RV(qcow2_top)) to the guest. Each image holds only what its layer changed.
+      - V(qcow2) is written on the host with the same layer rules as V(dir) (each image mounted through
+        qemu-storage-daemon, a loop device and the kernel's filesystem), which needs root, loop devices and the
+        Debian packages qemu-utils, qemu-system-common, fuse3 and e2fsprogs (xfsprogs for V(xfs)).
     type: str
-    choices: [dir]
+    choices: [dir, qcow2]
     default: dir
+  qcow2_size:
+    description:
+      - The size of the disk (and its filesystem) for O(format=qcow2), for example V(4G).
+      - By default it is worked out from the image (its bytes and entries, with room for the guest to write, at least
+        512 MiB more). A qcow2 only stores what is written, so room left free costs no disk space.
+    type: str
+  qcow2_layers:
+    description:
+      - V(chain) writes one image per image layer, so guests made from the same image can share them.
+      - V(flat) writes one C(rootfs.qcow2) with no backing file, for guests that share nothing. The tree is written
+        beside O(dest) as for V(dir), then put into an ext4 image by C(mke2fs -d) (mtimes to the second) and
+        converted. The guest writes into that image; a root password edit copies it.
+    type: str
+    choices: [chain, flat]
+    default: chain
+  qcow2_filesystem:
+    description:
+      - The filesystem of the qcow2 images.
+    type: str
+    choices: [ext4, xfs]
+    default: ext4
+  qcow2_layer_store:
+    description:
+      - A directory (for example V(/var/lib/virt-bootstrap/layers)) that keeps the layer images of
+        O(qcow2_layers=chain) for every guest made with it. Each image is named by a digest of the layers up to it and
+        of O(qcow2_filesystem), O(qcow2_size) and O(device_nodes); a second guest from the same image (or one that
+        only adds layers) writes only what the store lacks, and O(dest) then holds only the guest's overlay, backed
+        by the store's top image (an absolute backing name).
+      - Safe with concurrent runs; an image is never changed once it is in the store. Nothing is ever removed from
+        it; delete images no guest uses by hand.
+    type: path
   state:
     description:
       - V(present) makes O(dest) hold the rootfs of O(src).
@@ -248,6 +287,10 @@ notes:
   - Run as root to keep the owners from the image. Run as another user, every file is owned by that user,
     file capabilities and device nodes are skipped, and the result carries a warning.
   - Device nodes are skipped unless O(device_nodes=true); libvirt LXC guests get their own C(/dev) anyway.
+  - With O(format=qcow2), setting or dropping O(root_password) writes a copy of the guest's overlay with the new root
+    entry (what the guest wrote there is kept) and swaps it in; the image layers are not touched. Knowing whether the
+    password is already set takes a read-only look into that overlay. Images that a process holds open (a running
+    guest's nbd server) are never replaced.
   - zstd-compressed layers need the Python package C(zstandard) on the managed host.
 requirements:
   - python >= 3.9
@@ -259,6 +302,14 @@ seealso:
 """
 
 EXAMPLES = r"""
+- name: Write an image as a chain of qcow2 layers for a guest
+  virt.bootstrap.container_rootfs:
+    src: docker://debian:bookworm
+    dest: /var/lib/libvirt/images/web1
+    format: qcow2
+  register: web1_rootfs
+  # web1_rootfs.qcow2_top is the image to give the guest
+
 - name: Unpack a rootfs tarball into a directory
   virt.bootstrap.container_rootfs:
     src: /srv/images/alpine-minirootfs.tar.gz
@@ -501,6 +552,23 @@ cache_pruned:
       description: Why the cache could not be pruned (also a warning).
       type: str
       returned: when it could not
+qcow2_images:
+  description: The qcow2 images of the guest, bottom first (absolute paths), those in O(qcow2_layer_store) included.
+  returned: when O(format=qcow2) and O(state=present)
+  type: list
+  elements: str
+  sample: [/var/lib/libvirt/images/web1/layer-0.qcow2, /var/lib/libvirt/images/web1/layer-1.qcow2]
+qcow2_top:
+  description: The image to give the guest (the top of the chain, the guest's own overlay).
+  returned: when O(format=qcow2) and O(state=present)
+  type: str
+  sample: /var/lib/libvirt/images/web1/layer-1.qcow2
+qcow2_method:
+  description: How the images were written. V(host-mount) (each image mounted on the host and written by the layer
+    applier; no appliance is launched) or V(flat).
+  returned: when O(format=qcow2) and O(state=present)
+  type: str
+  sample: host-mount
 msg:
   description: What the module decided, as a sentence.
   returned: always
@@ -550,7 +618,8 @@ def _diff(result: Result) -> dict:
 _ENGINE_OPTIONS = ('src', 'dest', 'format', 'state', 'platform', 'force', 'max_size', 'root_password',
                    'root_password_hash', 'uid_map', 'gid_map', 'device_nodes', 'update', 'username', 'password',
                    'auth_file', 'not_secure', 'ca_path', 'cache_dir', 'no_cache', 'cache_max_age', 'timeout',
-                   'virt_builder_source', 'virt_builder_no_check_signature')
+                   'virt_builder_source', 'virt_builder_no_check_signature', 'qcow2_size', 'qcow2_layers',
+                   'qcow2_filesystem', 'qcow2_layer_store')
 
 
 def main() -> None:
@@ -558,7 +627,11 @@ def main() -> None:
         argument_spec=dict(
             src=dict(type='str', aliases=['uri']),
             dest=dict(type='path', required=True),
-            format=dict(type='str', default='dir', choices=['dir']),
+            format=dict(type='str', default='dir', choices=['dir', 'qcow2']),
+            qcow2_size=dict(type='str'),
+            qcow2_layers=dict(type='str', default='chain', choices=['chain', 'flat']),
+            qcow2_filesystem=dict(type='str', default='ext4', choices=['ext4', 'xfs']),
+            qcow2_layer_store=dict(type='path'),
             state=dict(type='str', default='present', choices=['present', 'absent']),
             platform=dict(type='str'),
             force=dict(type='bool', default=False),
@@ -618,6 +691,9 @@ def main() -> None:
             del returned[optional]
     if params['state'] == 'absent':
         for image_key in ('digest', 'index_digest', 'platform', 'layers', 'image_config'):
+            del returned[image_key]
+    if params['state'] == 'absent' or params['format'] != 'qcow2':
+        for image_key in ('qcow2_images', 'qcow2_top', 'qcow2_method'):
             del returned[image_key]
     for warning in result.warnings:
         module.warn(warning)

@@ -260,7 +260,9 @@ def test_empty_pre_existing_dest_is_accepted(site):
 
 
 BAD_REQUESTS = [
-    ({'format': 'qcow2'}, BootstrapError, "format 'qcow2' is not supported"),
+    ({'format': 'vmdk'}, BootstrapError, "format 'vmdk' is not supported"),
+    ({'format': 'qcow2', 'qcow2_layers': 'stacked'}, BootstrapError, "qcow2_layers 'stacked' is not one of"),
+    ({'format': 'qcow2', 'qcow2_filesystem': 'btrfs'}, BootstrapError, "qcow2_filesystem 'btrfs' is not one of"),
     ({'dest': 'relative/rootfs'}, DestinationError, 'must be an absolute path'),
     ({'dest': '/'}, DestinationError, 'cannot be used'),
     ({'src': None}, BootstrapError, 'src is required'),
