@@ -173,7 +173,8 @@ class Image:
     # What the user should hear about the choice made (an image for another platform than the host's).
     warnings: t.List[str] = field(default_factory=list)
     # An edit of the finished tree (given its root directory), made after the layers and before the root
-    # password by every writer (for qcow2, in the top overlay); None for images used as they are.
+    # password: in the tree for dir, in the guest overlay (or the flat tree) for qcow2, never in a layer
+    # image. None for images used as they are.
     finish_tree: t.Optional[t.Callable[[str], None]] = field(default=None, repr=False, compare=False)
 
 
@@ -298,8 +299,9 @@ def platform_from_json(data: t.Optional[t.Mapping[str, t.Any]], what: str) -> t.
 def runtime_config(config: t.Mapping[str, t.Any], what: str) -> t.Dict[str, t.Any]:
     """What the image says its container runs (the config's `config` object), with every key present.
 
-    Types are checked as Go's decoders in docker and containerd check them: a config they would refuse
-    is refused. An `Env` entry without `=` names a variable with an empty value.
+    Types are read as Docker reads them: `Entrypoint` and `Cmd` may be a string (one argument), a null
+    in a list or an object is an empty string; what Docker would refuse (a number for a string, say) is
+    refused. An `Env` entry without `=` names a variable with an empty value.
     """
     section = config.get('config')
     if section is None:
@@ -309,12 +311,14 @@ def runtime_config(config: t.Mapping[str, t.Any], what: str) -> t.Dict[str, t.An
     labels = section.get('Labels')
     if labels is None:
         labels = {}
-    if not isinstance(labels, dict) or not all(isinstance(value, str) for value in labels.values()):
+    if not isinstance(labels, dict) or not all(value is None or isinstance(value, str) for value in labels.values()):
         raise SourceError('%s: Labels is %s, not an object of strings' % (what, _short(labels)))
+    labels = {key: value or '' for key, value in labels.items()}
     environment: t.Dict[str, str] = {}
     for entry in _string_list(section, 'Env', what):
         name, _equals, value = entry.partition('=')
-        environment[name] = value
+        if name:
+            environment[name] = value
     return {
         'entrypoint': _string_list(section, 'Entrypoint', what),
         'cmd': _string_list(section, 'Cmd', what),
@@ -329,9 +333,11 @@ def _string_list(section: t.Mapping[str, t.Any], key: str, what: str) -> t.List[
     value = section.get(key)
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+    if isinstance(value, str):
+        return [value]  # Docker's strslice: "Cmd": "sh" is ["sh"]
+    if not isinstance(value, list) or not all(item is None or isinstance(item, str) for item in value):
         raise SourceError('%s: %s is %s, not a list of strings' % (what, key, _short(value)))
-    return list(value)
+    return [item or '' for item in value]
 
 
 def _string(section: t.Mapping[str, t.Any], key: str, what: str) -> str:

@@ -361,16 +361,19 @@ def _build_and_swap(request: Request, image: t.Optional[Image], after: StateReco
         dest.swap_in(new_root)
         swapped = True
     except BaseException as exc:
+        removed = swapped
         if not swapped:
             # Cleaning up must not hide why the build failed: what it cannot remove, the next run will.
             with contextlib.suppress(OSError):
                 dest.drop_pending()
             with contextlib.suppress(OSError, BootstrapError):
                 remove_tree(build_dir)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                removed = True
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) and not swapped:
             raise DestinationError('%s while building the new rootfs beside %s (in %s): %s is kept as it was and '
-                                   'the partial build was removed; free space there, or give a dest on another '
-                                   'filesystem' % (exc.strerror, dest.path, dest.meta_dir, dest.path)) from exc
+                                   'the partial build %s; free space there, or give a dest on another filesystem'
+                                   % (exc.strerror, dest.path, dest.meta_dir, dest.path,
+                                      'was removed' if removed else 'is left for the next run to remove')) from exc
         raise
     # The new rootfs is in place: whatever fails from here on is a warning, and the next run settles the record.
     try:

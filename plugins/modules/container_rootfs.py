@@ -169,8 +169,8 @@ options:
   timeout:
     description:
       - Seconds a registry (or its token service) may take to answer, and to send a whole manifest, config or
-        token, retries included; and the most a layer download may take for each 64 KiB. A layer download that
-        stalls is resumed where it stopped, up to 5 times in a row.
+        token, retries included (not the waits between them); and the most a layer download may take for each
+        64 KiB. A layer download that stalls is resumed where it stopped, up to 5 times in a row.
       - A registry that accepts the connection and then sends nothing, or sends a byte at a time, fails the run
         after this long instead of holding it.
     type: float

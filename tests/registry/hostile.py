@@ -281,7 +281,14 @@ def redirect(location: t.Callable[[_Handler], str], status: int = 307) -> Behavi
     return answer
 
 
-def challenge(header: str, status: int = 401) -> Behaviour:
+def status(code: int, headers: t.Optional[t.Mapping[str, str]] = None) -> Behaviour:
+    """Answer `code` with these headers and an empty body."""
+    def answer(handler: _Handler) -> None:
+        handler.send_body(b'', 'application/json', headers, status=code)
+    return answer
+
+
+def challenge(header: str, status: int = 401) -> Behaviour:  # pylint: disable=redefined-outer-name
     """Answer 401 with this WWW-Authenticate header (no token ever accepted)."""
     def answer(handler: _Handler) -> None:
         handler.send_response(status)

@@ -167,13 +167,16 @@ class BlobCache:
         path = os.path.join(self._locks_dir, parse_digest(digest)[1])
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            while not _try_flock(fd):
-                if cancelled():
-                    os.close(fd)
-                    raise BootstrapError('download of %s cancelled' % digest)
-                time.sleep(LOCK_POLL_SECONDS)
-            if _is_same_file(fd, path):
-                break
+            try:
+                while not _try_flock(fd):
+                    if cancelled():
+                        raise BootstrapError('download of %s cancelled' % digest)
+                    time.sleep(LOCK_POLL_SECONDS)
+                if _is_same_file(fd, path):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(fd)  # the run before removed the file once done with it: lock the one there now
         try:
             yield

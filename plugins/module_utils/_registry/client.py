@@ -18,6 +18,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import typing as t
 import urllib.error
 import urllib.parse
@@ -31,6 +32,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._image import (
     SCHEMA1_MEDIA_TYPES,
     is_digest,
     new_hasher,
+    parse_json,
     parse_json_object,
     sha256_digest,
     verify_digest,
@@ -67,10 +69,10 @@ class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
         # urllib would follow ftp:// too; a registry's answers only ever live on HTTP(S).
-        scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme.lower()
-        if scheme not in ('http', 'https'):
-            raise RegistryError('%s redirected a request to a %s URL, which is not followed'
-                                % (urllib.parse.urlsplit(req.full_url).netloc, scheme or 'scheme-less'))
+        refusal = _unfollowed_redirect(req.full_url, newurl)
+        if refusal is not None:
+            fp.close()
+            raise refusal
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None:
             for name in list(new.headers):
@@ -81,6 +83,15 @@ class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
             if authorization and origin is not None and origin == _origin(new.full_url):
                 new.add_unredirected_header('Authorization', authorization)
         return new
+
+
+def _unfollowed_redirect(url: str, location: str) -> t.Optional['RegistryError']:
+    """The error for a redirect of `url` to `location` that is not followed (not HTTP(S)), or None."""
+    scheme = urllib.parse.urlsplit(urllib.parse.urljoin(url, location)).scheme.lower()
+    if scheme in ('http', 'https'):
+        return None
+    return RegistryError('%s redirected a request to a %s URL, which is not followed'
+                         % (urllib.parse.urlsplit(url).netloc, scheme or 'scheme-less'))
 
 
 def _origin(url: str) -> t.Optional[t.Tuple[str, str, t.Optional[int]]]:
@@ -108,11 +119,16 @@ class _Deadline:
     `extend()` starts the time again (a download that makes progress).
     """
 
-    def __init__(self, seconds: float, active: t.Optional[t.Set['_Deadline']] = None) -> None:
+    def __init__(self, seconds: float, active: t.Optional[t.Set['_Deadline']] = None,
+                 stopping: t.Optional[threading.Event] = None) -> None:
         self.seconds = seconds
-        # The set of deadlines in progress this one joins while it runs (see RegistryClient.stop).
+        # The set of deadlines in progress this one joins while it runs, and the event that ends them all
+        # (see RegistryClient.stop).
         self._active = active
+        self._stopping = stopping
         self.expired = False
+        self._left = seconds
+        self._since = 0.0
         self._sockets: t.List[socket.socket] = []
         self._lock = threading.Lock()
         self._timer: t.Optional[threading.Timer] = None
@@ -124,6 +140,8 @@ class _Deadline:
         if self._active is not None:
             self._active.add(self)
         self.extend()
+        if self._stopping is not None and self._stopping.is_set():  # stop() came before we joined the set
+            self.expire()
         return self
 
     def __exit__(self, *exc_info: t.Any) -> None:
@@ -134,9 +152,22 @@ class _Deadline:
         _watching.deadline = self._outer
 
     def extend(self) -> None:
+        """All the time again (a download that makes progress)."""
+        self._left = self.seconds
+        self.resume()
+
+    def pause(self) -> None:
+        """Stop the clock (while waiting to retry: the registry's Retry-After is not its slowness)."""
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = threading.Timer(self.seconds, self.expire)
+            self._timer = None
+            self._left -= time.monotonic() - self._since
+
+    def resume(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._since = time.monotonic()
+        self._timer = threading.Timer(max(self._left, 0.0), self.expire)
         self._timer.daemon = True
         self._timer.start()
 
@@ -179,8 +210,21 @@ class _WatchedHTTPConnection(_WatchedConnection, http.client.HTTPConnection):
     pass
 
 
-class _WatchedHTTPSConnection(_WatchedConnection, http.client.HTTPSConnection):
-    pass
+class _WatchedHTTPSConnection(http.client.HTTPSConnection):
+    """The plain socket is watched before the TLS handshake, which a server can trickle too."""
+
+    sock: t.Any
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)  # TCP, and a proxy's CONNECT tunnel
+        deadline = getattr(_watching, 'deadline', None)
+        if deadline is not None:
+            deadline.watch(self.sock)
+        # As HTTPSConnection.connect does after its own HTTPConnection.connect (Python 3.9 to 3.13).
+        server_hostname = self._tunnel_host or self.host  # type: ignore[attr-defined]
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=server_hostname)  # type: ignore[attr-defined]
+        if deadline is not None:
+            deadline.watch(self.sock)
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
@@ -296,9 +340,10 @@ class RegistryClient:
 
         def count_failure(problem: str) -> None:
             nonlocal failures, offset_at_failure
-            # Only failures in a row count: a long download over a flaky link still moves on. Stalls always
-            # count, whatever came before them: a trickle must not go on for ever.
-            failures = 1 if offset > offset_at_failure and problem != stalled else failures + 1
+            # Only failures in a row count: a long download over a flaky link still moves on. After a stall,
+            # only real progress (STALL_BYTES) starts the count again: a trickle must not go on for ever.
+            progress_needed = STALL_BYTES if problem == stalled else 1
+            failures = 1 if offset - offset_at_failure >= progress_needed else failures + 1
             offset_at_failure = offset
             if failures > self._retries:
                 raise RegistryError('%s: downloading %s failed %d times in a row at byte %d, last: %s'
@@ -519,7 +564,7 @@ class RegistryClient:
                 url = realm + ('&' if '?' in realm else '?') + urllib.parse.urlencode(query)
                 response = self._send('GET', url, {}, authorization)
             with response:
-                answer = json.loads(response.read(1 << 20))
+                answer = parse_json(response.read(1 << 20), 'the answer of the token service of %s' % self.host)
         except urllib.error.HTTPError as exc:
             # An OAuth2 server answers a refresh token it does not take with 400 invalid_grant.
             if exc.code in (401, 403) or (exc.code == 400 and identity_token):
@@ -529,7 +574,7 @@ class RegistryClient:
                 self.host, exc.code, ' (%s)' % explanation if explanation else ''))
         except urllib.error.URLError as exc:
             raise self._connection_error(exc, realm, 'the token service of %s' % self.host)
-        except ValueError:
+        except SourceError:
             raise RegistryError('the token service of %s did not answer with JSON' % self.host)
         token = answer.get('token') or answer.get('access_token') if isinstance(answer, dict) else None
         if not isinstance(token, str) or not token:
@@ -578,11 +623,9 @@ class RegistryClient:
                                                               self.reference.repository))
         if 300 <= exc.code < 400:
             # urllib refuses a redirect to file: and other schemes, and gives up on a loop or after 10 redirects.
-            location = urllib.parse.urljoin(self._url(path), exc.headers.get('Location') or '')
-            scheme = urllib.parse.urlsplit(location).scheme.lower()
-            if scheme not in ('http', 'https'):
-                return RegistryError('%s redirected a request to a %s URL, which is not followed'
-                                     % (self.host, scheme or 'scheme-less'))
+            refusal = _unfollowed_redirect(self._url(path), exc.headers.get('Location') or '')
+            if refusal is not None:
+                return refusal
             return RegistryError('%s redirected %s in a loop or too many times (HTTP %d)' % (self.host, path, exc.code))
         explanation = self._explain(errors)
         return RegistryError('%s answered HTTP %d for %s%s%s' % (self.host, exc.code, path,
@@ -639,10 +682,7 @@ class RegistryClient:
                 raise timed_out
 
     def _deadline(self) -> _Deadline:
-        deadline = _Deadline(self._timeout, self._deadlines)
-        if self._stopping.is_set():
-            deadline.expire()
-        return deadline
+        return _Deadline(self._timeout, self._deadlines, self._stopping)
 
     def stop(self) -> None:
         """Make retries waiting and downloads reading in other threads give up at once (the run is ending)."""
@@ -658,7 +698,13 @@ class RegistryClient:
         delay = min(self._backoff * (2 ** (failures - 1)), MAX_BACKOFF)
         if retry_after is not None:
             delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-        _pause(self._stopping, delay)
+        if deadline is not None:
+            deadline.pause()
+        try:
+            _pause(self._stopping, delay)
+        finally:
+            if deadline is not None:
+                deadline.resume()
         if self._stopping.is_set():
             raise BootstrapError('%s: stopped while waiting to retry' % self.host)
 

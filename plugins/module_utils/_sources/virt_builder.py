@@ -77,6 +77,13 @@ class VirtBuilderOptions:
     scratch_dir: t.Optional[str] = None
     progress_cb: t.Optional[ProgressCallback] = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.source_url and '@' in urllib.parse.urlsplit(self.source_url).netloc:
+            # virt-builder would hand them to curl on its command line and keep them in its repository file.
+            raise SourceError('virt_builder_source %s must not hold credentials (user:password@); serve the index '
+                              'from a place that needs none, or copy it to a file:// path'
+                              % without_userinfo(self.source_url))
+
 
 class TemplateEntry(t.NamedTuple):
     """What an index says of one template for one architecture."""

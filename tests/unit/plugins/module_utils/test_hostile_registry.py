@@ -153,6 +153,13 @@ def test_a_layer_whose_body_stops_is_resumed_and_finishes(site, sleeps):
     assert unverified_cache_files(site.cache) == []
 
 
+@pytest.mark.parametrize('part', ['/manifests/new', '/blobs/'], ids=['manifest', 'blobs'])
+def test_waiting_as_retry_after_asks_does_not_count_against_the_timeout(site, part):
+    """A 503 asking to wait longer than the timeout is waited for (real sleeps), then the pull goes on."""
+    site.registry.on(part, hostile.once(hostile.status(503, {'Retry-After': '1'})))
+    assert site.pull().changed
+
+
 @pytest.mark.parametrize('value', [0, -1, float('nan'), True, '60'])
 def test_a_timeout_that_is_not_a_positive_number_is_refused(value):
     with pytest.raises(BootstrapError, match='timeout must be a number of seconds above 0'):

@@ -70,9 +70,17 @@ def test_an_env_entry_without_equals_names_an_empty_variable():
     assert runtime_config({'config': {'Env': ['LONELY']}}, 'image x')['env'] == {'LONELY': ''}
 
 
+def test_docker_forms_are_read_as_docker_reads_them():
+    """A string for Entrypoint or Cmd is one argument (Docker's strslice), a null in a list or object is ''."""
+    runtime = runtime_config({'config': {'Entrypoint': '/bin/sh', 'Cmd': ['-c', None], 'Env': ['A=1', None],
+                                         'Labels': {'empty': None}}}, 'image x')
+    assert (runtime['entrypoint'], runtime['cmd'], runtime['env'], runtime['labels']) == (
+        ['/bin/sh'], ['-c', ''], {'A': '1'}, {'empty': ''})
+
+
 @pytest.mark.parametrize('section, message', [
     ('sh', "image x: config is 'sh', not an object"),
-    ({'Cmd': 'sleep 1'}, "image x: Cmd is 'sleep 1', not a list of strings"),
+    ({'Cmd': 7}, "image x: Cmd is 7, not a list of strings"),
     ({'Entrypoint': ['/bin/sh', 1]}, "image x: Entrypoint is ['/bin/sh', 1], not a list of strings"),
     ({'Env': [['A', 'B']]}, "image x: Env is [['A', 'B']], not a list of strings"),
     ({'WorkingDir': ['/srv']}, "image x: WorkingDir is ['/srv'], not a string"),
@@ -108,7 +116,7 @@ def test_a_malformed_runtime_config_leaves_the_rootfs_as_it_was(tmp_path):
     run(Request(src=oci_source(tmp_path / 'good', RUNTIME), dest=dest))
     before = snapshot_tree(dest)
     with pytest.raises(SourceError, match='Cmd is'):
-        run(Request(src=oci_source(tmp_path / 'bad', {'Cmd': 'not a list'}), dest=dest))
+        run(Request(src=oci_source(tmp_path / 'bad', {'Cmd': {'not': 'a list'}}), dest=dest))
     assert snapshot_tree(dest) == before
 
 

@@ -487,9 +487,11 @@ def test_repository_credentials_stay_out_of_messages(local_repository: t.Dict[st
                                                      tmp_path: pathlib.Path) -> None:
     url = 'http://vb-user:vb-s3cret@127.0.0.1:1/index'  # nothing listens on port 1
     with pytest.raises(SourceError) as failure:
-        bootstrap('virt-builder://vb-flat', str(tmp_path / 'dest'), virt_builder_source=url)
-    assert 'cannot read the virt-builder repository http://127.0.0.1:1/index' in str(failure.value)
+        bootstrap('virt-builder://vb-flat', str(tmp_path / 'dest'), virt_builder_source=url,
+                  cache_dir=str(tmp_path / 'cache'))
+    assert str(failure.value).startswith('virt_builder_source http://127.0.0.1:1/index must not hold credentials')
     assert 'vb-s3cret' not in str(failure.value)
+    assert not os.path.exists(tmp_path / 'cache') and not os.path.exists(tmp_path / 'dest')
 
 
 def _processes_below(directory: str) -> t.List[int]:
