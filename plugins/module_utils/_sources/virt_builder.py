@@ -65,6 +65,10 @@ FSTAB_NOTE = (b'# virt-bootstrap: the entries below mount the disks of the virt-
               b'# made from; a container has none of those disks, so they are commented out.\n')
 
 
+# virt-builder --list reads every index (over the network for the default repositories).
+LIST_TIMEOUT = 300
+
+
 @dataclass
 class VirtBuilderOptions:
     # A repository index URL used instead of the configured repositories (file:///srv/index, https://...).
@@ -315,8 +319,12 @@ class VirtBuilderSource:
 
     def _listing(self) -> t.Dict[str, t.Any]:
         argv = [require_tool('virt-builder'), '--list', '--list-format', 'json'] + self._signature_args()
-        completed = subprocess.run(argv, env=self._environment(), stdin=subprocess.DEVNULL, capture_output=True,
-                                   check=False, preexec_fn=_die_with_parent)
+        try:
+            completed = subprocess.run(argv, env=self._environment(), stdin=subprocess.DEVNULL, capture_output=True,
+                                       check=False, preexec_fn=_die_with_parent, timeout=LIST_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise SourceError('virt-builder --list did not answer within %d s reading %s'
+                              % (LIST_TIMEOUT, self._where()))
         if completed.returncode != 0:
             message = stderr_text(completed.stderr, (self._options.source_url,))
             raise SourceError('cannot read the virt-builder repository %s: %s'
@@ -440,6 +448,7 @@ class VirtBuilderSource:
             raise SourceError('virt_builder_source must be one URL, without line breaks')
         content = '[virt-bootstrap]\nuri=%s\n' % url
         if self._options.no_cache:
+            # Not in dest's bookkeeping: it is made while deciding, before the lock whose recovery sweeps build-*.
             config_dir = tempfile.mkdtemp(prefix='virt-bootstrap-repos-')
             self._config_dir_is_temporary = True
         else:
