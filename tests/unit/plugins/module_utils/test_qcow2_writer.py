@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import io
+import dataclasses
 import os
 import shutil
 import signal
@@ -315,3 +316,20 @@ def test_sigterm_goes_to_the_callers_own_handler_once_the_mount_is_down():
         assert signal.getsignal(signal.SIGTERM) is stop
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def _mark_finished(root):
+    """A source's own edit of the finished tree (as virt-builder's fstab edit is)."""
+    with open(os.path.join(root, 'etc', 'finished-by-source'), 'wb') as stream:
+        stream.write(b'edited\n')
+
+
+@pytest.mark.parametrize('layers', ['chain', 'flat'])
+def test_the_sources_finish_tree_edit_lands_in_the_guest_overlay_never_in_a_layer(tmp_path, build, layers):
+    images = str(build / 'rootfs')
+    image = dataclasses.replace(layered_image(), finish_tree=_mark_finished)
+    written = write_qcow2(image, images, Qcow2Settings(layers=layers), MAX_SIZE)
+    assert top_tree(images, written.images, tmp_path)['entries']['etc/finished-by-source'][5] == b'edited\n'
+    for name in written.images[:-1]:
+        with looking_at(os.path.join(images, name), str(tmp_path / 'look')) as root:
+            assert not os.path.lexists(os.path.join(root, 'etc', 'finished-by-source'))
