@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# A real libvirtd with only the LXC driver, for the libvirt_lxc role's tests (test fixture).
+# A real libvirtd with only the LXC and network drivers, for the libvirt_lxc role's tests (test fixture).
 #
 #   libvirtd.sh start WORKDIR   start it (fails if another libvirtd runs); WORKDIR/libvirtd.pid, .log
 #   libvirtd.sh stop WORKDIR    stop the one started there, by its PID, and wait until it is gone
 #
 # These machines have no systemd: libvirtd runs in the foreground of a session of its own, with a
-# driver directory holding only the LXC driver (with every driver it exits on the missing
+# driver directory holding only the LXC and network drivers (with every driver it exits on the missing
 # libvirt-qemu user). The host's cgroups are a hybrid whose empty cgroup2 at /sys/fs/cgroup/unified
 # makes the LXC driver fail, so libvirtd gets a private mount namespace where that is unmounted.
 # Guests outlive libvirtd: destroy them before stopping it.
@@ -31,12 +31,14 @@ other_libvirtd() {
 start() {
   local workdir=$1 pid other driver
   command -v libvirtd >/dev/null || die "libvirtd not found (Debian package libvirt-daemon)"
-  driver=$DRIVER_DIR_SYSTEM/libvirt_driver_lxc.so
-  [[ -e $driver ]] || die "$driver not found (Debian package libvirt-daemon-driver-lxc)"
   other=$(other_libvirtd)
   [[ -z $other ]] || die "another libvirtd (PID $other) is running; stop it first"
   mkdir -p "$workdir/drivers"
-  ln -sfn "$driver" "$workdir/drivers/libvirt_driver_lxc.so"
+  for driver in lxc:libvirt-daemon-driver-lxc network:libvirt-daemon; do
+    [[ -e $DRIVER_DIR_SYSTEM/libvirt_driver_${driver%%:*}.so ]] ||
+      die "$DRIVER_DIR_SYSTEM/libvirt_driver_${driver%%:*}.so not found (Debian package ${driver#*:})"
+    ln -sfn "$DRIVER_DIR_SYSTEM/libvirt_driver_${driver%%:*}.so" "$workdir/drivers/"
+  done
   LIBVIRT_DRIVER_DIR=$workdir/drivers setsid unshare --mount --propagation private \
     sh -c 'if mountpoint -q /sys/fs/cgroup/unified; then umount /sys/fs/cgroup/unified; fi; exec libvirtd' \
     </dev/null >"$workdir/libvirtd.log" 2>&1 &
