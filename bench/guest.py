@@ -184,8 +184,10 @@ def measure(tool: str, scenario: str, number: int, image_ref: str) -> Measuremen
         # Redoing it costs what cold did; checking costs one virsh call, which is what is timed here.
         return measure_commands(tool, scenario, number, [Command(['virsh', '-q', '-c', URI, 'domstate', guest])],
                                 round_dir)
-    commands = role_commands(round_dir, guest, image_ref) if tool == 'role' else hand_commands(round_dir, guest,
-                                                                                              image_ref)
+    if tool == 'role':
+        commands = role_commands(round_dir, guest, image_ref)
+    else:
+        commands = hand_commands(round_dir, guest, image_ref)
     result = measure_commands(tool, scenario, number, commands, round_dir)
     if guest_state(guest) != 'running':
         raise BenchError('%s: guest %s is not running after the %s run' % (tool, guest, scenario))

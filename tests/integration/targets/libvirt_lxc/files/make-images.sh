@@ -10,6 +10,7 @@ bundle=$(mktemp -d "${layout%/*}/bundle.XXXXXX")
 trap 'rm -rf "$bundle"' EXIT
 rm -rf "$layout"
 skopeo copy -q "oci:$source_image" "oci:$layout:v1"
+# shellcheck disable=SC2016  # $IMAGE_VAR is for the guest's shell to expand
 umoci config --image "$layout:v1" --config.entrypoint /bin/sh --config.cmd -c \
   --config.cmd 'echo "$IMAGE_VAR" > /run-started; while true; do sleep 1; done' \
   --config.env IMAGE_VAR=from-image --config.env SHARED=from-image --config.env PATH=/usr/sbin:/usr/bin:/sbin:/bin \
