@@ -146,12 +146,12 @@ class Destination:
                                    % (action, self.path, ', '.join(mounted[:occupancy.MAX_REPORTED]),
                                       'it' if len(mounted) == 1 else 'them'))
         users = occupancy.occupants(self.path)
+        if users and not in_use_warns:
+            raise DestinationError('cannot %s %s while it is in use (a running guest?): %s; stop it first'
+                                   % (action, self.path, '; '.join(str(user) for user in users)))
         if users:
-            message = ('cannot %s %s while it is in use (a running guest?): %s; stop it first'
-                       % (action, self.path, '; '.join(str(user) for user in users)))
-            if not in_use_warns:
-                raise DestinationError(message)
-            self.warnings.append(message)
+            self.warnings.append('%s is in use (a running guest?): %s; a run can %s it only once that has stopped'
+                                 % (self.path, '; '.join(str(user) for user in users), action))
 
     # -- locking ---------------------------------------------------------------------------------
 

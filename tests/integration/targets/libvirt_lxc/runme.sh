@@ -97,7 +97,7 @@ converge unchanged "$here/guest.yml" -e @"$here/cases/many.yml" -e target=guests
 # qcow2 guests need the nbd kernel module.
 if [[ -e /sys/module/nbd || -e /dev/nbd0 ]]; then
   converge changed "$here/guest.yml" -e @"$here/cases/qcow2.yml"
-  verify busybox -e guest_name=vbtest-qcow2 -e version=v2 -e pid_label=qcow2 -e mounts=false
+  verify busybox -e guest_name=vbtest-qcow2 -e version=v2 -e pid_label=qcow2 -e mounts=false -e autostart=false
   converge unchanged "$here/guest.yml" -e @"$here/cases/qcow2.yml"
   converge changed "$here/guest.yml" -e @"$here/cases/qcow2.yml" -e libvirt_lxc_state=absent
 else
