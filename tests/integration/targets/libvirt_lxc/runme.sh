@@ -41,6 +41,9 @@ trap cleanup EXIT
 "$tests_dir/libvirt/libvirtd.sh" start "$work/libvirtd"
 ansible-playbook -i "$here/inventory" "$here/setup.yml" -e "work=$work" -e "tests_dir=$tests_dir"
 
+# What the guests below cannot show here (qcow2, bridges, networks, the host's network): the XML.
+ansible-playbook -i "$here/inventory" "$here/render.yml"
+
 busybox=(-e @"$here/cases/busybox.yml")
 converge changed "$here/guest.yml" "${busybox[@]}" --check
 verify absent -e guest_name=vbtest-busybox
@@ -79,11 +82,13 @@ converge unchanged "$here/guest.yml" "${userns[@]}"
 converge unchanged "$here/guest.yml" "${userns[@]}" --check
 
 # The debootstrap image with its own command; stopped; absent.
+# The case file holds a root password, which must not show in the output, verbose or not.
 debian=(-e @"$here/cases/debian.yml")
-converge changed "$here/guest.yml" "${debian[@]}" --check
-converge changed "$here/guest.yml" "${debian[@]}"
+secret=(--secret vbtest-root-pw-6c1f)
+converge changed "${secret[@]}" "$here/guest.yml" "${debian[@]}" --check -v
+converge changed "${secret[@]}" "$here/guest.yml" "${debian[@]}" -v
 verify debian -e guest_name=vbtest-debian
-converge unchanged "$here/guest.yml" "${debian[@]}"
+converge unchanged "${secret[@]}" "$here/guest.yml" "${debian[@]}" -v
 converge changed "$here/guest.yml" "${debian[@]}" -e libvirt_lxc_state=stopped
 verify stopped -e guest_name=vbtest-debian
 converge unchanged "$here/guest.yml" "${debian[@]}" -e libvirt_lxc_state=stopped
