@@ -73,6 +73,16 @@ converge unchanged "$here/guest.yml" "${busybox[@]}" -e libvirt_lxc_memory=256
 ansible-playbook -i "$here/inventory" "$here/bad_input.yml" -e "@$work/env.yml" -e libvirt_lxc_memory=256
 verify same_init -e guest_name=vbtest-busybox -e pid_label=third
 
+# A rebuild whose download fails after the guest was stopped: the guest runs again, on the old rootfs.
+python3 "$tests_dir/registry/push.py" copy "$work/registry" "oci:$work/layout:v3" loop:latest >/dev/null
+lost_layer=$(python3 "$here/files/drop-top-layer.py" "$work/layout" v3 "$work/registry/storage")
+ansible-playbook -i "$here/inventory" "$here/broken_build.yml" -e "@$work/env.yml" -e libvirt_lxc_memory=256 \
+  -e "lost_layer=$lost_layer"
+verify busybox -e version=v2 -e pid_label=fourth -e previous_pid_label=third -e memory_mib=256 \
+  -e '{"data_before": "written by v2"}'
+python3 "$tests_dir/registry/push.py" copy "$work/registry" "oci:$work/layout:v2" loop:latest >/dev/null
+converge unchanged "$here/guest.yml" "${busybox[@]}" -e libvirt_lxc_memory=256
+
 # A user namespace: the rootfs shifted, init root inside and host uid 100000 outside.
 userns=(-e @"$here/cases/userns.yml")
 converge changed "$here/guest.yml" "${userns[@]}" --check
