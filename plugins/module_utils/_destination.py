@@ -128,11 +128,12 @@ class Destination:
                     % (self.path, action))
         return None
 
-    def check_replaceable(self, action: str) -> None:
+    def check_replaceable(self, action: str, in_use_warns: bool = False) -> None:
         """Refuse to `action` ('replace' or 'remove') a dest that is in use, whatever `force` says.
 
         A guest's files would vanish under it, and removing a tree with a mount in it would delete
-        what the mount shows (host data bind-mounted into a guest).
+        what the mount shows (host data bind-mounted into a guest). With `in_use_warns` (check mode),
+        a process using dest is a warning: the caller can stop the guest before acting (the role does).
         """
         if not self.exists():
             return
@@ -147,9 +148,12 @@ class Destination:
                                    % (action, self.path, ', '.join(mounted[:occupancy.MAX_REPORTED]),
                                       'it' if len(mounted) == 1 else 'them'))
         users = occupancy.occupants(self.path)
-        if users:
+        if users and not in_use_warns:
             raise DestinationError('cannot %s %s while it is in use (a running guest?): %s; stop it first'
                                    % (action, self.path, '; '.join(str(user) for user in users)))
+        if users:
+            self.warnings.append('%s is in use (a running guest?): %s; a run can %s it only once that has stopped'
+                                 % (self.path, '; '.join(str(user) for user in users), action))
 
     # -- locking ---------------------------------------------------------------------------------
 

@@ -182,7 +182,7 @@ def run(request: Request, check_mode: bool = False) -> Result:
         # Decide before locking: a run with nothing to do (or refused) leaves no bookkeeping behind.
         plan: t.Optional[Plan]
         try:
-            plan = decide(request, dest, source)
+            plan = decide(request, dest, source, check_mode=check_mode)
         except DestinationError:
             # Without the lock, another run's swap can be caught half-way (its tree in, its record not
             # yet): with bookkeeping beside dest, only a decision under the lock counts.
@@ -207,7 +207,9 @@ def run(request: Request, check_mode: bool = False) -> Result:
             source.close()
 
 
-def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> Plan:
+def decide(request: Request, dest: Destination, source: t.Optional[Source], check_mode: bool = False) -> Plan:
+    """What to do. In check mode a process using dest is a warning, not a refusal: the caller can
+    stop it before the real run (the libvirt_lxc role stops the guest), which still refuses."""
     before = dest.load_record()
     if request.state == 'absent' or source is None:
         if not dest.exists() and before is None:
@@ -215,7 +217,7 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
         refusal = dest.refusal(before, request.force, action='remove')
         if refusal:
             raise DestinationError(refusal)
-        dest.check_replaceable('remove')
+        dest.check_replaceable('remove', in_use_warns=check_mode)
         return Plan('remove', 'remove %s' % dest.path, before)
 
     intact = dest.holds(before) and os.path.isdir(dest.tree_path()) and _holds_images(dest, before)
@@ -244,7 +246,7 @@ def decide(request: Request, dest: Destination, source: t.Optional[Source]) -> P
     refusal = dest.refusal(before, request.force)
     if refusal:
         raise DestinationError(refusal)
-    dest.check_replaceable('replace')
+    dest.check_replaceable('replace', in_use_warns=check_mode)
     if before is None:
         reason = 'build %s into %s' % (image.digest, dest.path)
     elif not intact:

@@ -254,6 +254,8 @@ options:
         hand) is discarded. Keep data that must survive a rebuild outside it, in a directory bind-mounted into the guest.
       - Either way a rootfs that a running guest uses (a process has it as its root or working directory) or that has
         something mounted inside it is never replaced or removed; the run fails and says which process or mount.
+        In check mode a process using it gives a warning instead, with the change the run would make once the guest
+        is stopped (the C(virt.bootstrap.libvirt_lxc) role decides so, then stops the guest before the rebuild).
     type: str
     choices: [always, never]
     default: always
