@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A local virt-builder repository for the tests, made from the busybox test rootfs without an appliance.
+"""A local virt-builder repository for the tests, made from a test rootfs (busybox, debootstrap) without an appliance.
 
     python3 virt_builder_repo.py OUTDIR ROOTFS [REVISION]     prints the index URL
 
@@ -24,9 +24,9 @@ import typing as t
 
 MIB = 1 << 20
 SECTOR = 512
-# (fstab mount point, filesystem, size in MiB); the order is the partition order.
-PARTITIONS = (('/boot/efi', 'vfat', 16), ('/boot', 'ext4', 16), ('none', 'swap', 8), ('/', 'ext4', 64))
-FLAT_SIZE_MIB = 64
+# (fstab mount point, filesystem, size in MiB); the order is the partition order. '/' is sized from the rootfs.
+SMALL_PARTITIONS = (('/boot/efi', 'vfat', 16), ('/boot', 'ext4', 16), ('none', 'swap', 8))
+MIN_ROOT_MIB = 64
 BOOT_FILE = 'vb-boot-file'
 EFI_FILE = 'EFI/vb/vb-efi-file'
 DEV_FILE = 'vb-template-dev-file'
@@ -49,6 +49,20 @@ def _cache_key(rootfs: str) -> str:
             hasher.update(('%s/%s %o %d %d %d\n' % (directory, name, info.st_mode, info.st_uid, info.st_size,
                                                     info.st_mtime)).encode('utf-8', 'surrogateescape'))
     return hasher.hexdigest()[:16]
+
+
+def root_size_mib(rootfs: str) -> int:
+    """Room for the rootfs in ext4 made by mke2fs -d: its blocks, inodes and a margin (at least 64 MiB)."""
+    blocks = entries = 0
+    for directory, dirs, files in os.walk(rootfs):
+        for name in dirs + files:
+            entries += 1
+            blocks += -(-os.lstat(os.path.join(directory, name)).st_size // 4096)
+    return max(MIN_ROOT_MIB, int((blocks * 4096 * 1.25 + entries * 512) / MIB) + 32)
+
+
+def partitions(rootfs: str) -> t.Tuple[t.Tuple[str, str, int], ...]:
+    return SMALL_PARTITIONS + (('/', 'ext4', root_size_mib(rootfs)),)
 
 
 def _staged_root(rootfs: str, work: str, partitions: t.Sequence[t.Tuple[str, str, int]]) -> str:
@@ -74,15 +88,17 @@ def _staged_root(rootfs: str, work: str, partitions: t.Sequence[t.Tuple[str, str
 
 
 def make_flat(rootfs: str, disk: str, work: str) -> None:
-    root = _staged_root(rootfs, work, (('/', 'ext4', FLAT_SIZE_MIB),))
+    size = root_size_mib(rootfs)
+    root = _staged_root(rootfs, work, (('/', 'ext4', size),))
     with open(disk, 'wb') as image:
-        image.truncate(FLAT_SIZE_MIB * MIB)
+        image.truncate(size * MIB)
     _run('mkfs.ext4', '-q', '-F', '-d', root, disk)
     shutil.rmtree(root)
 
 
 def make_partitioned(rootfs: str, disk: str, work: str) -> None:
-    root = _staged_root(rootfs, work, PARTITIONS)
+    layout = partitions(rootfs)
+    root = _staged_root(rootfs, work, layout)
     boot = os.path.join(work, 'boot')
     os.makedirs(os.path.join(boot, 'efi'))  # the mount point of /boot/efi lives on the /boot filesystem
     with open(os.path.join(boot, BOOT_FILE), 'w', encoding='utf-8') as boot_file:
@@ -93,17 +109,17 @@ def make_partitioned(rootfs: str, disk: str, work: str) -> None:
         efi_file.write('on the /boot/efi filesystem\n')
     starts = []
     start = 1
-    for _mount_point, _fs_type, size in PARTITIONS:
+    for _mount_point, _fs_type, size in layout:
         starts.append(start)
         start += size
     with open(disk, 'wb') as image:
         image.truncate((start + 1) * MIB)
     types = {'vfat': 'U', 'ext4': 'L', 'swap': 'S'}
     table = 'label: gpt\n' + ''.join('start=%dMiB, size=%dMiB, type=%s\n' % (first, size, types[fs_type])
-                                     for first, (_mp, fs_type, size) in zip(starts, PARTITIONS))
+                                     for first, (_mp, fs_type, size) in zip(starts, layout))
     _run('sfdisk', '-q', disk, input=table.encode())
     content = {'/': root, '/boot': boot}
-    for first, (mount_point, fs_type, size) in zip(starts, PARTITIONS):
+    for first, (mount_point, fs_type, size) in zip(starts, layout):
         offset = first * MIB
         if fs_type == 'ext4':
             _run('mkfs.ext4', '-q', '-F', '-E', 'offset=%d' % offset, '-d', content[mount_point], disk,
@@ -160,7 +176,7 @@ def _virtual_size(compressed: str) -> int:
 def write_index(out_dir: str, templates: str, revision: int) -> str:
     """An index for both templates at `revision` (no blank line inside a section: virt-builder's parser)."""
     sections = []
-    for name, expand in (('vb-flat', '/dev/sda'), ('vb-parts', '/dev/sda%d' % len(PARTITIONS))):
+    for name, expand in (('vb-flat', '/dev/sda'), ('vb-parts', '/dev/sda%d' % (len(SMALL_PARTITIONS) + 1))):
         compressed = os.path.join(templates, name + '.raw.xz')
         sections.append('\n'.join((
             '[%s]' % name,
@@ -174,7 +190,7 @@ def write_index(out_dir: str, templates: str, revision: int) -> str:
             'compressed_size=%d' % os.path.getsize(compressed),
             'expand=%s' % expand,
             'revision=%d' % revision,
-            'notes=busybox, made by tests/images/virt_builder_repo.py',
+            'notes=made by tests/images/virt_builder_repo.py',
         )))
     index = os.path.join(out_dir, 'index-r%d' % revision)
     temporary = index + '.tmp'

@@ -129,8 +129,8 @@ def test_no_secret_anywhere_through_the_command_line(tmp_path, token_registry, i
     environment = dict(os.environ, HOME=str(tmp_path), TMPDIR=str(tmp_path), VIRT_BOOTSTRAP_PYTHON=sys.executable)
     trace = str(tmp_path / 'execve.trace')
     places = {}
-    for run, (source, dest) in enumerate([(image, 'one'), (image, 'one'),
-                                           (image.rsplit(':', 1)[0] + ':missing', 'two')]):
+    runs = [(image, 'one'), (image, 'one'), (image.rsplit(':', 1)[0] + ':missing', 'two')]
+    for run, (source, dest) in enumerate(runs):
         done = traced([CLI, '--auth-file', auth_file, '--ca-path', registry.ca_path, '--cache-dir',
                        str(tmp_path / 'cache'), '--root-password', 'file:%s' % password_file, '--debug',
                        source, str(tmp_path / dest)], trace + str(run), environment)
