@@ -157,6 +157,10 @@ class Layer:
     size: t.Optional[int]
     media_type: str
     diff_id: t.Optional[str] = None
+    # (bytes, entries) the layer holds at most, when the source knows without reading it (virt-builder, from
+    # its index): the qcow2 writer sizes its disk from this instead of a pass over the blob, which for such
+    # a source would mean building it twice.
+    size_hint: t.Optional[t.Tuple[int, int]] = None
 
     def describe(self) -> t.Dict[str, t.Any]:
         return {'digest': self.digest or self.diff_id, 'size': self.size, 'media_type': self.media_type}

@@ -270,7 +270,7 @@ class VirtBuilderSource:
         image = Image(digest=template_digest(entry), layers=[], platform=image_platform(entry.arch),
                       finish_tree=neutralise_fstab)
         image.layers.append(Layer(open_blob=lambda: self._tar_out(self._build(entry), image.warnings), digest=None,
-                                  size=None, media_type=MEDIA_TAR))
+                                  size=None, media_type=MEDIA_TAR, size_hint=_size_hint(entry)))
         return image
 
     def close(self) -> None:
@@ -516,6 +516,15 @@ class _TarOut:
 
     def __exit__(self, *exc_info: t.Any) -> None:
         self.close()
+
+
+def _size_hint(entry: TemplateEntry) -> t.Optional[t.Tuple[int, int]]:
+    """(bytes, entries) the template's tree holds at most: its disk's size, and an inode for each 4 KiB of it."""
+    try:
+        disk_size = int(entry.fields.get('size', ''))
+    except ValueError:
+        return None
+    return (disk_size, disk_size // 4096) if disk_size > 0 else None
 
 
 def _die_with_parent() -> None:

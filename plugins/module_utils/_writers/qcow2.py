@@ -307,6 +307,9 @@ def read_root_hash(images_dir: str, top_name: str, filesystem: str, work_dir: st
 
 def measure(image: Image, max_size: int) -> t.Tuple[int, int]:
     """(bytes in whole blocks, entries) of all layers together: what the filesystem must hold at most."""
+    if all(layer.size_hint is not None for layer in image.layers):
+        hints = [t.cast(t.Tuple[int, int], layer.size_hint) for layer in image.layers]
+        return sum(hint[0] for hint in hints), sum(hint[1] for hint in hints)
     budget = SizeBudget(max_size)
     total_bytes = entries = 0
     for index, layer in enumerate(image.layers):

@@ -333,3 +333,17 @@ def test_the_sources_finish_tree_edit_lands_in_the_guest_overlay_never_in_a_laye
     for name in written.images[:-1]:
         with looking_at(os.path.join(images, name), str(tmp_path / 'look')) as root:
             assert not os.path.lexists(os.path.join(root, 'etc', 'finished-by-source'))
+
+
+def test_layers_that_tell_their_size_are_read_once(tmp_path, build):
+    """A source that knows its sizes (virt-builder builds its one layer on each read) is never read twice."""
+    opened = []
+    image = layered_image()
+    for index, layer in enumerate(image.layers):
+        def open_blob(real=layer.open_blob, index=index):
+            opened.append(index)
+            return real()
+        image.layers[index] = dataclasses.replace(layer, open_blob=open_blob, size_hint=(64 << 20, 16384))
+    written = write_qcow2(image, str(build / 'rootfs'), Qcow2Settings(), MAX_SIZE)
+    assert opened == list(range(len(image.layers)))
+    assert top_tree(str(build / 'rootfs'), written.images, tmp_path) == dir_tree(tmp_path)
