@@ -13,6 +13,7 @@ import typing as t
 
 import pytest
 
+from ansible_collections.virt.bootstrap.plugins.module_utils import _qemu as qemu
 from ansible_collections.virt.bootstrap.plugins.module_utils._registry import auth as auth_module
 from ansible_collections.virt.bootstrap.plugins.module_utils._registry import client as client_module
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils import registry_support
@@ -83,3 +84,16 @@ def auth_home(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathli
 def per_uid_auth_file(auth_home: pathlib.Path, tmp_path: pathlib.Path) -> str:
     """Where podman login writes without XDG_RUNTIME_DIR (/run/containers/UID/auth.json), below tmp_path."""
     return str(tmp_path / 'run-containers' / str(os.getuid()) / 'auth.json')
+
+
+@pytest.fixture
+def tools_run(monkeypatch: pytest.MonkeyPatch) -> t.List[str]:
+    """Every program the qcow2 code runs, in order (the real programs run)."""
+    calls: t.List[str] = []
+    real = qemu.run_tool
+
+    def recorded(argv: t.Sequence[str], what: str) -> t.Any:
+        calls.append(argv[0])
+        return real(argv, what)
+    monkeypatch.setattr(qemu, 'run_tool', recorded)
+    return calls

@@ -90,19 +90,6 @@ def site(tmp_path):
     assert leftovers(str(tmp_path)) == NOTHING_LEFT
 
 
-@pytest.fixture
-def tools_run(monkeypatch):
-    """Every program the qcow2 code runs, in order (the real programs run)."""
-    calls = []
-    real = qemu.run_tool
-
-    def recorded(argv, what):
-        calls.append(argv[0])
-        return real(argv, what)
-    monkeypatch.setattr(qemu, 'run_tool', recorded)
-    return calls
-
-
 def test_builds_a_chain_beside_dest_and_swaps_it_in(site, tmp_path):
     result = site.run()
     assert result.changed and result.format == 'qcow2'

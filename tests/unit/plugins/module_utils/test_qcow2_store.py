@@ -10,7 +10,6 @@ import os
 
 import pytest
 
-from ansible_collections.virt.bootstrap.plugins.module_utils import _qemu as qemu
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import build_request, run
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DestinationError
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.dir import write_dir
@@ -46,18 +45,6 @@ def store(tmp_path):
     path = str(tmp_path / 'store')
     yield path
     assert leftovers(str(tmp_path)) == NOTHING_LEFT
-
-
-@pytest.fixture
-def tools_run(monkeypatch):
-    calls = []
-    real = qemu.run_tool
-
-    def recorded(argv, what):
-        calls.append(argv[0])
-        return real(argv, what)
-    monkeypatch.setattr(qemu, 'run_tool', recorded)
-    return calls
 
 
 def build_dir(tmp_path, name):
