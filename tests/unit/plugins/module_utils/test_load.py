@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +21,10 @@ import time
 import pytest
 
 from ansible_collections.virt.bootstrap.tests.registry.fault_proxy import FaultProxy
+from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.playbook_support import (
+    ansible_playbook,
+    clean_environment,
+)
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry_support import (
     BASE_TREE,
     layer_digests,
@@ -31,10 +34,16 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry
 HOSTS = 20
 COLLECTIONS_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *(['..'] * 7)))
 
-pytestmark = pytest.mark.skipif(shutil.which('ansible-playbook') is None, reason='needs ansible-playbook')
+
+@pytest.fixture
+def playbook_command():
+    command = ansible_playbook()
+    if command is None:
+        pytest.fail('no interpreter here can run ansible-playbook (tests/run installs ansible-core)')
+    return command
 
 
-def play(tmp_path, source: str, cache: str) -> dict:
+def play(playbook_command, tmp_path, source: str, cache: str) -> dict:
     """Run the play against HOSTS local hosts; the wall time, peak RSS and recap line."""
     inventory = {'all': {'hosts': {'guest%02d' % number: {'dest': str(tmp_path / 'guests' / ('guest%02d' % number))}
                                    for number in range(HOSTS)},
@@ -44,12 +53,12 @@ def play(tmp_path, source: str, cache: str) -> dict:
         'hosts': 'all', 'gather_facts': False,
         'tasks': [{'name': 'pull', 'virt.bootstrap.container_rootfs': {
             'src': source, 'dest': '{{ dest }}', 'not_secure': True, 'cache_dir': cache}}]}]))
-    environment = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT, ANSIBLE_FORKS=str(HOSTS),
+    environment = clean_environment(ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT, ANSIBLE_FORKS=str(HOSTS),
                        ANSIBLE_NOCOLOR='1', ANSIBLE_HOST_KEY_CHECKING='False')
     started = time.monotonic()
     with open(tmp_path / 'play.log', 'w+b') as log:
-        process = subprocess.Popen(['ansible-playbook', '-i', str(tmp_path / 'inventory.json'),
-                                    str(tmp_path / 'play.yml')], env=environment, stdout=log, stderr=subprocess.STDOUT)
+        command = playbook_command + ['-i', str(tmp_path / 'inventory.json'), str(tmp_path / 'play.yml')]
+        process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
         # wait4: the peak RSS of the largest process of this play alone (ansible-playbook and what it waited for).
         _pid, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -76,13 +85,13 @@ def report(name: str, figures: dict) -> None:
 
 
 @pytest.mark.parametrize('cut', [False, True], ids=['clean', 'every-blob-cut-once'])
-def test_twenty_hosts_at_once_through_one_cache_download_each_blob_once(tmp_path, http_registry, cut):
+def test_twenty_hosts_at_once_through_one_cache_download_each_blob_once(playbook_command, tmp_path, http_registry, cut):
     digests = layer_digests(http_registry.layout, 'base')
     with FaultProxy('http://' + http_registry.registry.host) as proxy:
         if cut:
             for digest in digests:
                 proxy.cut(digest, after=100, times=1)
-        figures = play(tmp_path, 'docker://%s/app:base' % proxy.host, str(tmp_path / 'cache'))
+        figures = play(playbook_command, tmp_path, 'docker://%s/app:base' % proxy.host, str(tmp_path / 'cache'))
         assert [fields[:2] for fields in figures['recap']] == [['ok=1', 'changed=1']] * HOSTS
         for number in range(HOSTS):
             assert rootfs_tree(str(tmp_path / 'guests' / ('guest%02d' % number))) == BASE_TREE

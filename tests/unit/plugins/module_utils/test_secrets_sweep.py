@@ -23,6 +23,10 @@ import pytest
 
 from ansible_collections.virt.bootstrap.tests.registry import push as pusher
 from ansible_collections.virt.bootstrap.tests.registry.registry import write_auth_file
+from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.playbook_support import (
+    ansible_playbook,
+    clean_environment,
+)
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import OciLayoutBuilder, make_tar
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.registry_support import (
     files_below,
@@ -36,8 +40,16 @@ JWT_START = 'eyJ'
 COLLECTIONS_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *(['..'] * 7)))
 CLI = os.path.join(COLLECTIONS_ROOT, 'ansible_collections', 'virt', 'bootstrap', 'scripts', 'virt-bootstrap')
 
-pytestmark = pytest.mark.skipif(shutil.which('strace') is None or shutil.which('ansible-playbook') is None,
-                                reason='needs strace and ansible-playbook')
+
+
+@pytest.fixture
+def playbook_command():
+    if shutil.which('strace') is None:
+        pytest.fail('strace is missing (tests/run installs it)')
+    command = ansible_playbook()
+    if command is None:
+        pytest.fail('no interpreter here can run ansible-playbook (tests/run installs ansible-core)')
+    return command
 
 
 @pytest.fixture
@@ -80,7 +92,7 @@ def texts_below(root: str, inputs: t.Sequence[str]) -> t.Dict[str, str]:
     return found
 
 
-def test_no_secret_anywhere_through_ansible_with_vvv_and_failures(tmp_path, token_registry, image):
+def test_no_secret_anywhere_through_ansible_with_vvv_and_failures(playbook_command, tmp_path, token_registry, image):
     registry = token_registry.registry
     home, temporary = tmp_path / 'home', tmp_path / 'tmp'
     home.mkdir()
@@ -101,12 +113,13 @@ def test_no_secret_anywhere_through_ansible_with_vvv_and_failures(tmp_path, toke
     playbook = tmp_path / 'play.yml'
     playbook.write_text(json.dumps([{'hosts': 'localhost', 'connection': 'local', 'gather_facts': False,
                                      'tasks': tasks}]))
-    environment = dict(os.environ, HOME=str(home), TMPDIR=str(temporary), ANSIBLE_LOG_PATH=str(tmp_path / 'ansible.log'),
-                       ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT, ANSIBLE_LOCAL_TEMP=str(temporary / 'ansible-local'),
-                       ANSIBLE_REMOTE_TEMP=str(temporary / 'ansible-remote'), ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-                       ANSIBLE_NOCOLOR='1')
+    environment = clean_environment(
+        HOME=str(home), TMPDIR=str(temporary), ANSIBLE_LOG_PATH=str(tmp_path / 'ansible.log'),
+        ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT, ANSIBLE_LOCAL_TEMP=str(temporary / 'ansible-local'),
+        ANSIBLE_REMOTE_TEMP=str(temporary / 'ansible-remote'), ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+        ANSIBLE_NOCOLOR='1')
     trace = str(tmp_path / 'execve.trace')
-    done = traced(['ansible-playbook', '-vvv', '-i', 'localhost,', str(playbook)], trace, environment)
+    done = traced(playbook_command + ['-vvv', '-i', 'localhost,', str(playbook)], trace, environment)
     output = done.stdout.decode() + done.stderr.decode()
     assert done.returncode == 0, output[-3000:]
     assert 'ok=4 ' in output and 'changed=1 ' in output and 'ignored=2' in output
