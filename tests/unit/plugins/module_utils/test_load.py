@@ -54,7 +54,7 @@ def play(playbook_command, tmp_path, source: str, cache: str) -> dict:
         'tasks': [{'name': 'pull', 'virt.bootstrap.container_rootfs': {
             'src': source, 'dest': '{{ dest }}', 'not_secure': True, 'cache_dir': cache}}]}]))
     environment = clean_environment(ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT, ANSIBLE_FORKS=str(HOSTS),
-                       ANSIBLE_NOCOLOR='1', ANSIBLE_HOST_KEY_CHECKING='False')
+                                    ANSIBLE_NOCOLOR='1', ANSIBLE_HOST_KEY_CHECKING='False')
     started = time.monotonic()
     with open(tmp_path / 'play.log', 'w+b') as log:
         command = playbook_command + ['-i', str(tmp_path / 'inventory.json'), str(tmp_path / 'play.yml')]

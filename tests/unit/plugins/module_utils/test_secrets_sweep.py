@@ -41,7 +41,6 @@ COLLECTIONS_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *(['.
 CLI = os.path.join(COLLECTIONS_ROOT, 'ansible_collections', 'virt', 'bootstrap', 'scripts', 'virt-bootstrap')
 
 
-
 @pytest.fixture
 def playbook_command():
     if shutil.which('strace') is None:
