@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import stat
+import time
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import DestinationError
@@ -29,6 +30,9 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._image import sha25
 STORE_VERSION = 1
 _BUILDING = '.build-'
 _NEW = '.new-'
+# A .new- file lives for microseconds (renamed at once) or the time to write a small JSON file: one older
+# than this is a killed run's.
+STALE_NEW_SECONDS = 600
 _IMAGE_SUFFIX = '.qcow2'
 
 
@@ -79,6 +83,8 @@ class LayerStore:
         for name in os.listdir(self.path):
             if name.startswith(_BUILDING):
                 self._drop_if_abandoned(os.path.join(self.path, name))
+            elif name.startswith(_NEW):
+                _drop_if_stale(os.path.join(self.path, name))
 
     @contextlib.contextmanager
     def building(self, key: str) -> t.Iterator[str]:
@@ -139,3 +145,9 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _drop_if_stale(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if os.lstat(path).st_mtime < time.time() - STALE_NEW_SECONDS:
+            os.unlink(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 
 import pytest
 
@@ -14,7 +15,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import bu
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DestinationError
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.dir import write_dir
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2 import Qcow2Settings, write_qcow2
-from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2_store import LayerStore, chain_keys
+from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2_store import STALE_NEW_SECONDS, LayerStore, chain_keys
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.image_builders import (
     OciLayoutBuilder,
     source_uri,
@@ -130,6 +131,18 @@ def test_abandoned_builds_go_and_live_ones_stay(tmp_path, store):
         assert sorted(os.listdir(store)) == ['.build-live-y.qcow2']
     finally:
         os.close(fd)
+
+
+def test_temporary_files_of_killed_runs_go_once_stale(tmp_path, store):
+    LayerStore(store).open()
+    stale, fresh = os.path.join(store, '.new-dead.json'), os.path.join(store, '.new-being-written.json')
+    for path in (stale, fresh):
+        open(path, 'wb').close()
+    old = time.time() - STALE_NEW_SECONDS - 60
+    os.utime(stale, (old, old))
+    LayerStore(store).open()
+    assert sorted(os.listdir(store)) == ['.new-being-written.json']
+    os.unlink(fresh)
 
 
 def test_a_store_others_can_write_is_refused(tmp_path):
