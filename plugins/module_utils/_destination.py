@@ -17,6 +17,7 @@ killed at any point leaves a dest the module still knows.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -198,6 +199,34 @@ class Destination:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+    @contextlib.contextmanager
+    def looking(self) -> t.Iterator[None]:
+        """Held while a run without the lock looks into dest (a read-only mount in the bookkeeping directory).
+
+        A shared flock on the same lock file: a run that holds the lock, and so may settle what it takes for
+        a killed run's debris, waits until the look is over, and a look waits for such a run. With the lock
+        held by this Destination already, nothing more is needed.
+        """
+        if self._lock_fd >= 0:
+            yield
+            return
+        while True:
+            lock_path = os.path.join(self.meta_dir, 'lock')
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            held = os.fstat(fd)
+            try:
+                current = os.stat(lock_path, follow_symlinks=False)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                break
+            os.close(fd)  # the bookkeeping was removed and made again meanwhile: lock the file there now
+        try:
+            yield
+        finally:
+            os.close(fd)
 
     def needs_recovery(self) -> bool:
         """Whether a killed run left something the next lock holder settles."""

@@ -426,14 +426,16 @@ def _holds_images(dest: Destination, record: t.Optional[StateRecord]) -> bool:
 def _password_is_set(request: Request, dest: Destination, record: StateRecord) -> bool:
     if request.format != 'qcow2':
         return request.password_is_set_in(dest.path)
-    # A read-only look into the guest overlay, below our bookkeeping: what a killed look leaves, the next lock removes.
-    scratch = tempfile.mkdtemp(prefix='build-look-', dir=dest.meta_dir)
-    try:
-        current = qcow2.read_root_hash(dest.tree_path(), _image_names(record)[-1],
-                                       record.options.get('qcow2_filesystem', 'ext4'),
-                                       os.path.join(scratch, qcow2.WORK_NAME))
-    finally:
-        os.rmdir(scratch)
+    # A read-only look into the guest overlay, below our bookkeeping: what a killed look leaves, the next lock
+    # removes; while the look lasts, no run that holds the lock can take it for a killed run's.
+    with dest.looking():
+        scratch = tempfile.mkdtemp(prefix='build-look-', dir=dest.meta_dir)
+        try:
+            current = qcow2.read_root_hash(dest.tree_path(), _image_names(record)[-1],
+                                           record.options.get('qcow2_filesystem', 'ext4'),
+                                           os.path.join(scratch, qcow2.WORK_NAME))
+        finally:
+            os.rmdir(scratch)
     return request.password_is(current)
 
 

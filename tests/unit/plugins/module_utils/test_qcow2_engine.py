@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -146,6 +148,28 @@ def test_password_is_an_edit_of_the_guest_overlay_only(site):
     dropped = site.run()
     assert dropped.changed and 'put back' in dropped.msg
     assert site.shadow() == SHADOW
+    assert site.meta_listing() == ['lock', 'state.json']
+
+
+def test_a_look_for_the_password_waits_while_another_run_holds_the_lock(site):
+    """A run holding the lock may take down what it finds mounted in the bookkeeping: never a live look."""
+    site.run(root_password_hash=HASH)
+    fd = os.open(os.path.join(site.meta, 'lock'), os.O_RDWR | os.O_CLOEXEC)
+    results = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        looker = threading.Thread(target=lambda: results.append(site.run(root_password_hash=HASH, check_mode=True)))
+        looker.start()
+        looked_meanwhile = False
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            looked_meanwhile |= any(name.startswith('build-look-') for name in os.listdir(site.meta))
+            time.sleep(0.01)
+        assert looker.is_alive() and not looked_meanwhile
+    finally:
+        os.close(fd)
+    looker.join(60)
+    assert [result.changed for result in results] == [False]
     assert site.meta_listing() == ['lock', 'state.json']
 
 
