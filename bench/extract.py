@@ -1,9 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Benchmark: our extraction of a multi-layer Debian OCI layout against `umoci unpack` and plain `tar -xzf`.
+"""Benchmark: our extraction of a multi-layer OCI layout against `umoci unpack` and plain `tar -xzf`.
 
-Run as root from anywhere: `python3 bench/extract.py [--rounds N] [--json] [--profile] [--keep] [--collection DIR]`.
+Run as root from anywhere:
+`python3 bench/extract.py [--image debian|large] [--rounds N] [--json] [--profile] [--keep] [--collection DIR]`.
 See bench/README.md for what is measured and how to read the figures.
 """
 
@@ -23,11 +24,26 @@ from dataclasses import asdict, dataclass, field
 from common import (CACHE_DIR, LAYOUT_DIR, MIB, REPO_ROOT, ROOTFS_DIR, TAG, BenchError, Command, LayerBlob, build_image,
                     check_space, count_entries, import_engine, layer_blobs, link_collection, rotated, run_timed,
                     time_write_dir, tree_bytes)
+from large_image import LARGE_TAG, build_large_image
 
 RUNS_DIR = os.path.join(CACHE_DIR, 'runs')
 PROFILE_PATH = os.path.join(CACHE_DIR, 'ours.pstats')
 
 TOOLS = ('ours', 'umoci', 'tar')
+
+
+@dataclass
+class BenchImage:
+    layout: str
+    tag: str
+
+    @property
+    def ref(self) -> str:
+        return '%s:%s' % (self.layout, self.tag)
+
+
+# The image measured (--image): the Debian one by default, or the large one (bench/large_image.py).
+IMAGE = BenchImage(LAYOUT_DIR, TAG)
 
 
 @dataclass
@@ -58,12 +74,10 @@ def commands_for(tool: str, out_dir: str, blobs: t.Sequence[LayerBlob]) -> t.Tup
     """Where `tool` writes the rootfs, and the commands that write it (run one after the other)."""
     if tool == 'ours':
         dest = os.path.join(out_dir, 'rootfs')
-        return dest, [Command([sys.executable, os.path.abspath(__file__), '--engine-child',
-                               'oci:%s:%s' % (LAYOUT_DIR, TAG), dest])]
+        return dest, [Command([sys.executable, os.path.abspath(__file__), '--engine-child', 'oci:' + IMAGE.ref, dest])]
     if tool == 'umoci':
         bundle = os.path.join(out_dir, 'bundle')
-        return os.path.join(bundle, 'rootfs'), [Command(['umoci', 'unpack', '--image', '%s:%s' % (LAYOUT_DIR, TAG),
-                                                         bundle])]
+        return os.path.join(bundle, 'rootfs'), [Command(['umoci', 'unpack', '--image', IMAGE.ref, bundle])]
     if tool == 'tar':
         root = os.path.join(out_dir, 'rootfs')
         os.mkdir(root)
@@ -146,7 +160,7 @@ def summarise(measurements: t.Sequence[Measurement]) -> t.Dict[str, t.Any]:
 
 def print_report(image: t.Dict[str, t.Any], summary: t.Dict[str, t.Any], measurements: t.Sequence[Measurement],
                  check: t.Dict[str, int]) -> None:
-    print('image     oci:%s:%s  %s' % (LAYOUT_DIR, TAG, image['manifest_digest']))
+    print('image     oci:%s  %s' % (IMAGE.ref, image['manifest_digest']))
     print('          %d layers, %.1f MiB compressed (%s)' % (
         len(image['layers']), sum(layer['size'] for layer in image['layers']) / MIB,
         ' + '.join('%.2f' % (layer['size'] / MIB) for layer in image['layers'])))
@@ -190,7 +204,7 @@ def run_profile() -> str:
     """Profile one more (untimed) run of ours; the 25 functions with the most own time, as text."""
     dest = os.path.join(RUNS_DIR, 'profile', 'rootfs')
     os.makedirs(os.path.dirname(dest))
-    subprocess.run([sys.executable, os.path.abspath(__file__), '--engine-child', 'oci:%s:%s' % (LAYOUT_DIR, TAG),
+    subprocess.run([sys.executable, os.path.abspath(__file__), '--engine-child', 'oci:' + IMAGE.ref,
                     dest, '--profile-out', PROFILE_PATH], check=True, stdout=subprocess.DEVNULL)
     # pylint: disable=import-outside-toplevel  # only --profile needs them
     import io
@@ -203,6 +217,8 @@ def run_profile() -> str:
 
 def parse_args(argv: t.Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--image', choices=['debian', 'large'], default='debian',
+                        help='the Debian image (default) or the large one made from this host (bench/large_image.py)')
     parser.add_argument('--rounds', type=int, default=5, help='timed rounds of all three tools (default 5)')
     parser.add_argument('--json', action='store_true', help='print the results as JSON instead of a table')
     parser.add_argument('--profile', action='store_true',
@@ -226,14 +242,19 @@ def main(argv: t.Sequence[str]) -> int:
     for tool in ('umoci', 'tar', 'bash'):
         if shutil.which(tool) is None:
             raise BenchError('%s is not installed (apt-get install umoci tar)' % tool)
-    build_image()
+    global IMAGE  # pylint: disable=global-statement
+    if args.image == 'large':
+        IMAGE = BenchImage(build_large_image(), LARGE_TAG)
+    else:
+        build_image()
     link_collection(args.collection)
-    manifest_digest, blobs = layer_blobs(LAYOUT_DIR, TAG)
+    manifest_digest, blobs = layer_blobs(IMAGE.layout, IMAGE.tag)
     if os.path.exists(RUNS_DIR):
         print('extract.py: removing %s, left by an earlier run' % RUNS_DIR, file=sys.stderr)
         shutil.rmtree(RUNS_DIR)
     # Every run keeps its tree until the end (deleting between runs would slow the next ones down).
-    check_space(RUNS_DIR, int(tree_bytes(ROOTFS_DIR) * 1.5) * len(TOOLS) * (args.rounds + 1), args.rounds + 1)
+    unpacked = tree_bytes(ROOTFS_DIR) if args.image == 'debian' else 3 * sum(blob.size for blob in blobs)
+    check_space(RUNS_DIR, int(unpacked * 1.5) * len(TOOLS) * (args.rounds + 1), args.rounds + 1)
     measurements: t.List[Measurement] = []
     try:
         # Round 0 warms the page cache and Python's bytecode cache; it is not reported.
