@@ -65,8 +65,7 @@ def _host_tar() -> t.Iterator[bytes]:
     argv += [tree for tree in HOST_TREES if os.path.isdir('/' + tree)]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert process.stdout is not None
-    for chunk in iter(lambda: process.stdout.read(CHUNK), b''):  # type: ignore[union-attr]
-        yield chunk
+    yield from iter(lambda: process.stdout.read(CHUNK), b'')  # type: ignore[union-attr]
     if process.wait() not in (0, 1):  # 1: a file changed while it was read
         raise BenchError('tar of the host trees failed (exit %d)' % process.returncode)
 
