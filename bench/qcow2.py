@@ -22,7 +22,7 @@ import typing as t
 from dataclasses import asdict, dataclass
 
 from common import (CACHE_DIR, LAYOUT_DIR, REPO_ROOT, TAG, BenchError, Command, LayerBlob, build_image, import_engine,
-                    layer_blobs, link_collection, rotated, run_timed)
+                    layer_blobs, link_collection, rotated, run_timed, tree_bytes)
 
 RUNS_DIR = os.path.join(CACHE_DIR, 'qcow2-runs')
 # store-second: the second guest of an image whose layers a first guest already put in a layer store.
@@ -99,15 +99,7 @@ def measure(way: str, round_number: int, blobs: t.Sequence[LayerBlob]) -> Measur
     else:
         with open(stdout_path, encoding='utf-8') as stream:
             appliances = json.loads(stream.read().strip().splitlines()[-1])['appliances']
-    return Measurement(way, round_number, usage.wall_s, usage.user_s, usage.sys_s, appliances, _disk_bytes(dest))
-
-
-def _disk_bytes(root: str) -> int:
-    total = 0
-    for directory, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            total += os.lstat(os.path.join(directory, name)).st_blocks * 512
-    return total
+    return Measurement(way, round_number, usage.wall_s, usage.user_s, usage.sys_s, appliances, tree_bytes(dest))
 
 
 def run_rounds(rounds: int, old_tool_rounds: int, blobs: t.Sequence[LayerBlob]) -> t.List[Measurement]:
