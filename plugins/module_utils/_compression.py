@@ -8,8 +8,9 @@
 from __future__ import annotations
 
 import bz2
-import gzip
 import lzma
+import queue
+import threading
 import typing as t
 import zlib
 
@@ -31,60 +32,20 @@ def detect_compression(head: bytes) -> str:
     return 'none'
 
 
-class HashingReader:
-    """Passes reads through, feeding every byte to a hasher and counting them."""
-
-    def __init__(self, stream: t.BinaryIO, hasher: t.Any = None) -> None:
-        self._stream = stream
-        self.hasher = hasher
-        self.bytes_read = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        if self.hasher is not None:
-            self.hasher.update(data)
-        self.bytes_read += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self, chunk_size: int = 1 << 20) -> None:
-        while self.read(chunk_size):
-            pass
-
-
-class _PrefixedReader:
-    """A reader that first returns bytes already taken from the stream to sniff them."""
-
-    def __init__(self, head: bytes, stream: t.Any) -> None:
-        self._head = head
-        self._stream = stream
-
-    def read(self, size: int = -1) -> bytes:
-        if self._head:
-            if size is None or size < 0:
-                data, self._head = self._head + self._stream.read(), b''
-                return data
-            data, self._head = self._head[:size], self._head[size:]
-            return data
-        return self._stream.read(size)
-
-    def readable(self) -> bool:
-        return True
-
-
-class LimitedReader(HashingReader):
+class LimitedReader:
     """Counts decompressed bytes against a shared budget; raises once it is spent."""
 
-    def __init__(self, stream: t.Any, budget: 'SizeBudget', hasher: t.Any = None) -> None:
-        super().__init__(stream, hasher)
+    def __init__(self, stream: t.Any, budget: 'SizeBudget') -> None:
+        self._stream = stream
         self._budget = budget
 
     def read(self, size: int = -1) -> bytes:
-        data = super().read(size)
+        data = self._stream.read(size)
         self._budget.spend(len(data))
         return data
+
+    def readable(self) -> bool:
+        return True
 
 
 class ForwardSeeker:
@@ -190,129 +151,377 @@ def read_up_to(stream: t.Any, size: int) -> bytes:
     return data
 
 
-def open_decompressed(stream: t.Any) -> t.Tuple[t.Any, str]:
-    """Wrap a raw blob reader in the decompressor its first bytes call for."""
-    head = read_up_to(stream, MAGIC_LENGTH)
-    compression = detect_compression(head)
-    raw = _PrefixedReader(head, stream)
-    if compression == 'gzip':
-        return gzip.GzipFile(fileobj=raw, mode='rb'), compression  # type: ignore[arg-type]
-    if compression == 'xz':
-        return lzma.LZMAFile(raw), compression  # type: ignore[arg-type]
-    if compression == 'bzip2':
-        return bz2.BZ2File(raw), compression  # type: ignore[arg-type]
-    if compression == 'zstd':
+# -- decoders: compressed bytes in, bounded pieces of output out -------------------------------------
+
+# No piece of output is larger: a few bytes of input can expand to gigabytes.
+OUTPUT_CHUNK = 1 << 20
+# What is read from the blob at once.
+INPUT_CHUNK = 1 << 18
+_TRUNCATED = 'Compressed file ended before the end-of-stream marker was reached'
+
+
+class _Damaged(Exception):
+    """The compressed data is damaged (a decoder's own exception, whatever the library raised)."""
+
+
+class _Decoder:
+    """Turns the bytes of a compressed stream, as they come, into pieces of at most OUTPUT_CHUNK bytes."""
+
+    def feed(self, data: bytes) -> t.Iterator[bytes]:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        """The input is over: raise _Damaged if the stream was cut short."""
+
+
+class _Plain(_Decoder):
+    def feed(self, data: bytes) -> t.Iterator[bytes]:
+        yield data
+
+
+class _Gzip(_Decoder):
+    """gzip members one after another, zero bytes allowed between and after them (as GzipFile reads).
+
+    zlib checks each member's header, CRC and length itself (wbits 31); python-isal's igzip, when it is
+    installed, inflates the same way about twice as fast.
+    """
+
+    def __init__(self) -> None:
+        self._module = inflate_module()
+        self._member: t.Any = None
+        self._started = False
+
+    def feed(self, data: bytes) -> t.Iterator[bytes]:
+        while data:
+            if self._member is None:
+                if self._started:
+                    data = data.lstrip(b'\0')  # padding after a member
+                    if not data:
+                        return
+                self._member = self._module.decompressobj(31)
+                self._started = True
+            member = self._member
+            while True:
+                try:
+                    output = member.decompress(data, OUTPUT_CHUNK)
+                except Exception as exc:  # zlib.error and isal's IsalError share no base class but Exception
+                    raise _Damaged(_gzip_complaint(exc)) from exc
+                if output:
+                    yield output
+                data = member.unconsumed_tail
+                if member.eof or (not data and len(output) < OUTPUT_CHUNK):
+                    break
+            if not member.eof:
+                return
+            data, self._member = member.unused_data, None
+
+    def end(self) -> None:
+        if self._member is not None:
+            raise _Damaged(_TRUNCATED)
+
+
+def _gzip_complaint(exc: Exception) -> str:
+    """What zlib or igzip said, in GzipFile's words where they mean the same."""
+    message = str(exc)
+    if 'incorrect data check' in message or 'Incorrect checksum' in message:
+        return 'CRC check failed'
+    if 'incorrect length check' in message:
+        return 'Incorrect length of data produced'
+    return message
+
+
+class _Streams(_Decoder):
+    """xz or bzip2 streams one after another; what follows them and is no stream is ignored, as
+    LZMAFile and BZ2File do."""
+
+    def __init__(self, factory: t.Callable[[], t.Any], errors: t.Tuple[t.Type[BaseException], ...]) -> None:
+        self._factory = factory
+        self._errors = errors
+        self._stream = factory()
+        self._ignoring = False
+
+    def feed(self, data: bytes) -> t.Iterator[bytes]:
+        while data and not self._ignoring:
+            stream = self._stream
+            if stream is None:
+                stream = self._stream = self._factory()
+                try:
+                    output = stream.decompress(data, OUTPUT_CHUNK)
+                except self._errors:
+                    self._ignoring, self._stream = True, None  # trailing data that is no stream
+                    return
+            else:
+                output = self._decompress(stream, data)
+            if output:
+                yield output
+            while not stream.eof and not stream.needs_input:
+                output = self._decompress(stream, b'')
+                if output:
+                    yield output
+            if not stream.eof:
+                return
+            data, self._stream = stream.unused_data, None
+
+    def _decompress(self, stream: t.Any, data: bytes) -> bytes:
+        try:
+            return stream.decompress(data, OUTPUT_CHUNK)
+        except (EOFError,) + self._errors as exc:
+            raise _Damaged(str(exc) or type(exc).__name__) from exc
+
+    def end(self) -> None:
+        if self._stream is not None and not self._ignoring:
+            raise _Damaged(_TRUNCATED)
+
+
+class _Zstd(_Decoder):
+    """zstd frames one after another, decompressed in small steps; a frame cut short is an error.
+
+    zstandard's readers end quietly at a truncated frame, and its decompressobj has no output limit:
+    a zstd block of a few bytes can expand to 128 KiB, so input goes in small pieces.
+    """
+
+    _STEP = 2048
+
+    def __init__(self) -> None:
         try:
             import zstandard
         except ImportError:
             raise LayerError('a zstd-compressed layer needs the Python package "zstandard" on the managed host '
                              '(Debian/Ubuntu: python3-zstandard; pip: zstandard)')
-        return _ZstdReader(raw, zstandard.ZstdDecompressor()), compression
-    return raw, compression
-
-
-class _ZstdReader:
-    """zstd frames one after another, decompressed in small steps; a frame cut short is an error.
-
-    zstandard's stream_reader ends quietly at a truncated frame. A zstd block of a few bytes can
-    expand to 128 KiB, so input goes in small pieces to keep each step's output bounded.
-    """
-
-    _STEP = 2048
-
-    def __init__(self, raw: t.Any, context: t.Any) -> None:
-        self._raw = raw
-        self._context = context
+        self._context = zstandard.ZstdDecompressor()
         self._frame: t.Any = None
-        self._input = b''
-        self._output = b''
-        self._output_offset = 0
-        self._finished = False
 
-    def read(self, size: int = -1) -> bytes:
-        while self._output_offset >= len(self._output):
-            if self._finished:
-                return b''
-            self._output, self._output_offset = self._step(), 0
-        end = len(self._output) if size is None or size < 0 else self._output_offset + size
-        data = self._output[self._output_offset:end]
-        self._output_offset += len(data)
-        return data
+    def feed(self, data: bytes) -> t.Iterator[bytes]:
+        view = memoryview(data)
+        while view:
+            piece, view = view[:self._STEP], view[self._STEP:]
+            if self._frame is None:
+                self._frame = self._context.decompressobj()
+            try:
+                output = self._frame.decompress(piece)
+            except Exception as exc:  # zstandard.ZstdError, which needs zstandard to be named
+                raise _Damaged(str(exc) or type(exc).__name__) from exc
+            if output:
+                yield output
+            if self._frame.eof:
+                # The next frame starts with what this one did not use.
+                view = memoryview(self._frame.unused_data + bytes(view))
+                self._frame = None
 
-    def readable(self) -> bool:
-        return True
-
-    def _step(self) -> bytes:
-        if not self._input:
-            self._input = self._raw.read(1 << 16)
-            if not self._input:
-                if self._frame is not None:
-                    raise EOFError('zstd data ends in the middle of a frame')
-                self._finished = True
-                return b''
-        piece, self._input = self._input[:self._STEP], self._input[self._STEP:]
-        if self._frame is None:
-            self._frame = self._context.decompressobj()
-        output = self._frame.decompress(piece)
-        if self._frame.eof:
-            # The next frame starts with what this one did not use.
-            self._input = self._frame.unused_data + self._input
-            self._frame = None
-        return output
+    def end(self) -> None:
+        if self._frame is not None:
+            raise _Damaged('zstd data ends in the middle of a frame')
 
 
-# zlib.error is what gzip raises for a damaged deflate stream; it is no OSError.
-DECOMPRESSION_ERRORS: t.Tuple[t.Type[BaseException], ...] = (EOFError, OSError, lzma.LZMAError, ValueError, zlib.error)
+def inflate_module() -> t.Any:
+    """python-isal's zlib when it is installed (an optional speed-up, never needed), else zlib."""
+    try:
+        from isal import isal_zlib  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return zlib
+    return isal_zlib
 
 
-def open_layer_data(stream: t.Any) -> t.Tuple[t.Any, str]:
-    """Like open_decompressed, but damaged compressed data raises LayerError when it is read.
+def _decoder_for(compression: str) -> _Decoder:
+    if compression == 'gzip':
+        return _Gzip()
+    if compression == 'xz':
+        return _Streams(lzma.LZMADecompressor, (lzma.LZMAError,))
+    if compression == 'bzip2':
+        return _Streams(bz2.BZ2Decompressor, (OSError, ValueError))
+    if compression == 'zstd':
+        return _Zstd()
+    return _Plain()
 
-    Errors of `stream` itself pass through as they are: a failing disk or connection is not damaged data.
+
+# -- the uncompressed data of a layer ----------------------------------------------------------------
+
+_END = object()
+_CREDIT = object()
+_STOP = object()
+# Raw pieces handed to the decoding thread and not yet decoded; pieces of output waiting to be read.
+_INPUT_AHEAD = 2
+_OUTPUT_AHEAD = 8
+_POLL_SECONDS = 0.05
+
+
+class LayerData:
+    """The uncompressed bytes of a layer blob, read in order; hashes of both the blob and its data.
+
+    The blob is read on the caller's thread only. With `threaded`, a second thread decompresses and
+    hashes while the caller applies what came before (zlib, lzma, bz2, zstandard and hashlib let go
+    of the GIL while they work); memory stays bounded by the pieces in flight. Damaged compressed data
+    raises LayerError when it is read; errors of the blob itself pass through as they are: a failing
+    disk or connection is not damaged data.
     """
-    source = _WatchedReader(stream)
-    decompressed, compression = open_decompressed(source)
-    return _DamageReporter(decompressed, compression, source), compression
 
-
-class _WatchedReader:
-    """Remembers that reading the underlying stream failed, so that failure is not blamed on the data."""
-
-    def __init__(self, stream: t.Any) -> None:
-        self._stream = stream
-        self.failed = False
+    def __init__(self, blob: t.Any, blob_hasher: t.Any = None, data_hasher: t.Any = None,
+                 threaded: bool = False) -> None:
+        self._blob = blob
+        self.blob_hasher = blob_hasher
+        self.data_hasher = data_hasher
+        self.bytes_read = 0
+        first = read_up_to(blob, INPUT_CHUNK)
+        self.bytes_read = len(first)
+        self.compression = detect_compression(first[:MAGIC_LENGTH])
+        self._decoder = _decoder_for(self.compression)
+        self._first: t.Optional[bytes] = first
+        self._blob_done = not first
+        self._chunk = b''
+        self._offset = 0
+        self._done = False
+        self._worker: t.Optional[threading.Thread] = None
+        if threaded:
+            self._inputs: 'queue.Queue[t.Any]' = queue.Queue()
+            self._outputs: 'queue.Queue[t.Any]' = queue.Queue(_OUTPUT_AHEAD)
+            self._stopping = threading.Event()
+            self._credit = _INPUT_AHEAD
+            self._worker = threading.Thread(target=self._decode_in_thread, name='layer-decode', daemon=True)
+            self._worker.start()
+        else:
+            self._pieces = self._decoded(self._blob_pieces())
 
     def read(self, size: int = -1) -> bytes:
-        try:
-            return self._stream.read(size)
-        except BaseException:
-            self.failed = True
-            raise
+        while self._offset >= len(self._chunk):
+            if self._done:
+                return b''
+            self._chunk, self._offset = self._next_piece(), 0
+        if size is None or size < 0 or (self._offset == 0 and size >= len(self._chunk)):
+            data, self._chunk, self._offset = self._chunk[self._offset:], b'', 0
+            return data
+        start = self._offset
+        self._offset = min(start + size, len(self._chunk))
+        return self._chunk[start:self._offset]
 
     def readable(self) -> bool:
         return True
 
+    def drain(self) -> None:
+        """Read to the end, so that both hashes cover everything and a cut-short stream is noticed."""
+        self._chunk, self._offset = b'', 0
+        while not self._done:
+            self._next_piece()
 
-class _DamageReporter:
-    """Reads decompressed data, reporting a decompressor's complaint about its input as LayerError."""
+    def close(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        self._stopping.set()
+        self._inputs.put(_STOP)
+        while worker.is_alive():
+            try:
+                self._outputs.get(timeout=_POLL_SECONDS)  # a worker waiting to hand over a piece sees the stop
+            except queue.Empty:
+                pass
+        worker.join()
 
-    def __init__(self, stream: t.Any, compression: str, source: _WatchedReader) -> None:
-        self._stream = stream
-        self._compression = compression
-        self._source = source
+    def __enter__(self) -> 'LayerData':
+        return self
 
-    def read(self, size: int = -1) -> bytes:
+    def __exit__(self, *exc_info: t.Any) -> None:
+        self.close()
+
+    # -- on the caller's thread ----------------------------------------------------------------------
+
+    def _next_piece(self) -> bytes:
+        """The next piece of output (b'' when there was none), setting _done at the end."""
+        if self._worker is None:
+            piece = next(self._pieces, None)
+            if piece is None:
+                self._done = True
+                return b''
+            return piece
+        while True:
+            self._send_input()
+            item = self._outputs.get()
+            if item is _CREDIT:
+                self._credit += 1
+            elif item is _END:
+                self._done = True
+                return b''
+            elif isinstance(item, BaseException):
+                self._done = True
+                raise item
+            else:
+                return t.cast(bytes, item)
+
+    def _send_input(self) -> None:
+        while self._credit and not self._blob_done:
+            piece = self._read_blob()
+            self._credit -= 1
+            self._inputs.put(piece if piece else _END)
+
+    def _read_blob(self) -> bytes:
+        if self._first is not None:
+            piece, self._first = self._first, None
+        else:
+            piece = self._blob.read(INPUT_CHUNK)
+            self.bytes_read += len(piece)
+        if not piece:
+            self._blob_done = True
+        return piece
+
+    def _blob_pieces(self) -> t.Iterator[bytes]:
+        while not self._blob_done:
+            piece = self._read_blob()
+            if piece:
+                yield piece
+
+    # -- on either thread ----------------------------------------------------------------------------
+
+    def _decoded(self, pieces: t.Iterator[bytes]) -> t.Iterator[bytes]:
         try:
-            return self._stream.read(size)
-        except LayerError:
-            raise
-        except Exception as exc:
-            # zstandard.ZstdError has no base class we could name without importing zstandard.
-            damaged = isinstance(exc, DECOMPRESSION_ERRORS) or type(exc).__name__ == 'ZstdError'
-            if self._source.failed or not damaged:
-                raise
-            raise LayerError('corrupt or truncated data (%s): %s' % (self._compression, exc or type(exc).__name__)) \
-                from exc
+            for piece in pieces:
+                if self.blob_hasher is not None:
+                    self.blob_hasher.update(piece)
+                for output in self._decoder.feed(piece):
+                    if self.data_hasher is not None:
+                        self.data_hasher.update(output)
+                    yield output
+            self._decoder.end()
+        except _Damaged as exc:
+            raise LayerError('corrupt or truncated data (%s): %s' % (self.compression, exc)) from exc
 
-    def readable(self) -> bool:
-        return True
+    # -- on the decoding thread ----------------------------------------------------------------------
+
+    def _decode_in_thread(self) -> None:
+        try:
+            for output in self._decoded(self._thread_inputs()):
+                if not self._hand_over(output):
+                    return
+        except BaseException as exc:  # the caller's thread raises it when it reads this far
+            self._hand_over(exc)
+            return
+        self._hand_over(_END)
+
+    def _thread_inputs(self) -> t.Iterator[bytes]:
+        while True:
+            try:
+                # A signal that interrupts the caller's thread inside a queue operation can lose the
+                # wake-up meant for this one: look at the stop flag now and then, not only the queue.
+                item = self._inputs.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if self._stopping.is_set():
+                    return
+                continue
+            if item is _END or item is _STOP:
+                return
+            yield item
+            # Asked for the next piece: this one is decoded, the caller may send another.
+            if not self._hand_over(_CREDIT):
+                return
+
+    def _hand_over(self, item: t.Any) -> bool:
+        while not self._stopping.is_set():
+            try:
+                self._outputs.put(item, timeout=_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+def open_layer_data(stream: t.Any) -> t.Tuple[LayerData, str]:
+    """The uncompressed data of a layer blob (any compression, by its magic bytes), read on this thread."""
+    data = LayerData(stream)
+    return data, data.compression

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 
 from ansible_collections.virt.bootstrap.plugins.module_utils._compression import (
     ForwardSeeker,
-    HashingReader,
+    LayerData,
     LimitedReader,
     SizeBudget,
-    open_layer_data,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import (
     BootstrapError,
@@ -186,22 +185,20 @@ class RootfsBuilder:
         what = '%s %s' % (label, layer.digest or layer.diff_id or '')
         self._scope = _LayerScope()
         with layer.open_blob() as blob:
-            raw = HashingReader(blob, new_hasher(layer.digest) if layer.digest else None)
             try:
-                decompressed = open_layer_data(raw)[0]
-                tar_hasher = new_hasher(layer.diff_id) if layer.diff_id else None
-                tar_stream = LimitedReader(decompressed, self._budget, tar_hasher)
-                self._apply_tar(tar_stream, raw)
-                raw.drain()
+                with LayerData(blob, new_hasher(layer.digest) if layer.digest else None,
+                               new_hasher(layer.diff_id) if layer.diff_id else None, threaded=True) as data:
+                    self._apply_tar(LimitedReader(data, self._budget), data)
+                    data.drain()
             except BootstrapError as exc:
                 raise type(exc)('%s: %s' % (what.strip(), exc)) from exc
             except tarfile.TarError as exc:
                 raise LayerError('%s: corrupt or truncated data (tar): %s' % (what.strip(), exc or type(exc).__name__)) \
                     from exc
-        if layer.digest:
-            verify_digest(raw.hasher, layer.digest, what.strip())
-        if tar_hasher is not None and layer.diff_id:
-            verify_digest(tar_hasher, layer.diff_id, '%s (uncompressed)' % what.strip())
+        if data.blob_hasher is not None and layer.digest:
+            verify_digest(data.blob_hasher, layer.digest, what.strip())
+        if data.data_hasher is not None and layer.diff_id:
+            verify_digest(data.data_hasher, layer.diff_id, '%s (uncompressed)' % what.strip())
 
     def apply_tar_stream(self, stream: t.BinaryIO) -> None:
         """Apply an already opened tar stream (any compression) as one more layer."""
@@ -242,7 +239,7 @@ class RootfsBuilder:
 
     # -- tar walking -----------------------------------------------------------------------------
 
-    def _apply_tar(self, tar_stream: t.Any, raw: HashingReader) -> None:
+    def _apply_tar(self, tar_stream: t.Any, raw: LayerData) -> None:
         seeker = ForwardSeeker(tar_stream, max_read=MAX_HEADER_READ)
         tar = tarfile.open(fileobj=seeker, mode='r:', encoding='utf-8', errors='surrogateescape')
         while True:
