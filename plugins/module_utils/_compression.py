@@ -366,7 +366,7 @@ class LayerData:
         self.compression = detect_compression(first[:MAGIC_LENGTH])
         self._decoder = _decoder_for(self.compression)
         self._first: t.Optional[bytes] = first
-        self._blob_done = not first
+        self._blob_ended = False
         self._chunk = b''
         self._offset = 0
         self._done = False
@@ -446,26 +446,28 @@ class LayerData:
                 return t.cast(bytes, item)
 
     def _send_input(self) -> None:
-        while self._credit and not self._blob_done:
+        while self._credit and not self._blob_ended:
             piece = self._read_blob()
             self._credit -= 1
             self._inputs.put(piece if piece else _END)
 
     def _read_blob(self) -> bytes:
+        """The next piece of the blob; b'' (once) at its end."""
         if self._first is not None:
             piece, self._first = self._first, None
         else:
             piece = self._blob.read(INPUT_CHUNK)
             self.bytes_read += len(piece)
         if not piece:
-            self._blob_done = True
+            self._blob_ended = True
         return piece
 
     def _blob_pieces(self) -> t.Iterator[bytes]:
-        while not self._blob_done:
+        while True:
             piece = self._read_blob()
-            if piece:
-                yield piece
+            if not piece:
+                return
+            yield piece
 
     # -- on either thread ----------------------------------------------------------------------------
 

@@ -204,3 +204,12 @@ def test_a_missing_zstandard_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(builtins, '__import__', no_zstandard)
     with pytest.raises(LayerError, match='python3-zstandard'):
         LayerData(io.BytesIO(b'\x28\xb5\x2f\xfd' + bytes(20)), threaded=True)
+
+
+@pytest.mark.parametrize('threaded', [False, True], ids=['same-thread', 'threaded'])
+def test_empty_and_tiny_blobs_end_at_once(threaded: bool) -> None:
+    # The fuzzer's first input (an empty blob) once left the decoding thread waiting for an end never sent.
+    assert read_all(b'', threaded)[:3] == (b'', hashlib.sha256(b'').hexdigest(), hashlib.sha256(b'').hexdigest())
+    assert read_all(b'\x1f', threaded)[0] == b'\x1f'
+    assert decode_error(b'\x1f\x8b', threaded) == ('corrupt or truncated data (gzip): Compressed file ended before '
+                                                   'the end-of-stream marker was reached')
