@@ -166,10 +166,11 @@ def run_timed(commands: t.Sequence[Command], stdout_path: str, log_path: str) ->
     return Usage(end - start, end - exited, user_s, sys_s, max_rss_kib, steps)
 
 
-def run_child(command: Command, stdout_path: str, log_path: str) -> resource.struct_rusage:
+def run_child(command: Command, stdout_path: str, log_path: str,
+              env: t.Optional[t.Mapping[str, str]] = None) -> resource.struct_rusage:
     """Spawn `command` with stdout and stderr appended to files; its rusage (children included) from wait4."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND  # no O_CLOEXEC: these become the child's fds 1 and 2
-    pid = os.posix_spawnp(command.argv[0], command.argv, os.environ, file_actions=[
+    pid = os.posix_spawnp(command.argv[0], command.argv, os.environ if env is None else env, file_actions=[
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, stdout_path, flags, 0o600),
         (os.POSIX_SPAWN_OPEN, 2, log_path, flags, 0o600),

@@ -1,9 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Benchmark: our pull of the Debian image from a local registry against `skopeo copy` + `umoci unpack`.
+"""Benchmark: our pull of an image from a local registry against `skopeo copy` + `umoci unpack`.
 
-Run as root from anywhere: `python3 bench/pull.py [--rounds N] [--json] [--keep] [--collection DIR]`.
+Run as root from anywhere: `python3 bench/pull.py [--image debian|large] [--rounds N] [--json] [--keep]
+[--collection DIR]`.
 See bench/README.md for what is measured and how to read the figures.
 """
 
@@ -26,10 +27,21 @@ from dataclasses import asdict, dataclass, field
 from common import (CACHE_DIR, LAYOUT_DIR, MIB, REPO_ROOT, ROOTFS_DIR, TAG, BenchError, Command, build_image,
                     check_space, count_entries, import_engine, layer_blobs, link_collection, rotated, run_timed,
                     time_write_dir, tree_bytes)
+from large_image import LARGE_TAG, build_large_image
 
 RUNS_DIR = os.path.join(CACHE_DIR, 'pull-runs')
 REGISTRY_FIXTURES = os.path.join(REPO_ROOT, 'tests', 'registry')
-IMAGE_NAME = 'debian:multi'  # repository:tag in the local registry
+
+
+@dataclass(frozen=True)
+class PulledImage:
+    layout: str  # the OCI layout pushed to the registry
+    tag: str  # its tag there, and in the peer's layout
+    name: str  # repository:tag in the local registry
+
+
+# The image measured (--image): the Debian one by default, or the large one (bench/large_image.py).
+IMAGE = PulledImage(LAYOUT_DIR, TAG, 'debian:multi')
 
 PEER = 'skopeo+umoci'
 TOOLS = ('ours', PEER)
@@ -125,7 +137,7 @@ def local_registry(workdir: str) -> t.Iterator[LocalRegistry]:
     import push
     import registry
     with registry.running('http', workdir) as running:
-        pushed = push.push('oci:%s:%s' % (LAYOUT_DIR, TAG), running.host, IMAGE_NAME)
+        pushed = push.push('oci:%s:%s' % (IMAGE.layout, IMAGE.tag), running.host, IMAGE.name)
         yield LocalRegistry(pushed['ref'], pushed['digest'], os.path.join(running.workdir, 'registry.log'))
 
 
@@ -148,8 +160,8 @@ def commands_for(tool: str, scenario: str, round_dir: str, image_ref: str) -> t.
         layout = os.path.join(round_dir, 'peer-layout')
         bundle = os.path.join(round_dir, 'peer-%s' % scenario, 'bundle')
         return os.path.join(bundle, 'rootfs'), [
-            Command(['skopeo', 'copy', '--src-tls-verify=false', image_ref, 'oci:%s:%s' % (layout, TAG)]),
-            Command(['umoci', 'unpack', '--image', '%s:%s' % (layout, TAG), bundle]),
+            Command(['skopeo', 'copy', '--src-tls-verify=false', image_ref, 'oci:%s:%s' % (layout, IMAGE.tag)]),
+            Command(['umoci', 'unpack', '--image', '%s:%s' % (layout, IMAGE.tag), bundle]),
         ]
     raise BenchError('unknown tool %r' % tool)
 
@@ -255,7 +267,7 @@ def print_report(image: t.Dict[str, t.Any], summary: t.Dict[str, t.Any], measure
     layers = image['layers']
     print('image     %s  %s' % (image['ref'], image['digest']))
     print('          pushed with skopeo from oci:%s:%s: %d layers, %.1f MiB compressed (%s)' % (
-        LAYOUT_DIR, TAG, len(layers), sum(layer['size'] for layer in layers) / MIB,
+        IMAGE.layout, IMAGE.tag, len(layers), sum(layer['size'] for layer in layers) / MIB,
         ' + '.join('%.2f' % (layer['size'] / MIB) for layer in layers)))
     print('registry  Debian\'s docker-registry, plain HTTP on 127.0.0.1 (loopback: client cost, not network speed)')
     print('method    %d round(s) after an untimed one, the tool going first alternated each round, a fresh directory'
@@ -266,7 +278,7 @@ def print_report(image: t.Dict[str, t.Any], summary: t.Dict[str, t.Any], measure
           'cache_dir=...)))'
           ' in a child')
     print('          %s: skopeo copy --src-tls-verify=false docker://... oci:LAYOUT:%s; umoci unpack --image'
-          ' LAYOUT:%s BUNDLE' % (PEER, TAG, TAG))
+          ' LAYOUT:%s BUNDLE' % (PEER, IMAGE.tag, IMAGE.tag))
     for scenario in SCENARIOS:
         print('  %-6s  ours: %-36s %s: %s' % (scenario, SCENARIO_MEANING[scenario][0], PEER,
                                               SCENARIO_MEANING[scenario][1]))
@@ -319,6 +331,8 @@ def print_report(image: t.Dict[str, t.Any], summary: t.Dict[str, t.Any], measure
 
 def parse_args(argv: t.Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--image', choices=('debian', 'large'), default='debian',
+                        help='the Debian image (default) or the large one made from this host (bench/large_image.py)')
     parser.add_argument('--rounds', type=int, default=5, help='timed rounds of every scenario and tool (default 5)')
     parser.add_argument('--json', action='store_true', help='print the results as JSON instead of a table')
     parser.add_argument('--keep', action='store_true', help='keep the trees, caches and registry storage in %s'
@@ -347,16 +361,21 @@ def main(argv: t.Sequence[str]) -> int:
         if shutil.which(tool) is None:
             raise BenchError('%s is not installed (apt-get install skopeo umoci docker-registry)' % tool)
     signal.signal(signal.SIGTERM, _terminated)
-    build_image()
+    global IMAGE  # pylint: disable=global-statement
+    if args.image == 'large':
+        IMAGE = PulledImage(build_large_image(), LARGE_TAG, 'large:large')
+    else:
+        build_image()
     link_collection(args.collection)
-    _manifest_digest, blobs = layer_blobs(LAYOUT_DIR, TAG)
+    _manifest_digest, blobs = layer_blobs(IMAGE.layout, IMAGE.tag)
     if os.path.exists(RUNS_DIR):
         print('pull.py: removing %s, left by an earlier run' % RUNS_DIR, file=sys.stderr)
         shutil.rmtree(RUNS_DIR)
     rounds = args.rounds + 1
     # Nothing is deleted until the end: per round 5 trees (2 ours, 3 umoci bundles), our cache and a layout.
     compressed = sum(blob.size for blob in blobs)
-    check_space(RUNS_DIR, (int(tree_bytes(ROOTFS_DIR) * 1.5) * 5 + 2 * compressed) * rounds + 2 * compressed, rounds)
+    unpacked = tree_bytes(ROOTFS_DIR) if args.image == 'debian' else 3 * compressed
+    check_space(RUNS_DIR, (int(unpacked * 1.5) * 5 + 2 * compressed) * rounds + 2 * compressed, rounds)
     measurements: t.List[Measurement] = []
     try:
         with local_registry(os.path.join(RUNS_DIR, 'registry')) as running:

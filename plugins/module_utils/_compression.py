@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import bz2
 import lzma
+import os
 import queue
+import selectors
+import shutil
+import subprocess
 import threading
 import typing as t
 import zlib
@@ -170,8 +174,12 @@ class _Decoder:
     def feed(self, data: bytes) -> t.Iterator[bytes]:
         raise NotImplementedError
 
-    def end(self) -> None:
-        """The input is over: raise _Damaged if the stream was cut short."""
+    def end(self) -> t.Iterator[bytes]:
+        """The input is over: what output is left, then _Damaged if the stream was cut short."""
+        return iter(())
+
+    def close(self) -> None:
+        """Let go of what the decoder holds (a process), also when it stopped early."""
 
 
 class _Plain(_Decoder):
@@ -215,9 +223,10 @@ class _Gzip(_Decoder):
                 return
             data, self._member = member.unused_data, None
 
-    def end(self) -> None:
+    def end(self) -> t.Iterator[bytes]:
         if self._member is not None:
             raise _Damaged(_TRUNCATED)
+        return iter(())
 
 
 def _gzip_complaint(exc: Exception) -> str:
@@ -268,16 +277,18 @@ class _Streams(_Decoder):
         except (EOFError,) + self._errors as exc:
             raise _Damaged(str(exc) or type(exc).__name__) from exc
 
-    def end(self) -> None:
+    def end(self) -> t.Iterator[bytes]:
         if self._stream is not None and not self._ignoring:
             raise _Damaged(_TRUNCATED)
+        return iter(())
 
 
 class _Zstd(_Decoder):
-    """zstd frames one after another, decompressed in small steps; a frame cut short is an error.
+    """zstd frames one after another, decompressed by python-zstandard in small steps; a frame cut short is an error.
 
     zstandard's readers end quietly at a truncated frame, and its decompressobj has no output limit:
-    a zstd block of a few bytes can expand to 128 KiB, so input goes in small pieces.
+    a zstd block of a few bytes can expand to 128 KiB, so input goes in small pieces, and what one
+    piece gives (up to 64 MiB) is handed on in pieces of OUTPUT_CHUNK.
     """
 
     _STEP = 2048
@@ -286,8 +297,8 @@ class _Zstd(_Decoder):
         try:
             import zstandard
         except ImportError:
-            raise LayerError('a zstd-compressed layer needs the Python package "zstandard" on the managed host '
-                             '(Debian/Ubuntu: python3-zstandard; pip: zstandard)')
+            raise LayerError('a zstd-compressed layer needs the zstd program or the Python package "zstandard" on the '
+                             'managed host (Debian/Ubuntu: zstd or python3-zstandard; pip: zstandard)')
         self._context = zstandard.ZstdDecompressor()
         self._frame: t.Any = None
 
@@ -301,16 +312,86 @@ class _Zstd(_Decoder):
                 output = self._frame.decompress(piece)
             except Exception as exc:  # zstandard.ZstdError, which needs zstandard to be named
                 raise _Damaged(str(exc) or type(exc).__name__) from exc
-            if output:
-                yield output
+            for start in range(0, len(output), OUTPUT_CHUNK):
+                yield output[start:start + OUTPUT_CHUNK]
             if self._frame.eof:
                 # The next frame starts with what this one did not use.
                 view = memoryview(self._frame.unused_data + bytes(view))
                 self._frame = None
 
-    def end(self) -> None:
+    def end(self) -> t.Iterator[bytes]:
         if self._frame is not None:
             raise _Damaged('zstd data ends in the middle of a frame')
+        return iter(())
+
+
+class _ZstdProgram(_Decoder):
+    """zstd frames decompressed by the zstd program, as tar -I zstd does: fast, and bounded by its pipe.
+
+    Input and output go through non-blocking pipes, so neither side waits for the other; a frame cut
+    short or damaged makes the program fail, which is reported with what it said.
+    """
+
+    def __init__(self, program: str) -> None:
+        # A session of its own: Ctrl-C at a terminal is ours to handle (close() kills it); if this process
+        # is killed, the program sees the end of its input and exits.
+        self._process = subprocess.Popen([program, '-d', '-c', '-q'], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, start_new_session=True)
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._stdin = self._process.stdin.fileno()
+        self._stdout = self._process.stdout.fileno()
+        os.set_blocking(self._stdin, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._stdout, selectors.EVENT_READ)
+
+    def feed(self, data: bytes) -> t.Iterator[bytes]:
+        view = memoryview(data)
+        self._selector.register(self._stdin, selectors.EVENT_WRITE)
+        try:
+            while view:
+                for key, _events in self._selector.select():
+                    if key.fd == self._stdin:
+                        view = view[self._write(view):]
+                    else:
+                        output = os.read(self._stdout, OUTPUT_CHUNK)
+                        if not output:
+                            raise _Damaged(self._complaint())  # it stopped before its input did
+                        yield output
+        finally:
+            self._selector.unregister(self._stdin)
+
+    def _write(self, view: memoryview) -> int:
+        try:
+            return os.write(self._stdin, view)
+        except BlockingIOError:
+            return 0
+        except BrokenPipeError:
+            raise _Damaged(self._complaint())
+
+    def end(self) -> t.Iterator[bytes]:
+        t.cast(t.IO[bytes], self._process.stdin).close()
+        while True:
+            output = os.read(self._stdout, OUTPUT_CHUNK)
+            if not output:
+                break
+            yield output
+        if self._process.wait() != 0:
+            raise _Damaged(self._complaint())
+
+    def _complaint(self) -> str:
+        self._process.kill()
+        self._process.wait()
+        said = t.cast(t.IO[bytes], self._process.stderr).read(4096).decode('utf-8', 'replace').strip()
+        return 'zstd: %s' % (said.splitlines()[-1] if said else 'exit %d' % self._process.returncode)
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
+            if stream is not None:
+                stream.close()
+        self._selector.close()
 
 
 def inflate_module() -> t.Any:
@@ -330,7 +411,8 @@ def _decoder_for(compression: str) -> _Decoder:
     if compression == 'bzip2':
         return _Streams(bz2.BZ2Decompressor, (OSError, ValueError))
     if compression == 'zstd':
-        return _Zstd()
+        program = shutil.which('zstd')
+        return _ZstdProgram(program) if program else _Zstd()
     return _Plain()
 
 
@@ -404,8 +486,11 @@ class LayerData:
 
     def close(self) -> None:
         worker, self._worker = self._worker, None
-        if worker is None:
-            return
+        if worker is not None:
+            self._stop(worker)
+        self._decoder.close()
+
+    def _stop(self, worker: threading.Thread) -> None:
         self._stopping.set()
         self._inputs.put(_STOP)
         while worker.is_alive():
@@ -480,7 +565,10 @@ class LayerData:
                     if self.data_hasher is not None:
                         self.data_hasher.update(output)
                     yield output
-            self._decoder.end()
+            for output in self._decoder.end():
+                if self.data_hasher is not None:
+                    self.data_hasher.update(output)
+                yield output
         except _Damaged as exc:
             raise LayerError('corrupt or truncated data (%s): %s' % (self.compression, exc)) from exc
 
@@ -521,9 +609,3 @@ class LayerData:
             except queue.Full:
                 continue
         return False
-
-
-def open_layer_data(stream: t.Any) -> t.Tuple[LayerData, str]:
-    """The uncompressed data of a layer blob (any compression, by its magic bytes), read on this thread."""
-    data = LayerData(stream)
-    return data, data.compression

@@ -12,7 +12,7 @@ import tarfile
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils._compression import (
-    open_layer_data,
+    LayerData,
     read_up_to,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import LayerError, SourceError
@@ -50,8 +50,8 @@ class RootfsTarball:
 def _check_is_tar(path: str) -> str:
     """Fail early, with a clear message, on anything that does not start like a tar archive."""
     try:
-        with open(path, 'rb') as stream:
-            decompressed, compression = open_layer_data(stream)
+        with open(path, 'rb') as stream, LayerData(stream) as decompressed:
+            compression = decompressed.compression
             header = read_up_to(decompressed, tarfile.BLOCKSIZE)
     except LayerError as exc:
         raise SourceError('%s is not a readable archive: %s' % (path, exc))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import _qemu as qemu
 from ansible_collections.virt.bootstrap.plugins.module_utils import _shadow as shadow
-from ansible_collections.virt.bootstrap.plugins.module_utils._compression import LimitedReader, SizeBudget, open_layer_data
+from ansible_collections.virt.bootstrap.plugins.module_utils._compression import LayerData, LimitedReader, SizeBudget
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, LayerError
 from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image
 from ansible_collections.virt.bootstrap.plugins.module_utils._layers import (
@@ -316,8 +316,8 @@ def measure(image: Image, max_size: int) -> t.Tuple[int, int]:
         what = 'layer %d/%d %s' % (index + 1, len(image.layers), layer.digest or layer.diff_id or '')
         with layer.open_blob() as blob:
             try:
-                stream = LimitedReader(open_layer_data(blob)[0], budget)
-                with tarfile.open(fileobj=stream, mode='r|', errors='surrogateescape') as tar:
+                with LayerData(blob) as data, \
+                        tarfile.open(fileobj=LimitedReader(data, budget), mode='r|', errors='surrogateescape') as tar:
                     for member in tar:
                         entries += 1
                         total_bytes += -(-member.size // _BLOCK) * _BLOCK

@@ -13,6 +13,8 @@ import hashlib
 import io
 import lzma
 import os
+import re
+import shutil
 import threading
 import time
 import typing as t
@@ -33,6 +35,18 @@ DATA = b''.join(hashlib.sha256(b'%d' % number).hexdigest().encode() + b'\n' for 
 @functools.lru_cache(maxsize=None)
 def packed(compression: str) -> bytes:
     return compress(DATA, compression)
+
+
+@pytest.fixture(params=['program', 'zstandard'])
+def zstd_decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each zstd test once with the zstd program (preferred when on PATH) and once with python-zstandard."""
+    if request.param == 'program':
+        if shutil.which('zstd') is None:
+            pytest.skip('the zstd program is not installed (apt-get install zstd)')
+    else:
+        pytest.importorskip('zstandard', reason='python-zstandard is not installed')
+        monkeypatch.setattr(_compression.shutil, 'which', lambda name: None)
+    return t.cast(str, request.param)
 
 
 @pytest.fixture(params=['zlib', 'isal'])
@@ -127,12 +141,62 @@ def test_xz_and_bzip2_read_stream_after_stream_and_ignore_what_is_no_stream(comp
         % compression)
 
 
+# What each zstd decoder says of a frame cut short.
+ZSTD_TRUNCATED = {'program': r'corrupt or truncated data \(zstd\): zstd: .*(end|truncated)',
+                  'zstandard': r'^corrupt or truncated data \(zstd\): zstd data ends in the middle of a frame$'}
+
+
 @pytest.mark.parametrize('threaded', [False, True], ids=['same-thread', 'threaded'])
-def test_zstd_frames_one_after_another_and_a_cut_frame_is_an_error(threaded: bool) -> None:
+def test_zstd_frames_one_after_another_and_a_cut_frame_is_an_error(zstd_decoder: str, threaded: bool) -> None:
     zstandard = pytest.importorskip('zstandard')
     blob = zstandard.ZstdCompressor().compress(DATA[:3000]) + zstandard.ZstdCompressor().compress(DATA)
     assert read_all(blob, threaded)[0] == DATA[:3000] + DATA
-    assert decode_error(blob[:-10], threaded) == 'corrupt or truncated data (zstd): zstd data ends in the middle of a frame'
+    assert re.search(ZSTD_TRUNCATED[zstd_decoder], decode_error(blob[:-10], threaded))
+    assert decode_error(blob + b'no frame', threaded).startswith('corrupt or truncated data (zstd): ')
+
+
+@pytest.mark.parametrize('threaded', [False, True], ids=['same-thread', 'threaded'])
+def test_a_zstd_bomb_comes_out_in_bounded_pieces(zstd_decoder: str, threaded: bool) -> None:
+    zstandard = pytest.importorskip('zstandard')
+    blob = zstandard.ZstdCompressor(level=19).compress(bytes(256 << 20))  # 256 MiB of zeros in ~8 KiB
+    assert len(blob) < 1 << 16
+    total = largest = 0
+    with LayerData(io.BytesIO(blob), threaded=threaded) as data:
+        while True:
+            chunk = data.read(-1)
+            if not chunk:
+                break
+            total += len(chunk)
+            largest = max(largest, len(chunk))
+    assert (total, largest <= OUTPUT_CHUNK) == (256 << 20, True)
+
+
+def children_of_this_process() -> t.List[t.Tuple[int, str]]:
+    """(pid, command name) of this process's children, from /proc."""
+    children = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open('/proc/%s/stat' % entry, 'rb') as stream:
+                    fields = stream.read().decode('utf-8', 'replace')
+            except OSError:
+                continue
+            name = fields[fields.index('(') + 1:fields.rindex(')')]
+            parent = int(fields[fields.rindex(')') + 2:].split()[1])
+            if parent == os.getpid():
+                children.append((int(entry), name))
+    return children
+
+
+def test_the_zstd_program_is_gone_when_the_reader_stops_early(zstd_decoder: str) -> None:
+    if zstd_decoder != 'program':
+        pytest.skip('only the program leaves a process behind')
+    zstandard = pytest.importorskip('zstandard')
+    blob = zstandard.ZstdCompressor().compress(bytes(64 << 20))
+    with LayerData(io.BytesIO(blob), threaded=True) as data:
+        assert data.read(10) == bytes(10)
+        assert [name for _pid, name in children_of_this_process()] == ['zstd']
+    assert children_of_this_process() == []
 
 
 def test_reads_of_any_size_give_the_same_bytes() -> None:
@@ -202,7 +266,8 @@ def test_a_missing_zstandard_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, '__import__', no_zstandard)
-    with pytest.raises(LayerError, match='python3-zstandard'):
+    monkeypatch.setattr(_compression.shutil, 'which', lambda name: None)
+    with pytest.raises(LayerError, match='Debian/Ubuntu: zstd or python3-zstandard'):
         LayerData(io.BytesIO(b'\x28\xb5\x2f\xfd' + bytes(20)), threaded=True)
 
 
