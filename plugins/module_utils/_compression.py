@@ -11,6 +11,7 @@ import bz2
 import lzma
 import os
 import queue
+import re
 import selectors
 import shutil
 import subprocess
@@ -325,6 +326,9 @@ class _Zstd(_Decoder):
         return iter(())
 
 
+_STDIN_NAME = re.compile(r'^(zstd: )?/\*stdin\*\\? ?: ')
+
+
 class _ZstdProgram(_Decoder):
     """zstd frames decompressed by the zstd program, as tar -I zstd does: fast, and bounded by its pipe.
 
@@ -382,7 +386,9 @@ class _ZstdProgram(_Decoder):
         self._process.kill()
         self._process.wait()
         said = t.cast(t.IO[bytes], self._process.stderr).read(4096).decode('utf-8', 'replace').strip()
-        return 'zstd: %s' % (said.splitlines()[-1] if said else 'exit %d' % self._process.returncode)
+        last = said.splitlines()[-1] if said else 'exit %d' % self._process.returncode
+        # "zstd: /*stdin*\\: unsupported format" says the program and its input: keep what went wrong.
+        return 'zstd: %s' % _STDIN_NAME.sub('', last).strip(' :')
 
     def close(self) -> None:
         if self._process.poll() is None:

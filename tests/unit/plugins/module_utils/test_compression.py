@@ -142,7 +142,8 @@ def test_xz_and_bzip2_read_stream_after_stream_and_ignore_what_is_no_stream(comp
 
 
 # What each zstd decoder says of a frame cut short.
-ZSTD_TRUNCATED = {'program': r'corrupt or truncated data \(zstd\): zstd: .*(end|truncated)',
+# (zstd 1.5.4 says "Read error (39) : premature end"; the wording is the program's, and may change.)
+ZSTD_TRUNCATED = {'program': r'^corrupt or truncated data \(zstd\): zstd: \w.*end',
                   'zstandard': r'^corrupt or truncated data \(zstd\): zstd data ends in the middle of a frame$'}
 
 
@@ -152,7 +153,7 @@ def test_zstd_frames_one_after_another_and_a_cut_frame_is_an_error(zstd_decoder:
     blob = zstandard.ZstdCompressor().compress(DATA[:3000]) + zstandard.ZstdCompressor().compress(DATA)
     assert read_all(blob, threaded)[0] == DATA[:3000] + DATA
     assert re.search(ZSTD_TRUNCATED[zstd_decoder], decode_error(blob[:-10], threaded))
-    assert decode_error(blob + b'no frame', threaded).startswith('corrupt or truncated data (zstd): ')
+    assert re.search(r'^corrupt or truncated data \(zstd\): \w', decode_error(blob + b'no frame', threaded))
 
 
 @pytest.mark.parametrize('threaded', [False, True], ids=['same-thread', 'threaded'])
