@@ -429,7 +429,7 @@ _CREDIT = object()
 _STOP = object()
 # Raw pieces handed to the decoding thread and not yet decoded; pieces of output waiting to be read.
 _INPUT_AHEAD = 2
-_OUTPUT_AHEAD = 8
+_OUTPUT_AHEAD = 4
 _POLL_SECONDS = 0.05
 
 
