@@ -15,19 +15,16 @@ keyed by the resolved path.
 
 from __future__ import annotations
 
-import base64
 import errno
 import os
-import re
 import stat
 import struct
 import tarfile
 import typing as t
-import urllib.parse
 from dataclasses import dataclass, field
 
+from ansible_collections.virt.bootstrap.plugins.module_utils import _tar
 from ansible_collections.virt.bootstrap.plugins.module_utils._compression import (
-    ForwardSeeker,
     HashingReader,
     LimitedReader,
     SizeBudget,
@@ -51,6 +48,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import (
     lstat_at,
     remove_tree_at,
 )
+from ansible_collections.virt.bootstrap.plugins.module_utils._tar import MAX_HEADER_READ, TarEntry, TarReader
 
 CAPABILITY_XATTR = 'security.capability'
 _ALLOWED_XATTR_PREFIXES = ('user.',)
@@ -65,16 +63,12 @@ OPAQUE_MARKER = '.wh..wh..opq'
 AUFS_META_PREFIX = '.wh..wh.'
 DEFAULT_MAX_SIZE = 64 << 30
 # The tar entry types a rootfs is made of (regular files are '0', NUL in old tars, '7' contiguous and GNU
-# sparse 'S'); tarfile itself consumes the PAX and GNU long-name headers. Any other type would be
-# written as a regular file by tarfile: refused instead.
-ENTRY_TYPES = frozenset(tarfile.REGULAR_TYPES + (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE,
-                                                 tarfile.DIRTYPE, tarfile.FIFOTYPE))
-
-_COPY_CHUNK = 1 << 20
+# sparse 'S'); the reader itself consumes the PAX and GNU long-name headers. tarfile would write any other
+# type as a regular file: refused instead.
+ENTRY_TYPES = _tar.REGULAR_TYPES | frozenset((_tar.LNKTYPE, _tar.SYMTYPE, _tar.CHRTYPE, _tar.BLKTYPE, _tar.DIRTYPE,
+                                              _tar.FIFOTYPE))
 # Each entry costs an inode and some memory for whiteout bookkeeping; real images hold thousands.
 MAX_ENTRIES = 5_000_000
-# File data is read in _COPY_CHUNK pieces; only extended headers are read whole.
-MAX_HEADER_READ = 8 << 20
 IdMapper = t.Callable[[int, int], t.Tuple[int, int]]
 
 
@@ -243,15 +237,10 @@ class RootfsBuilder:
     # -- tar walking -----------------------------------------------------------------------------
 
     def _apply_tar(self, tar_stream: t.Any, raw: HashingReader) -> None:
-        seeker = ForwardSeeker(tar_stream, max_read=MAX_HEADER_READ)
-        tar = tarfile.open(fileobj=seeker, mode='r:', encoding='utf-8', errors='surrogateescape')
-        while True:
-            member = tar.next()
-            if member is None:
-                break
-            tar.members = []  # tarfile keeps every header otherwise
+        reader = TarReader(tar_stream, max_header_read=MAX_HEADER_READ)
+        for member in reader:
             try:
-                self._apply_member(tar, member)
+                self._apply_member(reader, member)
             except (ValueError, OverflowError) as exc:
                 # Header values no system call takes: a NUL in a name, an owner or time out of range.
                 raise LayerError('entry %s cannot be written: %s' % (_shown(member.name), exc)) from exc
@@ -262,12 +251,8 @@ class RootfsBuilder:
                 raise LayerError('entry %s cannot be written: %s' % (_shown(member.name), exc.strerror)) from exc
             if self.progress is not None:
                 self.progress(raw.bytes_read)
-        # tarfile takes a damaged header for the end of the archive: the block it stopped at must be
-        # zeros (or missing, as many writers leave it out), and only zero padding may follow.
-        if seeker.last_read.strip(b'\0') or not seeker.rest_is_zeros():
-            raise LayerError('damaged tar header at byte %d of the uncompressed layer' % tar.offset)
 
-    def _apply_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def _apply_member(self, reader: TarReader, member: TarEntry) -> None:
         self._entries += 1
         if self._entries > MAX_ENTRIES:
             raise SizeLimitExceeded('the layers hold more than %d entries; no real rootfs has that many' % MAX_ENTRIES)
@@ -286,26 +271,27 @@ class RootfsBuilder:
         if not parts:
             self._apply_root_entry(member)
             return
-        if member.isdir():
+        kind = member.type
+        if kind == _tar.DIRTYPE:
             self._make_dir(parts, member)
             return
-        if member.islnk():
+        if kind == _tar.LNKTYPE:
             self._make_hardlink(parts, member)
             return
         parent, parent_fd = self._dirs.resolve(parts[:-1], create=True)
         name = parts[-1]
         path = parent + (name,)
-        if member.issym():
+        if kind == _tar.SYMTYPE:
             self._replace(parent_fd, path)
             os.symlink(member.linkname, name, dir_fd=parent_fd)
-        elif member.isfifo():
+        elif kind == _tar.FIFOTYPE:
             self._replace(parent_fd, path)
             os.mkfifo(name, 0o600, dir_fd=parent_fd)
-        elif member.ischr() or member.isblk():
+        elif kind in (_tar.CHRTYPE, _tar.BLKTYPE):
             if not self._device_nodes:
                 self.stats.skip('device_node')
                 return
-            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            kind = stat.S_IFCHR if kind == _tar.CHRTYPE else stat.S_IFBLK
             self._replace(parent_fd, path)
             try:
                 os.mknod(name, 0o600 | kind, os.makedev(member.devmajor, member.devminor), dir_fd=parent_fd)
@@ -313,23 +299,23 @@ class RootfsBuilder:
                 self.stats.skip('device_node_not_permitted')
                 return
         else:
-            self._write_file(tar, member, parent_fd, path)
+            self._write_file(reader, member, parent_fd, path)
             return
-        self._set_metadata_at(parent_fd, name, member, is_symlink=member.issym())
+        self._set_metadata_at(parent_fd, name, member, is_symlink=member.type == _tar.SYMTYPE)
         self._scope.record(path)
         self.stats.written += 1
 
-    def _apply_root_entry(self, member: tarfile.TarInfo) -> None:
-        if not member.isdir():
+    def _apply_root_entry(self, member: TarEntry) -> None:
+        if member.type != _tar.DIRTYPE:
             raise HostileLayer('the entry for the root itself (%s) is not a directory' % _shown(member.name))
         self._set_owner(self._root_fd, None, member)
         self._clear_xattrs(self._root_fd)
         self._set_xattrs(self._root_fd, None, member)
-        self._dir_meta[()] = _DirMeta(member.mode, _mtime_ns(member))
+        self._dir_meta[()] = _DirMeta(member.mode, member.mtime_ns)
 
     # -- entry kinds -----------------------------------------------------------------------------
 
-    def _make_dir(self, parts: Parts, member: tarfile.TarInfo) -> None:
+    def _make_dir(self, parts: Parts, member: TarEntry) -> None:
         parent, parent_fd = self._dirs.resolve(parts[:-1], create=True)
         name = parts[-1]
         path = parent + (name,)
@@ -345,33 +331,32 @@ class RootfsBuilder:
             # Re-declared: the entry's attributes replace the lower layer's, as in umoci.
             self._clear_xattrs(fd)
         self._set_xattrs(fd, None, member)
-        self._dir_meta[path] = _DirMeta(member.mode, _mtime_ns(member))
+        self._dir_meta[path] = _DirMeta(member.mode, member.mtime_ns)
         self._scope.record(path)
         self.stats.written += 1
 
-    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int, path: Parts) -> None:
+    def _write_file(self, reader: TarReader, member: TarEntry, parent_fd: int, path: Parts) -> None:
         name = path[-1]
         self._replace(parent_fd, path)
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=parent_fd)
         try:
-            if member.issparse():
+            if member.sparse is not None:
                 # The holes are written out as zeros, which the stream budget never sees.
                 self._budget.spend(member.size)
-            source = tar.extractfile(member)
-            if source is not None:
-                _copy_to_fd(source, fd)
+            for piece in reader.data(member):
+                while piece:
+                    piece = piece[os.write(fd, piece):]
             self._set_owner(fd, None, member)
             os.chmod(fd, member.mode)
             self._set_xattrs(fd, None, member)
-            mtime = _mtime_ns(member)
-            os.utime(fd, ns=(mtime, mtime))
+            os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
         finally:
             os.close(fd)
         self._scope.record(path)
         self.stats.written += 1
 
-    def _make_hardlink(self, parts: Parts, member: tarfile.TarInfo) -> None:
+    def _make_hardlink(self, parts: Parts, member: TarEntry) -> None:
         target = split_entry_name(member.linkname)
         if not target:
             raise HostileLayer('hard link %s points at the root' % display_path(parts))
@@ -486,16 +471,15 @@ class RootfsBuilder:
 
     # -- metadata --------------------------------------------------------------------------------
 
-    def _set_metadata_at(self, parent_fd: int, name: str, member: tarfile.TarInfo, is_symlink: bool) -> None:
+    def _set_metadata_at(self, parent_fd: int, name: str, member: TarEntry, is_symlink: bool) -> None:
         uid, gid = self._map_ids(member.uid, member.gid)
         self._set_owner_at(parent_fd, name, uid, gid, mapped=True)
         if not is_symlink:
             os.chmod(name, member.mode, dir_fd=parent_fd)
         self._set_xattrs(parent_fd, name, member)
-        mtime = _mtime_ns(member)
-        os.utime(name, ns=(mtime, mtime), dir_fd=parent_fd, follow_symlinks=False)
+        os.utime(name, ns=(member.mtime_ns, member.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
 
-    def _set_owner(self, fd: int, name: t.Optional[str], member: tarfile.TarInfo) -> None:
+    def _set_owner(self, fd: int, name: t.Optional[str], member: TarEntry) -> None:
         uid, gid = self._map_ids(member.uid, member.gid)
         if name is None:
             self._chown(lambda: os.chown(fd, uid, gid), uid, gid)
@@ -537,8 +521,8 @@ class RootfsBuilder:
                     raise
                 self.stats.skip('xattr')
 
-    def _set_xattrs(self, fd: int, name: t.Optional[str], member: tarfile.TarInfo) -> None:
-        for key, value in _xattrs_of(member):
+    def _set_xattrs(self, fd: int, name: t.Optional[str], member: TarEntry) -> None:
+        for key, value in member.xattrs:
             if not xattr_allowed(key):
                 self.stats.skip('xattr_not_allowed')
                 continue
@@ -598,39 +582,6 @@ def xattr_allowed(name: str) -> bool:
     return name.startswith(_ALLOWED_XATTR_PREFIXES) or name in _ALLOWED_XATTRS
 
 
-def _xattrs_of(member: tarfile.TarInfo) -> t.Iterator[t.Tuple[str, bytes]]:
-    for key, value in member.pax_headers.items():
-        if key.startswith('SCHILY.xattr.'):
-            yield key[len('SCHILY.xattr.'):], value.encode('utf-8', 'surrogateescape')
-        elif key.startswith('LIBARCHIVE.xattr.'):
-            name = urllib.parse.unquote(key[len('LIBARCHIVE.xattr.'):])
-            yield name, base64.b64decode(value + '=' * (-len(value) % 4))
-
-
-_PAX_TIME = re.compile(r'(-?)([0-9]+)(?:\.([0-9]*))?', re.ASCII)
-
-
 def _dir_is(info: os.stat_result, meta: _DirMeta) -> bool:
     return stat.S_IMODE(info.st_mode) == stat.S_IMODE(meta.mode) and \
         (meta.mtime_ns is None or info.st_mtime_ns == meta.mtime_ns)
-
-
-def _mtime_ns(member: tarfile.TarInfo) -> int:
-    # tarfile parses a PAX mtime into a float, which cannot hold the nanoseconds of today's dates:
-    # read the text.
-    match = _PAX_TIME.fullmatch(member.pax_headers.get('mtime', '').strip())
-    if match is None:
-        return round(member.mtime * 1_000_000_000)
-    sign, seconds, fraction = match.groups()
-    ns = int(seconds) * 1_000_000_000 + int((fraction or '')[:9].ljust(9, '0'))
-    return -ns if sign else ns
-
-
-def _copy_to_fd(source: t.BinaryIO, fd: int) -> None:
-    while True:
-        chunk = source.read(_COPY_CHUNK)
-        if not chunk:
-            return
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view):]
