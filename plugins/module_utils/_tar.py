@@ -141,7 +141,8 @@ class TarReader:
         self._current = None
         if self._ended:
             return None
-        start = self.offset
+        # A global header's records stay for all later entries; like tarfile, the header after it must be there.
+        start = entry_start = self.offset
         long_name: t.Optional[str] = None
         long_link: t.Optional[str] = None
         pax: t.Optional[t.List[t.Tuple[str, str]]] = None
@@ -156,24 +157,24 @@ class TarReader:
                 text = _text(self._extension_data(fields, header_offset).partition(b'\0')[0])
                 if (long_name if kind == _LONG_NAME else long_link) is not None:
                     raise HostileLayer('the entry at byte %d has two GNU long %s headers'
-                                       % (start, 'name' if kind == _LONG_NAME else 'link'))
+                                       % (entry_start, 'name' if kind == _LONG_NAME else 'link'))
                 if kind == _LONG_NAME:
                     long_name = text
                 else:
                     long_link = text
             elif kind in _PAX_TYPES:
                 if pax is not None:
-                    raise HostileLayer('the entry at byte %d has two PAX headers' % start)
+                    raise HostileLayer('the entry at byte %d has two PAX headers' % entry_start)
                 pax = _pax_records(self._extension_data(fields, header_offset), header_offset)
             elif kind == _PAX_GLOBAL:
-                if header_offset != start:
+                if long_name is not None or long_link is not None or pax is not None:
                     raise HostileLayer('a global PAX header at byte %d comes between an entry and its own '
                                        'extended headers' % header_offset)
                 self._set_globals(_pax_records(self._extension_data(fields, header_offset), header_offset),
                                   header_offset)
-                start = self.offset
+                entry_start = self.offset
             else:
-                entry = self._entry(fields, start, long_name, long_link, pax)
+                entry = self._entry(fields, entry_start, long_name, long_link, pax)
                 self._current = entry
                 return entry
 
