@@ -434,6 +434,16 @@ class TarReader:
             size -= step
 
 
+def check_header(block: bytes) -> None:
+    """Raise LayerError unless `block` is a whole tar header with a right checksum: the first look at a file."""
+    if len(block) != BLOCK or block.count(0) == BLOCK:
+        raise LayerError('no tar header in the first %d bytes' % BLOCK)
+    try:
+        _parse_header(block)
+    except _BadHeader as exc:
+        raise LayerError(str(exc)) from None
+
+
 # -- header fields ------------------------------------------------------------------------------------
 
 
