@@ -24,6 +24,7 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuild
     read,
 )
 
+COLLECTIONS_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *(['..'] * 7)))
 _MODES = {'private': 0o600, 'plain': 0o644, 'shared': 0o666, 'open': 0o777, 'setuid': 0o4755, 'none': 0o000,
           'group': 0o2750}
 
@@ -150,7 +151,7 @@ def test_new_files_cost_no_lookup_chown_or_chmod(tmp_path: pathlib.Path) -> None
               '    builder.apply_tar_stream(layer)\n')
     traced = subprocess.run(['strace', '-f', '-e', 'trace=newfstatat,fchown,fchmod,openat', sys.executable, '-c',
                              script, str(tmp_path / 'root'), str(tmp_path / 'layer.tar')],
-                            capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONDONTWRITEBYTECODE='1'))
+                            capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONPATH=COLLECTIONS_ROOT))
     calls = [line for line in traced.stderr.splitlines() if re.search(r'"f\d{3}"', line)]
     assert sorted(os.listdir(tmp_path / 'root')) == ['f%03d' % number for number in range(200)]
     assert len(calls) == 200 and all('openat(' in call and 'O_EXCL' in call for call in calls), calls[:5]
