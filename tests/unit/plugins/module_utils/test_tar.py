@@ -182,22 +182,31 @@ def test_global_pax_records_apply_to_every_later_entry() -> None:
     assert ours(archive) == tarfiles(archive)
 
 
+def _with_checksum(header: bytearray, signed: bool = False) -> bytes:
+    header[148:156] = b' ' * 8
+    total = sum(byte - 256 if signed and byte >= 128 else byte for byte in header)
+    header[148:156] = b'%06o\0 ' % total
+    return bytes(header)
+
+
 def test_base_256_numbers_and_signed_checksums_are_read() -> None:
     header = bytearray(TarBuilder().file('owner', b'').tar()[:512])
     header[108:116] = b'\x80' + (1 << 40).to_bytes(7, 'big')  # GNU base-256 uid
-    header[100] = 0xb0  # a high byte in the mode field makes the signed and unsigned sums differ
-    header[101:108] = b'000644\0'
-    header[148:156] = b' ' * 8
-    signed = sum(byte - 256 if byte >= 128 else byte for byte in header)
-    header[148:156] = b'%06o\0 ' % signed
-    archive = bytes(header) + bytes(1024)
-    with pytest.raises(LayerError):  # the mode is not octal: tarfile calls it an invalid header too
-        list(TarReader(io.BytesIO(archive)))
-    header[100] = ord('0')
-    header[148:156] = b' ' * 8
-    header[148:156] = b'%06o\0 ' % sum(header)
-    entry = next(TarReader(io.BytesIO(bytes(header) + bytes(1024))))
-    assert (entry.name, entry.uid, entry.mode) == ('owner', 1 << 40, 0o644)
+    header[265:270] = b'\xe9l\xe9a'  # a Latin-1 user name: the signed and unsigned sums differ
+    for signed in (False, True):
+        archive = _with_checksum(header, signed) + bytes(1024)
+        entry = next(TarReader(io.BytesIO(archive)))
+        assert (entry.name, entry.uid, entry.mode) == ('owner', 1 << 40, 0o644)
+        assert ours(archive) == tarfiles(archive)
+    header[100:108] = b'\xb0' + b'00644\0 '  # not a number: tarfile calls it an invalid header too
+    with pytest.raises(LayerError, match=r'^corrupt or truncated data \(tar\): invalid header$'):
+        list(TarReader(io.BytesIO(_with_checksum(header) + bytes(1024))))
+
+
+def test_pax_hdrcharset_binary_names_keep_their_bytes() -> None:
+    archive = TarBuilder().file('x', b'x', pax={'hdrcharset': 'BINARY', 'path': 'caf\udce9'}).tar()
+    assert next(TarReader(io.BytesIO(archive))).name.encode('utf-8', 'surrogateescape') == b'caf\xe9'
+    assert ours(archive) == tarfiles(archive)
 
 
 @needs_umoci
