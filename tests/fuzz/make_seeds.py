@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import os
+import re
 import subprocess
 import tarfile
 import tempfile
@@ -77,6 +78,7 @@ LAYERS = {
     'sparse-size': tar([file('big', b'', size=1 << 40)]),
 }
 
+
 def gnu_tar(*options: str) -> bytes:
     """A small tree with a sparse file, as GNU tar writes it with `options` (fixed owners and times)."""
     with tempfile.TemporaryDirectory() as scratch:
@@ -93,10 +95,25 @@ def gnu_tar(*options: str) -> bytes:
         os.symlink('sparse', os.path.join(tree, 'link'))
         os.link(os.path.join(tree, 'sparse'), os.path.join(tree, 'hard'))
         archive = os.path.join(scratch, 'out.tar')
+        # PAX headers named without the process id and without access and change times: the same seeds each run.
+        pax = ['--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime'] if '--format=pax' in options else []
         subprocess.run(['tar', '--numeric-owner', '--owner=0', '--group=0', '--mtime=@1500000000',
-                        '--sort=name', '-C', tree, '-cf', archive] + list(options) + ['.'], check=True)
+                        '--sort=name', '-C', tree, '-cf', archive] + list(options) + pax + ['.'], check=True)
         with open(archive, 'rb') as stream:
-            return _trimmed(stream.read())
+            return _trimmed(_without_process_id(stream.read()))
+
+
+def _without_process_id(archive: bytes) -> bytes:
+    """GNU tar names sparse files ./GNUSparseFile.PID/NAME in their headers: the same digits every run."""
+    data = bytearray(archive)
+    for match in re.finditer(rb'GNUSparseFile\.([0-9]+)', archive):
+        data[match.start(1):match.end(1)] = b'1' * len(match.group(1))
+        block = match.start() // 512 * 512
+        if match.start() - block >= 100:
+            continue  # not in a header's name field (a PAX record keeps its length)
+        data[block + 148:block + 156] = b' ' * 8
+        data[block + 148:block + 156] = b'%06o\0 ' % sum(data[block:block + 512])
+    return bytes(data)
 
 
 def _trimmed(archive: bytes) -> bytes:

@@ -75,8 +75,8 @@ def test_a_setgid_root_does_not_give_its_group_to_new_inodes(root: str) -> None:
     layer = TarBuilder().dir('./', uid=0, gid=4321).file('f', b'f', uid=0, gid=0).dir('d', uid=0, gid=0).symlink('l', 'f', uid=0, gid=0) \
         .fifo('p', uid=0, gid=0).file('d/below', b'b', uid=0, gid=0).file('implied/below', b'i').tar()
     apply_layers(root, layer)
-    groups = {name: os.lstat(os.path.join(root, name)).st_gid for name in ('f', 'd', 'l', 'p', 'd/below', 'implied',
-                                                                          'implied/below')}
+    names = ('f', 'd', 'l', 'p', 'd/below', 'implied', 'implied/below')
+    groups = {name: os.lstat(os.path.join(root, name)).st_gid for name in names}
     assert groups == dict.fromkeys(groups, 0)
 
 
