@@ -22,6 +22,7 @@ import re
 import struct
 import typing as t
 import urllib.parse
+import zlib
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import HostileLayer, LayerError
 
@@ -457,7 +458,7 @@ def _parse_header(block: bytes) -> _Header:
         numbers = [int(field.partition(b'\0')[0] or b'0', 8) for field in numeric]
     except ValueError:
         numbers = [_number(field) for field in numeric]
-    unsigned = sum(block) - sum(checksum) + _CHECKSUM_SPACES
+    unsigned = _byte_sum(block) - sum(checksum) + _CHECKSUM_SPACES
     if numbers[0] != unsigned:
         # Some old tars summed signed chars.
         high = sum(1 for byte in block[:148] + block[156:] if byte >= 0x80)
@@ -466,6 +467,12 @@ def _parse_header(block: bytes) -> _Header:
     real_size = _number(block[483:495]) if kind == GNU_SPARSE else 0
     return (name, numbers[1], numbers[2], numbers[3], numbers[4], numbers[5], kind, linkname, numbers[6], numbers[7],
             prefix, block, real_size)
+
+
+def _byte_sum(block: bytes) -> int:
+    """The sum of the bytes of a 512-byte block, five times faster than sum(): the low half of Adler-32 is
+    1 + the sum of the bytes modulo 65521, and the sum of 256 bytes (at most 65280) never reaches that."""
+    return (zlib.adler32(block[:256]) & 0xffff) + (zlib.adler32(block[256:]) & 0xffff) - 2
 
 
 def _number(field: bytes) -> int:
