@@ -209,6 +209,8 @@ class TarReader:
         prefix = prefix.partition(b'\0')[0]
         if prefix and kind not in _NO_PREFIX_TYPES:
             name = _text(prefix) + '/' + name
+            if kind == DIRTYPE:
+                name = name.rstrip('/')  # tarfile strips a directory's name again once it has its prefix
         entry.name = name
         entry.type = kind
         entry.linkname = _text(linkname.partition(b'\0')[0])

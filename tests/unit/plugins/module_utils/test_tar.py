@@ -203,6 +203,21 @@ def test_base_256_numbers_and_signed_checksums_are_read() -> None:
         list(TarReader(io.BytesIO(_with_checksum(header) + bytes(1024))))
 
 
+@pytest.mark.parametrize('name, prefix, kind, expected', [
+    (b'', b'pre', b'5', 'pre'), (b'dir//', b'pre/', b'5', 'pre//dir'), (b'', b'pre', b'0', 'pre/'),
+    (b'old/', b'', b'\0', 'old'),
+], ids=['dir-all-in-prefix', 'dir-slashes', 'file-all-in-prefix', 'v7-dir'])
+def test_ustar_names_join_their_prefix_as_tarfile_joins_them(name: bytes, prefix: bytes, kind: bytes,
+                                                             expected: str) -> None:
+    header = bytearray(_ustar_file()[:512])
+    header[0:100] = name.ljust(100, b'\0')
+    header[156:157] = kind
+    header[345:500] = prefix.ljust(155, b'\0')
+    archive = _with_checksum(header) + bytes(1024)
+    assert next(TarReader(io.BytesIO(archive))).name == expected
+    assert ours(archive) == tarfiles(archive)
+
+
 def test_pax_hdrcharset_binary_names_keep_their_bytes() -> None:
     archive = TarBuilder().file('x', b'x', pax={'hdrcharset': 'BINARY', 'path': 'caf\udce9'}).tar()
     assert next(TarReader(io.BytesIO(archive))).name.encode('utf-8', 'surrogateescape') == b'caf\xe9'
