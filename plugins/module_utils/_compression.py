@@ -19,7 +19,7 @@ import threading
 import typing as t
 import zlib
 
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import HostileLayer, LayerError, SizeLimitExceeded
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import LayerError, SizeLimitExceeded
 
 _MAGIC = (
     (b'\x1f\x8b', 'gzip'),
@@ -51,85 +51,6 @@ class LimitedReader:
 
     def readable(self) -> bool:
         return True
-
-
-class ForwardSeeker:
-    """Makes a stream look seekable to tarfile, which then reads headers without copying buffers.
-
-    tarfile only ever seeks forward when members are read in order; a backward seek is a bug.
-    """
-
-    def __init__(self, stream: t.Any, buffer_size: int = 1 << 20, max_read: t.Optional[int] = None) -> None:
-        self._stream = stream
-        # tarfile reads a long name or a PAX header in one read; a hostile one could fill the memory.
-        self._max_read = max_read
-        self._buffer = b''
-        self._buffer_offset = 0
-        self._buffer_size = buffer_size
-        self._position = 0
-        # What the last read returned: after tarfile reports the end, the block it took for the end.
-        self.last_read = b''
-
-    def read(self, size: int = -1) -> bytes:
-        if self._max_read is not None and (size is None or size < 0 or size > self._max_read):
-            raise HostileLayer('a tar header asks for %s bytes at once (a long name or PAX record); more than %d '
-                               'is no real archive' % ('all' if size is None or size < 0 else size, self._max_read))
-        if size is None or size < 0:
-            data = self._buffer[self._buffer_offset:] + self._stream.read()
-            self._buffer, self._buffer_offset = b'', 0
-        elif size > len(self._buffer) - self._buffer_offset:
-            pieces = [self._buffer[self._buffer_offset:]]
-            have = len(pieces[0])
-            more = b''
-            while have < size:
-                more = self._stream.read(max(size - have, self._buffer_size))
-                if not more:
-                    break
-                pieces.append(more)
-                have += len(more)
-            # Keep what was read past `size` as the new buffer.
-            surplus = have - size
-            if surplus > 0:
-                pieces[-1] = more[:len(more) - surplus]
-                self._buffer, self._buffer_offset = more, len(more) - surplus
-            else:
-                self._buffer, self._buffer_offset = b'', 0
-            data = b''.join(pieces)
-        else:
-            start = self._buffer_offset
-            self._buffer_offset += size
-            data = self._buffer[start:self._buffer_offset]
-        self._position += len(data)
-        self.last_read = data
-        return data
-
-    def tell(self) -> int:
-        return self._position
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == 1:
-            offset += self._position
-        if whence == 2 or offset < self._position:
-            raise OSError('stream can only move forward (at %d, asked for %d)' % (self._position, offset))
-        while self._position < offset:
-            if not self.read(min(offset - self._position, self._buffer_size)):
-                break
-        return self._position
-
-    def rest_is_zeros(self) -> bool:
-        """Read to the end; True when only end-of-archive padding (zero bytes) follows."""
-        while True:
-            chunk = self.read(self._buffer_size)
-            if not chunk:
-                return True
-            if chunk.count(0) != len(chunk):
-                return False
 
 
 class SizeBudget:

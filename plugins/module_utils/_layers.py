@@ -15,19 +15,15 @@ keyed by the resolved path.
 
 from __future__ import annotations
 
-import base64
 import errno
 import os
-import re
 import stat
 import struct
-import tarfile
 import typing as t
-import urllib.parse
 from dataclasses import dataclass, field
 
+from ansible_collections.virt.bootstrap.plugins.module_utils import _tar
 from ansible_collections.virt.bootstrap.plugins.module_utils._compression import (
-    ForwardSeeker,
     LayerData,
     LimitedReader,
     SizeBudget,
@@ -50,6 +46,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import (
     lstat_at,
     remove_tree_at,
 )
+from ansible_collections.virt.bootstrap.plugins.module_utils._tar import MAX_HEADER_READ, TarEntry, TarReader
 
 CAPABILITY_XATTR = 'security.capability'
 _ALLOWED_XATTR_PREFIXES = ('user.',)
@@ -64,16 +61,15 @@ OPAQUE_MARKER = '.wh..wh..opq'
 AUFS_META_PREFIX = '.wh..wh.'
 DEFAULT_MAX_SIZE = 64 << 30
 # The tar entry types a rootfs is made of (regular files are '0', NUL in old tars, '7' contiguous and GNU
-# sparse 'S'); tarfile itself consumes the PAX and GNU long-name headers. Any other type would be
-# written as a regular file by tarfile: refused instead.
-ENTRY_TYPES = frozenset(tarfile.REGULAR_TYPES + (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE,
-                                                 tarfile.DIRTYPE, tarfile.FIFOTYPE))
-
-_COPY_CHUNK = 1 << 20
+# sparse 'S'); the reader itself consumes the PAX and GNU long-name headers. tarfile would write any other
+# type as a regular file: refused instead.
+ENTRY_TYPES = _tar.REGULAR_TYPES | frozenset((_tar.LNKTYPE, _tar.SYMTYPE, _tar.CHRTYPE, _tar.BLKTYPE, _tar.DIRTYPE,
+                                              _tar.FIFOTYPE))
 # Each entry costs an inode and some memory for whiteout bookkeeping; real images hold thousands.
 MAX_ENTRIES = 5_000_000
-# File data is read in _COPY_CHUNK pieces; only extended headers are read whole.
-MAX_HEADER_READ = 8 << 20
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_DEFAULT_ACL = 'system.posix_acl_default'
+_T = t.TypeVar('_T')
 IdMapper = t.Callable[[int, int], t.Tuple[int, int]]
 
 
@@ -150,6 +146,12 @@ class RootfsBuilder:
         self._budget = SizeBudget(max_size)
         self._map_ids = id_mapper or (lambda uid, gid: (uid, gid))
         self._keep_owners = os.geteuid() == 0
+        self._creator = (os.geteuid(), os.getegid())
+        self._umask = _process_umask()
+        # While every directory of the tree is one this builder made in this run (0700 until finish(), no
+        # default ACL), a new inode gets exactly the creating process's owner and the mode it was made with
+        # less the umask: chown and chmod can be left out when they would change nothing.
+        self._fresh_tree = directories is None and _plain_directory(self._root_fd)
         self.progress = progress
         self._scope = _LayerScope()
         self._entries = 0
@@ -192,9 +194,6 @@ class RootfsBuilder:
                     data.drain()
             except BootstrapError as exc:
                 raise type(exc)('%s: %s' % (what.strip(), exc)) from exc
-            except tarfile.TarError as exc:
-                raise LayerError('%s: corrupt or truncated data (tar): %s' % (what.strip(), exc or type(exc).__name__)) \
-                    from exc
         if data.blob_hasher is not None and layer.digest:
             verify_digest(data.blob_hasher, layer.digest, what.strip())
         if data.data_hasher is not None and layer.diff_id:
@@ -211,6 +210,7 @@ class RootfsBuilder:
         should be is kept for the layers to come, and directories that already are right are not
         touched, so an upper layer's image does not copy them.
         """
+        self._fresh_tree = False  # directories get their modes (setgid ones too) from here on
         for parts in sorted(self._dir_meta, key=len, reverse=True):
             meta = self._dir_meta[parts]
             if len(self._dirs) >= DIR_CACHE_LIMIT:
@@ -234,21 +234,17 @@ class RootfsBuilder:
         What was learnt of the tree (directory metadata, sizes and entries counted) carries over.
         """
         self.close()
+        self._fresh_tree = False
         self._root_fd = os.open(root, DIR_FLAGS)
         self._dirs = InRootDirs(self._root_fd, on_create=self._made_parent_dir)
 
     # -- tar walking -----------------------------------------------------------------------------
 
     def _apply_tar(self, tar_stream: t.Any, raw: LayerData) -> None:
-        seeker = ForwardSeeker(tar_stream, max_read=MAX_HEADER_READ)
-        tar = tarfile.open(fileobj=seeker, mode='r:', encoding='utf-8', errors='surrogateescape')
-        while True:
-            member = tar.next()
-            if member is None:
-                break
-            tar.members = []  # tarfile keeps every header otherwise
+        reader = TarReader(tar_stream, max_header_read=MAX_HEADER_READ)
+        for member in reader:
             try:
-                self._apply_member(tar, member)
+                self._apply_member(reader, member)
             except (ValueError, OverflowError) as exc:
                 # Header values no system call takes: a NUL in a name, an owner or time out of range.
                 raise LayerError('entry %s cannot be written: %s' % (_shown(member.name), exc)) from exc
@@ -259,12 +255,8 @@ class RootfsBuilder:
                 raise LayerError('entry %s cannot be written: %s' % (_shown(member.name), exc.strerror)) from exc
             if self.progress is not None:
                 self.progress(raw.bytes_read)
-        # tarfile takes a damaged header for the end of the archive: the block it stopped at must be
-        # zeros (or missing, as many writers leave it out), and only zero padding may follow.
-        if seeker.last_read.strip(b'\0') or not seeker.rest_is_zeros():
-            raise LayerError('damaged tar header at byte %d of the uncompressed layer' % tar.offset)
 
-    def _apply_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def _apply_member(self, reader: TarReader, member: TarEntry) -> None:
         self._entries += 1
         if self._entries > MAX_ENTRIES:
             raise SizeLimitExceeded('the layers hold more than %d entries; no real rootfs has that many' % MAX_ENTRIES)
@@ -283,92 +275,96 @@ class RootfsBuilder:
         if not parts:
             self._apply_root_entry(member)
             return
-        if member.isdir():
+        kind = member.type
+        if kind == _tar.DIRTYPE:
             self._make_dir(parts, member)
             return
-        if member.islnk():
+        if kind == _tar.LNKTYPE:
             self._make_hardlink(parts, member)
             return
         parent, parent_fd = self._dirs.resolve(parts[:-1], create=True)
         name = parts[-1]
         path = parent + (name,)
-        if member.issym():
-            self._replace(parent_fd, path)
-            os.symlink(member.linkname, name, dir_fd=parent_fd)
-        elif member.isfifo():
-            self._replace(parent_fd, path)
-            os.mkfifo(name, 0o600, dir_fd=parent_fd)
-        elif member.ischr() or member.isblk():
+        mode = self._mode_at_creation(member.mode)
+        if kind == _tar.SYMTYPE:
+            self._create(parent_fd, path, lambda: os.symlink(member.linkname, name, dir_fd=parent_fd))
+        elif kind == _tar.FIFOTYPE:
+            self._create(parent_fd, path, lambda: os.mkfifo(name, 0o600 if mode is None else mode, dir_fd=parent_fd))
+        elif kind in (_tar.CHRTYPE, _tar.BLKTYPE):
             if not self._device_nodes:
                 self.stats.skip('device_node')
                 return
-            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-            self._replace(parent_fd, path)
+            node = (0o600 if mode is None else mode) | (stat.S_IFCHR if kind == _tar.CHRTYPE else stat.S_IFBLK)
+            device = os.makedev(member.devmajor, member.devminor)
             try:
-                os.mknod(name, 0o600 | kind, os.makedev(member.devmajor, member.devminor), dir_fd=parent_fd)
+                self._create(parent_fd, path, lambda: os.mknod(name, node, device, dir_fd=parent_fd))
             except PermissionError:
                 self.stats.skip('device_node_not_permitted')
                 return
         else:
-            self._write_file(tar, member, parent_fd, path)
+            self._write_file(reader, member, parent_fd, path, mode)
             return
-        self._set_metadata_at(parent_fd, name, member, is_symlink=member.issym())
+        self._set_metadata_at(parent_fd, name, member, set_mode=mode is None and kind != _tar.SYMTYPE)
         self._scope.record(path)
         self.stats.written += 1
 
-    def _apply_root_entry(self, member: tarfile.TarInfo) -> None:
-        if not member.isdir():
+    def _apply_root_entry(self, member: TarEntry) -> None:
+        if member.type != _tar.DIRTYPE:
             raise HostileLayer('the entry for the root itself (%s) is not a directory' % _shown(member.name))
         self._set_owner(self._root_fd, None, member)
         self._clear_xattrs(self._root_fd)
         self._set_xattrs(self._root_fd, None, member)
-        self._dir_meta[()] = _DirMeta(member.mode, _mtime_ns(member))
+        self._dir_meta[()] = _DirMeta(member.mode, member.mtime_ns)
 
     # -- entry kinds -----------------------------------------------------------------------------
 
-    def _make_dir(self, parts: Parts, member: tarfile.TarInfo) -> None:
+    def _make_dir(self, parts: Parts, member: TarEntry) -> None:
         parent, parent_fd = self._dirs.resolve(parts[:-1], create=True)
         name = parts[-1]
         path = parent + (name,)
-        existing = lstat_at(parent_fd, name)
-        if existing is not None and not stat.S_ISDIR(existing.st_mode):
-            self._remove_at(parent_fd, path, existing)
-            existing = None
-        if existing is None:
+        existing = None
+        try:
             os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            existing = lstat_at(parent_fd, name)
+            if existing is not None and not stat.S_ISDIR(existing.st_mode):
+                self._remove_at(parent_fd, path, existing)
+                existing = None
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
         fd = self._dirs.real(path)
-        self._set_owner(fd, None, member)
+        self._set_owner(fd, None, member, created=existing is None)
         if existing is not None:
             # Re-declared: the entry's attributes replace the lower layer's, as in umoci.
             self._clear_xattrs(fd)
         self._set_xattrs(fd, None, member)
-        self._dir_meta[path] = _DirMeta(member.mode, _mtime_ns(member))
+        self._dir_meta[path] = _DirMeta(member.mode, member.mtime_ns)
         self._scope.record(path)
         self.stats.written += 1
 
-    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int, path: Parts) -> None:
+    def _write_file(self, reader: TarReader, member: TarEntry, parent_fd: int, path: Parts,
+                    mode: t.Optional[int]) -> None:
+        """A new regular file; `mode`: what to create it with when that is its final mode already."""
         name = path[-1]
-        self._replace(parent_fd, path)
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=parent_fd)
+        fd = self._create(parent_fd, path, lambda: os.open(name, _FILE_FLAGS, 0o600 if mode is None else mode,
+                                                           dir_fd=parent_fd))
         try:
-            if member.issparse():
+            if member.sparse is not None:
                 # The holes are written out as zeros, which the stream budget never sees.
                 self._budget.spend(member.size)
-            source = tar.extractfile(member)
-            if source is not None:
-                _copy_to_fd(source, fd)
-            self._set_owner(fd, None, member)
-            os.chmod(fd, member.mode)
+            for piece in reader.data(member):
+                while piece:
+                    piece = piece[os.write(fd, piece):]
+            self._set_owner(fd, None, member, created=True)
+            if mode is None:
+                os.chmod(fd, member.mode)  # after chown, which clears setuid and setgid
             self._set_xattrs(fd, None, member)
-            mtime = _mtime_ns(member)
-            os.utime(fd, ns=(mtime, mtime))
+            os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
         finally:
             os.close(fd)
         self._scope.record(path)
         self.stats.written += 1
 
-    def _make_hardlink(self, parts: Parts, member: tarfile.TarInfo) -> None:
+    def _make_hardlink(self, parts: Parts, member: TarEntry) -> None:
         target = split_entry_name(member.linkname)
         if not target:
             raise HostileLayer('hard link %s points at the root' % display_path(parts))
@@ -387,8 +383,8 @@ class RootfsBuilder:
             # Replacing `path` would remove the target (and the directory fd we hold for it) first.
             raise LayerError('hard link %s would replace the directory holding its target %s'
                              % (display_path(parts), display_path(target)))
-        self._replace(parent_fd, path)
-        os.link(target[-1], parts[-1], src_dir_fd=target_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
+        self._create(parent_fd, path, lambda: os.link(target[-1], parts[-1], src_dir_fd=target_fd,
+                                                      dst_dir_fd=parent_fd, follow_symlinks=False))
         self._scope.record(path)
         self.stats.written += 1
 
@@ -458,8 +454,25 @@ class RootfsBuilder:
 
     def _made_parent_dir(self, parent_fd: int, name: str, path: Parts) -> None:
         """A directory no entry named, made on the way to an entry: root's, 0755 unless an entry says otherwise."""
-        self._set_owner_at(parent_fd, name, 0, 0)
+        self._set_owner_at(parent_fd, name, 0, 0, created=True)
         self._dir_meta.setdefault(path, _DirMeta(0o755, None))
+
+    def _create(self, parent_fd: int, path: Parts, make: t.Callable[[], _T]) -> _T:
+        """Make a new inode at resolved `path`; when something is there, replace it (never reuse it) and retry once.
+
+        Nearly every entry is new: trying first saves an lstat that would only say so.
+        """
+        try:
+            return make()
+        except FileExistsError:
+            self._replace(parent_fd, path)
+            return make()
+
+    def _mode_at_creation(self, mode: int) -> t.Optional[int]:
+        """`mode` when an inode made with it gets exactly it (no special bits, nothing the umask takes), or None."""
+        if self._fresh_tree and self._umask is not None and 0 <= mode <= 0o777 and not mode & self._umask:
+            return mode
+        return None
 
     def _replace(self, parent_fd: int, path: Parts) -> None:
         """Clear the way for a new inode at resolved `path` (never modify the old one in place)."""
@@ -483,31 +496,36 @@ class RootfsBuilder:
 
     # -- metadata --------------------------------------------------------------------------------
 
-    def _set_metadata_at(self, parent_fd: int, name: str, member: tarfile.TarInfo, is_symlink: bool) -> None:
+    def _set_metadata_at(self, parent_fd: int, name: str, member: TarEntry, set_mode: bool) -> None:
+        """Owner, mode (unless it was made with it or is a symlink), xattrs and mtime of a new non-file inode."""
         uid, gid = self._map_ids(member.uid, member.gid)
-        self._set_owner_at(parent_fd, name, uid, gid, mapped=True)
-        if not is_symlink:
+        self._set_owner_at(parent_fd, name, uid, gid, mapped=True, created=True)
+        if set_mode:
             os.chmod(name, member.mode, dir_fd=parent_fd)
         self._set_xattrs(parent_fd, name, member)
-        mtime = _mtime_ns(member)
-        os.utime(name, ns=(mtime, mtime), dir_fd=parent_fd, follow_symlinks=False)
+        os.utime(name, ns=(member.mtime_ns, member.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
 
-    def _set_owner(self, fd: int, name: t.Optional[str], member: tarfile.TarInfo) -> None:
+    def _set_owner(self, fd: int, name: t.Optional[str], member: TarEntry, created: bool = False) -> None:
         uid, gid = self._map_ids(member.uid, member.gid)
         if name is None:
-            self._chown(lambda: os.chown(fd, uid, gid), uid, gid)
+            self._chown(lambda: os.chown(fd, uid, gid), uid, gid, created)
         else:
-            self._set_owner_at(fd, name, uid, gid, mapped=True)
+            self._set_owner_at(fd, name, uid, gid, mapped=True, created=created)
 
-    def _set_owner_at(self, parent_fd: int, name: str, uid: int, gid: int, mapped: bool = False) -> None:
+    def _set_owner_at(self, parent_fd: int, name: str, uid: int, gid: int, mapped: bool = False,
+                      created: bool = False) -> None:
         if not mapped:
             uid, gid = self._map_ids(uid, gid)
-        self._chown(lambda: os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False), uid, gid)
+        self._chown(lambda: os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False), uid, gid, created)
 
-    def _chown(self, change: t.Callable[[], None], uid: int, gid: int) -> None:
+    def _chown(self, change: t.Callable[[], None], uid: int, gid: int, created: bool = False) -> None:
+        """Give an inode its owner; `created`: this builder just made it, so it has the creator's unless
+        a setgid directory gave it another group."""
         if not self._keep_owners:
-            if uid != os.geteuid() or gid != os.getegid():
+            if (uid, gid) != self._creator:
                 self.stats.owners_not_kept += 1
+            return
+        if created and self._fresh_tree and (uid, gid) == self._creator:
             return
         try:
             change()
@@ -534,11 +552,13 @@ class RootfsBuilder:
                     raise
                 self.stats.skip('xattr')
 
-    def _set_xattrs(self, fd: int, name: t.Optional[str], member: tarfile.TarInfo) -> None:
-        for key, value in _xattrs_of(member):
+    def _set_xattrs(self, fd: int, name: t.Optional[str], member: TarEntry) -> None:
+        for key, value in member.xattrs:
             if not xattr_allowed(key):
                 self.stats.skip('xattr_not_allowed')
                 continue
+            if key == _DEFAULT_ACL:
+                self._fresh_tree = False  # what is made below that directory gets its modes from the ACL
             if key == CAPABILITY_XATTR:
                 value = shift_capability_root(value, lambda uid: self._map_ids(uid, 0)[0])
             try:
@@ -595,39 +615,30 @@ def xattr_allowed(name: str) -> bool:
     return name.startswith(_ALLOWED_XATTR_PREFIXES) or name in _ALLOWED_XATTRS
 
 
-def _xattrs_of(member: tarfile.TarInfo) -> t.Iterator[t.Tuple[str, bytes]]:
-    for key, value in member.pax_headers.items():
-        if key.startswith('SCHILY.xattr.'):
-            yield key[len('SCHILY.xattr.'):], value.encode('utf-8', 'surrogateescape')
-        elif key.startswith('LIBARCHIVE.xattr.'):
-            name = urllib.parse.unquote(key[len('LIBARCHIVE.xattr.'):])
-            yield name, base64.b64decode(value + '=' * (-len(value) % 4))
+def _process_umask() -> t.Optional[int]:
+    """The umask, read without setting it (os.umask can only swap it, and the engine is a library too)."""
+    try:
+        with open('/proc/self/status', 'rb') as status:
+            for line in status:
+                if line.startswith(b'Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
-_PAX_TIME = re.compile(r'(-?)([0-9]+)(?:\.([0-9]*))?', re.ASCII)
+def _plain_directory(fd: int) -> bool:
+    """Whether what is made in directory `fd` gets the creator's group and the umask's modes (no setgid, no
+    default ACL)."""
+    if os.fstat(fd).st_mode & stat.S_ISGID:
+        return False
+    try:
+        os.getxattr(fd, _DEFAULT_ACL)
+    except OSError as exc:
+        return exc.errno in (errno.ENODATA, errno.ENOTSUP)
+    return False
 
 
 def _dir_is(info: os.stat_result, meta: _DirMeta) -> bool:
     return stat.S_IMODE(info.st_mode) == stat.S_IMODE(meta.mode) and \
         (meta.mtime_ns is None or info.st_mtime_ns == meta.mtime_ns)
-
-
-def _mtime_ns(member: tarfile.TarInfo) -> int:
-    # tarfile parses a PAX mtime into a float, which cannot hold the nanoseconds of today's dates:
-    # read the text.
-    match = _PAX_TIME.fullmatch(member.pax_headers.get('mtime', '').strip())
-    if match is None:
-        return round(member.mtime * 1_000_000_000)
-    sign, seconds, fraction = match.groups()
-    ns = int(seconds) * 1_000_000_000 + int((fraction or '')[:9].ljust(9, '0'))
-    return -ns if sign else ns
-
-
-def _copy_to_fd(source: t.BinaryIO, fd: int) -> None:
-    while True:
-        chunk = source.read(_COPY_CHUNK)
-        if not chunk:
-            return
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view):]

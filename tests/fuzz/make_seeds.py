@@ -13,7 +13,10 @@ import gzip
 import io
 import json
 import os
+import re
+import subprocess
 import tarfile
+import tempfile
 import typing as t
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,6 +78,82 @@ LAYERS = {
     'sparse-size': tar([file('big', b'', size=1 << 40)]),
 }
 
+
+def gnu_tar(*options: str) -> bytes:
+    """A small tree with a sparse file, as GNU tar writes it with `options` (fixed owners and times)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        tree = os.path.join(scratch, 'tree')
+        os.makedirs(os.path.join(tree, 'd' * 30, 'e' * 80))
+        with open(os.path.join(tree, 'sparse'), 'wb') as stream:
+            stream.write(b'head')
+            stream.seek(20000)
+            stream.write(b'middle')
+            stream.seek(50000)
+            stream.write(b'end')
+        with open(os.path.join(tree, 'd' * 30, 'e' * 80, 'f' * 40), 'wb') as stream:
+            stream.write(b'deep\n')
+        os.symlink('sparse', os.path.join(tree, 'link'))
+        os.link(os.path.join(tree, 'sparse'), os.path.join(tree, 'hard'))
+        archive = os.path.join(scratch, 'out.tar')
+        # PAX headers named without the process id and without access and change times: the same seeds each run.
+        pax = ['--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime'] if '--format=pax' in options else []
+        subprocess.run(['tar', '--numeric-owner', '--owner=0', '--group=0', '--mtime=@1500000000',
+                        '--sort=name', '-C', tree, '-cf', archive] + list(options) + pax + ['.'], check=True)
+        with open(archive, 'rb') as stream:
+            return _trimmed(_without_process_id(stream.read()))
+
+
+def _without_process_id(archive: bytes) -> bytes:
+    """GNU tar names sparse files ./GNUSparseFile.PID/NAME in their headers: the same digits every run."""
+    data = bytearray(archive)
+    for match in re.finditer(rb'GNUSparseFile\.([0-9]+)', archive):
+        data[match.start(1):match.end(1)] = b'1' * len(match.group(1))
+        block = match.start() // 512 * 512
+        if match.start() - block >= 100:
+            continue  # not in a header's name field (a PAX record keeps its length)
+        data[block + 148:block + 156] = b' ' * 8
+        data[block + 148:block + 156] = b'%06o\0 ' % sum(data[block:block + 512])
+    return bytes(data)
+
+
+def _trimmed(archive: bytes) -> bytes:
+    """Without the zeros GNU tar pads its last record with, past the two end-of-archive blocks."""
+    data = archive.rstrip(b'\0')
+    return data + bytes(-len(data) % 512 + 1024)
+
+
+def _number_in_base_256(archive: bytes) -> bytes:
+    """The first header with its uid written in GNU's base-256 form, checksum fixed."""
+    header = bytearray(archive[:512])
+    header[108:116] = b'\x80' + (1234).to_bytes(7, 'big')
+    header[148:156] = b' ' * 8
+    header[148:156] = b'%06o\0 ' % sum(header)
+    return bytes(header) + archive[512:]
+
+
+def tar_seeds() -> t.Dict[str, bytes]:
+    plain = [directory('etc'), file('etc/os-release', b'ID=seed\n', mtime=1500000000), symlink('lib', 'usr/lib'),
+             hardlink('etc/hard', 'etc/os-release'), ('dev/null', tarfile.CHRTYPE, {'devmajor': 1, 'devminor': 3}),
+             file('d/' * 60 + 'long', b'long\n')]
+    seeds = {'tarfile-' + name: tar(plain, format=number)
+             for name, number in (('pax', tarfile.PAX_FORMAT), ('gnu', tarfile.GNU_FORMAT),
+                                  ('ustar', tarfile.USTAR_FORMAT))}
+    seeds['pax-records'] = tar([file('bin/ping', b'p', pax_headers={
+        'mtime': '1700000000.123456789', 'SCHILY.xattr.security.capability': '\x01\x00\x00\x02' + '\x00' * 16,
+        'LIBARCHIVE.xattr.user.with%3Dequals': 'AAEC/w', 'uid': '4321', 'path': 'bin/ping2'})])
+    seeds['global'] = tarfile.TarInfo.create_pax_global_header({'mtime': '1600000000.5', 'comment': 'seed'}) + \
+        tar([file('after', b'a')])
+    seeds['base-256'] = _number_in_base_256(tar([file('owner', b'o')], format=tarfile.GNU_FORMAT))
+    for name, options in (('gnu-tar-gnu', ['--format=gnu', '--sparse']),
+                          ('gnu-tar-oldgnu', ['--format=oldgnu', '--sparse']),
+                          ('gnu-tar-v7', ['--format=v7', '--exclude=./' + 'd' * 30]), ('gnu-tar-ustar', ['--format=ustar']),
+                          ('gnu-tar-pax-0.0', ['--format=pax', '--sparse', '--sparse-version=0.0']),
+                          ('gnu-tar-pax-0.1', ['--format=pax', '--sparse', '--sparse-version=0.1']),
+                          ('gnu-tar-pax-1.0', ['--format=pax', '--sparse', '--sparse-version=1.0'])):
+        seeds[name] = gnu_tar(*options)
+    return {name: _trimmed(data) for name, data in seeds.items()}
+
+
 METADATA = {
     'manifest': {'schemaVersion': 2, 'mediaType': 'application/vnd.oci.image.manifest.v1+json',
                  'config': {'mediaType': 'application/vnd.oci.image.config.v1+json', 'digest': DIGEST, 'size': 2},
@@ -129,6 +208,8 @@ def write(harness: str, name: str, data: bytes) -> None:
 def main() -> None:
     for name, data in LAYERS.items():
         write('layers', name, data)
+    for name, data in tar_seeds().items():
+        write('tar', name, data)
     for name, document in METADATA.items():
         write('metadata', name, json.dumps(document, sort_keys=True).encode())
     for number, text in enumerate(REFERENCES):

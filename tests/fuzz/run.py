@@ -26,7 +26,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HARNESSES = ('layers', 'metadata', 'references', 'auth', 'shadow')
+HARNESSES = ('layers', 'tar', 'metadata', 'references', 'auth', 'shadow')
 
 
 def run_harness(name: str, seconds: int, artifacts: str) -> bool:

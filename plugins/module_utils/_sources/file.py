@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import tarfile
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils._compression import (
@@ -16,6 +15,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._compression import
     read_up_to,
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import LayerError, SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils._tar import BLOCK, check_header
 from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image, Layer, Platform, file_digest
 
 _MEDIA_BY_COMPRESSION = {
@@ -52,11 +52,11 @@ def _check_is_tar(path: str) -> str:
     try:
         with open(path, 'rb') as stream, LayerData(stream) as decompressed:
             compression = decompressed.compression
-            header = read_up_to(decompressed, tarfile.BLOCKSIZE)
+            header = read_up_to(decompressed, BLOCK)
     except LayerError as exc:
         raise SourceError('%s is not a readable archive: %s' % (path, exc))
     try:
-        tarfile.TarInfo.frombuf(header, 'utf-8', 'surrogateescape')
-    except tarfile.HeaderError:
+        check_header(header)
+    except LayerError:
         raise SourceError('%s is not a tar archive (compression: %s)' % (path, compression))
     return compression

@@ -20,14 +20,13 @@ import errno
 import os
 import shutil
 import stat
-import tarfile
 import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import _qemu as qemu
 from ansible_collections.virt.bootstrap.plugins.module_utils import _shadow as shadow
 from ansible_collections.virt.bootstrap.plugins.module_utils._compression import LayerData, LimitedReader, SizeBudget
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, LayerError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
 from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image
 from ansible_collections.virt.bootstrap.plugins.module_utils._layers import (
     CAPABILITY_XATTR,
@@ -38,6 +37,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._layers import (
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress
 from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import DIR_FLAGS, remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils._tar import TarReader
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.dir import write_dir
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2_store import LayerStore, chain_keys
 
@@ -316,15 +316,12 @@ def measure(image: Image, max_size: int) -> t.Tuple[int, int]:
         what = 'layer %d/%d %s' % (index + 1, len(image.layers), layer.digest or layer.diff_id or '')
         with layer.open_blob() as blob:
             try:
-                with LayerData(blob) as data, \
-                        tarfile.open(fileobj=LimitedReader(data, budget), mode='r|', errors='surrogateescape') as tar:
-                    for member in tar:
+                with LayerData(blob) as data:
+                    for member in TarReader(LimitedReader(data, budget)):
                         entries += 1
                         total_bytes += -(-member.size // _BLOCK) * _BLOCK
             except BootstrapError as exc:
                 raise type(exc)('%s: %s' % (what.strip(), exc)) from exc
-            except tarfile.TarError as exc:
-                raise LayerError('%s: corrupt or truncated data (tar): %s' % (what.strip(), exc)) from exc
     return total_bytes, entries
 
 
