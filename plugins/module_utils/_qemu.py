@@ -36,6 +36,7 @@ PACKAGES = {
     'losetup': 'mount',
     'mount': 'mount',
     'umount': 'mount',
+    'guestfish': 'libguestfs-tools',
 }
 FILESYSTEMS = ('ext4', 'xfs')
 EXPORT_NAME = 'export.raw'
@@ -134,11 +135,32 @@ def require_host_mounts(filesystem: str, make_filesystem: bool = True) -> None:
     if make_filesystem:
         tool('mkfs.' + filesystem)
     if os.geteuid() != 0:
-        raise ToolError('qcow2 images are written through loop devices, which needs root (running as uid %d); '
-                        'the libguestfs way for other users is not built yet' % os.geteuid())
+        raise ToolError('qcow2 images are mounted on the host through loop devices, which needs root (running as '
+                        'uid %d); qcow2_method: appliance writes them through libguestfs instead' % os.geteuid())
     if not os.path.exists('/dev/loop-control'):
-        raise ToolError('no loop devices here (/dev/loop-control is missing; modprobe loop?); the libguestfs way '
-                        'for hosts without them is not built yet')
+        raise ToolError('no loop devices here (/dev/loop-control is missing; modprobe loop?); qcow2_method: '
+                        'appliance writes the images through libguestfs instead')
+
+
+def host_mounts_work(filesystem: str, probe_dir: str) -> bool:
+    """Whether images can be mounted on the host: the tools, root, and a loop device that really attaches
+    (a container may show /dev/loop-control and still refuse). The probe file lives in `probe_dir`, where
+    release_debris finds a loop device a killed probe left."""
+    try:
+        require_host_mounts(filesystem)
+    except ToolError:
+        return False
+    probe = os.path.join(probe_dir, 'loop-probe')
+    with open(probe, 'xb') as stream:
+        stream.truncate(1 << 20)
+    try:
+        device = run_tool(['losetup', '--find', '--show', '--read-only', probe], 'probing loop devices').strip()
+        _detach_loop(device)
+    except ToolError:
+        return False
+    finally:
+        os.unlink(probe)
+    return True
 
 
 @contextlib.contextmanager

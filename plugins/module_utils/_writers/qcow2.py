@@ -38,6 +38,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._layers import (
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress
 from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import DIR_FLAGS, remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils._writers import qcow2_appliance
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.dir import write_dir
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2_store import LayerStore, chain_keys
 
@@ -46,6 +47,13 @@ FLAT = 'flat'
 LAYOUTS = (CHAIN, FLAT)
 FILESYSTEMS = qemu.FILESYSTEMS
 FLAT_NAME = 'rootfs.qcow2'
+# How a chain is written: mounted on the host (root, loop devices), or through one libguestfs appliance.
+AUTO = 'auto'
+HOST_MOUNT = 'host-mount'
+APPLIANCE = 'appliance'
+METHODS = (AUTO, HOST_MOUNT, APPLIANCE)
+# The appliance's working files, beside the images while they are written.
+APPLIANCE_WORK_NAME = 'appliance'
 # Where an image is mounted while it is written: inside the build directory, so the next run finds
 # what a killed one left there (qemu.release_debris).
 WORK_NAME = 'mount'
@@ -63,8 +71,12 @@ class Qcow2Settings:
     filesystem: str = 'ext4'
     # A directory whose layer images guests of the same image share (chain only); None: each dest has its own.
     layer_store: t.Optional[str] = None
+    # How a chain is written (METHODS); never part of what is written: either way gives the same tree.
+    method: str = AUTO
 
     def validate(self) -> None:
+        if self.method not in METHODS:
+            raise BootstrapError('qcow2_method %r is not one of: %s' % (self.method, ', '.join(METHODS)))
         if self.layers not in LAYOUTS:
             raise BootstrapError('qcow2_layers %r is not one of: %s' % (self.layers, ', '.join(LAYOUTS)))
         if self.filesystem not in FILESYSTEMS:
@@ -77,6 +89,8 @@ class Qcow2Settings:
             if self.layers != CHAIN:
                 raise BootstrapError('qcow2_layer_store shares the images of qcow2_layers: chain; flat has none')
             LayerStore(self.layer_store)  # an absolute path
+            if self.method == APPLIANCE:
+                raise BootstrapError('qcow2_layer_store is written with qcow2_method: host-mount only (as root)')
 
 
 @dataclass
@@ -85,6 +99,9 @@ class Written:
     # The root entry of /etc/shadow as the image has it (before our password), for putting it back later.
     image_root_field: t.Optional[str]
     images: t.List[str] = field(default_factory=list)
+    # Which way the images were written (HOST_MOUNT, APPLIANCE or FLAT), and the appliances it launched.
+    method: str = HOST_MOUNT
+    appliance_launches: int = 0
 
 
 def image_names(layer_count: int, layout: str, shared: bool = False) -> t.List[str]:
@@ -114,14 +131,24 @@ def write_qcow2(image: Image, images_dir: str, settings: Qcow2Settings, max_size
     if not image.layers:
         raise BootstrapError('the image has no layers: there is nothing to write')
     settings.validate()
-    if settings.layers == CHAIN:
+    build_dir = os.path.dirname(images_dir)
+    method = choose_method(settings, build_dir) if settings.layers == CHAIN else FLAT
+    if method == HOST_MOUNT:
         qemu.require_host_mounts(settings.filesystem)
+    elif method == APPLIANCE:
+        _refuse_in_appliance(id_mapper)
     os.mkdir(images_dir, 0o700)
-    work_dir = os.path.join(os.path.dirname(images_dir), WORK_NAME)
+    work_dir = os.path.join(build_dir, WORK_NAME)
     names = image_names(len(image.layers), settings.layers, shared=settings.layer_store is not None)
     if settings.layers == FLAT:
         size = settings.size or size_for(*measure(image, max_size))
         return _write_flat(image, images_dir, size, max_size, id_mapper, progress, device_nodes, root_hash)
+    if method == APPLIANCE:
+        size = settings.size or size_for(*measure(image, max_size))
+        stats, image_root_field = qcow2_appliance.write_chain(
+            image, images_dir, names, os.path.join(build_dir, APPLIANCE_WORK_NAME), size, settings.filesystem,
+            max_size, progress, device_nodes, root_hash)
+        return Written(stats, image_root_field, names, method=APPLIANCE, appliance_launches=1)
     if settings.layer_store is not None:
         place: _Placement = _InStore(image, settings, device_nodes)
     else:
@@ -139,6 +166,22 @@ def write_qcow2(image: Image, images_dir: str, settings: Qcow2Settings, max_size
             if root_hash is not None:
                 shadow.set_root_hash(root, root_hash)
     return Written(stats, image_root_field, names)
+
+
+def choose_method(settings: Qcow2Settings, probe_dir: str) -> str:
+    """The way a chain is written: the one asked for, or for `auto` host-mount where it works, else the appliance."""
+    if settings.method != AUTO:
+        return settings.method
+    if settings.layer_store is not None:
+        return HOST_MOUNT  # the store is host-mount's alone: its own errors say what is missing
+    return HOST_MOUNT if qemu.host_mounts_work(settings.filesystem, probe_dir) else APPLIANCE
+
+
+def _refuse_in_appliance(id_mapper: t.Optional[IdMapper]) -> None:
+    if id_mapper is not None:
+        # A chown per entry costs a round trip to the appliance (~26 ms under TCG: minutes for a real image).
+        raise BootstrapError('uid_map/gid_map cannot be applied through the libguestfs appliance (one slow chown '
+                             'per entry); use qcow2_method: host-mount (root with loop devices)')
 
 
 class _Placement:
@@ -262,7 +305,7 @@ def _write_flat(image: Image, images_dir: str, size: int, max_size: int, id_mapp
     remove_tree(tree)
     qemu.flatten_raw(raw, os.path.join(images_dir, FLAT_NAME))
     os.unlink(raw)
-    return Written(stats, image_root_field, [FLAT_NAME])
+    return Written(stats, image_root_field, [FLAT_NAME], method=FLAT)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,152 @@
+# -*- coding: utf-8 -*-
+# Copyright: virt.bootstrap contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file is PRIVATE to the virt.bootstrap collection and may change at any time; do not import it
+# from elsewhere. The public Python API is bootstrap.py (bootstrap, build_request, run) and errors.py.
+"""The qcow2 chain written through one libguestfs appliance, for hosts without root or loop devices.
+
+The layers are planned on the host first (qcow2_plan: canonical removals and a sanitised tar per
+layer) while the appliance boots. Then one working raw disk, made by mkfs on the host, takes the
+layers one by one (rm -rf, tar-in); after each, the appliance unmounts and syncs, and the host turns
+the disk into that layer's image: layer 0 a copy, each later one an overlay holding only the
+clusters that differ from the image below (qemu-img rebase of an overlay of the disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import typing as t
+
+from ansible_collections.virt.bootstrap.plugins.module_utils import _qemu as qemu
+from ansible_collections.virt.bootstrap.plugins.module_utils import _shadow as shadow
+from ansible_collections.virt.bootstrap.plugins.module_utils._guestfish import Session
+from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image
+from ansible_collections.virt.bootstrap.plugins.module_utils._layers import ApplyStats
+from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress
+from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import Parts, remove_tree
+from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2_plan import LayerPlan, LayerPlanner
+
+DEVICE = '/dev/sda'
+TAR_IN_OPTIONS = ('xattrs:true', 'acls:true')
+# The files an edit of the finished tree may change (the root password, virt-builder's fstab).
+EDITED_FILES: t.Tuple[Parts, ...] = (('etc', 'shadow'), ('etc', 'fstab'))
+
+
+class Planned(t.NamedTuple):
+    layers: t.List[LayerPlan]
+    # The sanitised tar of the guest overlay's edits, or None when they change nothing.
+    edits: t.Optional[str]
+    stats: ApplyStats
+    image_root_field: t.Optional[str]
+
+
+def write_chain(image: Image, images_dir: str, names: t.Sequence[str], work_dir: str, size: int, filesystem: str,
+                max_size: int, progress: Progress, device_nodes: bool,
+                root_hash: t.Optional[str]) -> t.Tuple[ApplyStats, t.Optional[str]]:
+    """Write `names` (one image per layer, then the guest's overlay) into `images_dir` with one appliance launch.
+
+    `work_dir` must not exist (its parent is private); it holds the skeleton, the tars and the working
+    disk, and is removed afterwards. Returns the applier's stats and the image's own root entry.
+    """
+    program = qemu.tool('guestfish')
+    qemu.tool('qemu-img')
+    qemu.tool('mkfs.' + filesystem)
+    os.mkdir(work_dir, 0o700)
+    try:
+        disk = os.path.join(work_dir, 'disk.raw')
+        _make_working_disk(disk, size, filesystem)
+        with Session(program, work_dir) as fish:
+            fish.send('add', disk, options=['format:raw'])
+            fish.send('run')
+            planned = _plan(image, work_dir, max_size, progress, device_nodes, root_hash)  # while it boots
+            progress.status('Waiting for the libguestfs appliance')
+            fish.wait('launching the libguestfs appliance')
+            count = len(planned.layers)
+            for index, plan in enumerate(planned.layers):
+                progress.status('Writing layer %d/%d in the appliance' % (index + 1, count))
+                fish.send('mount', DEVICE, '/')
+                for path in plan.removals:
+                    fish.send('rm-rf', '/' + '/'.join(path))
+                fish.send('tar-in', plan.tar_path, '/', options=TAR_IN_OPTIONS)
+                _snapshot(fish, disk, images_dir, names, index, size, 'layer %d/%d' % (index + 1, count))
+                os.unlink(plan.tar_path)
+            if planned.edits is not None:
+                progress.status('Writing the guest overlay in the appliance')
+                fish.send('mount', DEVICE, '/')
+                fish.send('tar-in', planned.edits, '/', options=TAR_IN_OPTIONS)
+                _snapshot(fish, disk, images_dir, names, count, size, 'the guest overlay')
+            else:
+                qemu.create_image(os.path.join(images_dir, names[-1]), backing=names[-2])
+    finally:
+        remove_tree(work_dir)
+    return planned.stats, planned.image_root_field
+
+
+def _plan(image: Image, work_dir: str, max_size: int, progress: Progress, device_nodes: bool,
+          root_hash: t.Optional[str]) -> Planned:
+    """Every layer planned on the host, and the guest overlay's edits; the skeleton is gone afterwards."""
+    skeleton = os.path.join(work_dir, 'tree')
+    os.mkdir(skeleton, 0o700)
+    count = len(image.layers)
+    progress.start_layers([layer.size for layer in image.layers])
+    planner = LayerPlanner(skeleton, work_dir, max_size=max_size, device_nodes=device_nodes)
+    try:
+        layers = []
+        for index, layer in enumerate(image.layers):
+            planner.progress = progress.layer(index, count, layer.size)
+            layers.append(planner.plan(layer, 'layer %d/%d' % (index + 1, count), index))
+        image_root_field = shadow.read_root_hash(skeleton)
+        edits: t.Optional[str] = os.path.join(work_dir, 'guest.tar')
+
+        def edit(root: str) -> None:
+            if image.finish_tree is not None:  # the source's own edits (virt-builder: fstab), never in a layer
+                image.finish_tree(root)
+            if root_hash is not None:
+                shadow.set_root_hash(root, root_hash)
+
+        if not planner.plan_edits(edit, EDITED_FILES, t.cast(str, edits)):
+            edits = None
+        return Planned(layers, edits, planner.stats, image_root_field)
+    finally:
+        planner.close()
+        remove_tree(skeleton)
+
+
+def _make_working_disk(disk: str, size: int, filesystem: str) -> None:
+    """A sparse raw disk with the filesystem on all of it, made on the host (no appliance, no root)."""
+    with open(disk, 'xb') as stream:
+        stream.truncate(size)
+    if filesystem == 'ext4':
+        # Inode tables and journal zeroed now: lazy init would write them later, into an upper layer's image.
+        # The root directory is root's, whoever runs mkfs.
+        argv = ['mkfs.ext4', '-q', '-F', '-T', 'default', '-E', 'lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0',
+                disk]
+    else:
+        argv = ['mkfs.xfs', '-q', '-f', disk]
+    qemu.run_tool(argv, 'making the %s filesystem' % filesystem)
+
+
+def _snapshot(fish: Session, disk: str, images_dir: str, names: t.Sequence[str], index: int, size: int,
+              what: str) -> None:
+    """Image `index` from the working disk as it is now; the disk is left unmounted in the appliance."""
+    fish.send('umount', '/')
+    fish.send('sync')
+    fish.wait('writing %s' % what)
+    path = os.path.join(images_dir, names[index])
+    if index == 0:
+        # -U: the appliance holds the disk's lock, and has flushed all of it.
+        qemu.run_tool(['qemu-img', 'convert', '-q', '-U', '-f', 'raw', '-O', 'qcow2', disk, path],
+                      'writing %s' % os.path.basename(path))
+        return
+    part = os.path.join(images_dir, '.%s.part' % names[index])
+    try:
+        # An overlay of the disk, then moved onto the image below: only the clusters that differ are copied in.
+        qemu.run_tool(['qemu-img', 'create', '-q', '-u', '-f', 'qcow2', '-b', os.path.abspath(disk), '-F', 'raw',
+                       part, str(size)], 'writing %s' % os.path.basename(path))
+        qemu.run_tool(['qemu-img', 'rebase', '-q', '-U', '-f', 'qcow2', '-b', names[index - 1], '-F', 'qcow2', part],
+                      'writing %s' % os.path.basename(path))
+        os.rename(part, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
