@@ -52,6 +52,8 @@ AUTO = 'auto'
 HOST_MOUNT = 'host-mount'
 APPLIANCE = 'appliance'
 METHODS = (AUTO, HOST_MOUNT, APPLIANCE)
+# The key of the state record's options that says which way wrote the images (outside the options hash).
+WRITTEN_BY = 'qcow2_written_by'
 # The appliance's working files, beside the images while they are written.
 APPLIANCE_WORK_NAME = 'appliance'
 # Where an image is mounted while it is written: inside the build directory, so the next run finds
@@ -322,11 +324,11 @@ def _full_is_clear(size: int, settings: Qcow2Settings) -> t.Iterator[None]:
 
 
 def edit_guest_overlay(old_dir: str, new_dir: str, names: t.List[str], filesystem: str,
-                       root_hash: t.Optional[str]) -> None:
+                       root_hash: t.Optional[str], method: str = HOST_MOUNT) -> None:
     """A copy of the images in `old_dir` at `new_dir` whose guest overlay has `root_hash` as root's entry.
 
     The image layers are hard links to the old ones (the very same files); only the top image is
-    copied and changed, so what the guest wrote there is kept.
+    copied and changed, so what the guest wrote there is kept. `method`: how the overlay is opened.
     """
     os.mkdir(new_dir, 0o700)
     for name in names[:-1]:
@@ -334,14 +336,22 @@ def edit_guest_overlay(old_dir: str, new_dir: str, names: t.List[str], filesyste
     top = os.path.join(new_dir, names[-1])
     shutil.copyfile(os.path.join(old_dir, names[-1]), top)
     os.chmod(top, stat.S_IMODE(os.stat(os.path.join(old_dir, names[-1])).st_mode))
+    if root_hash is None:
+        return
+    if method == APPLIANCE:
+        qcow2_appliance.set_root_hash(top, os.path.join(os.path.dirname(new_dir), APPLIANCE_WORK_NAME), root_hash)
+        return
     with qemu.mounted_image(top, os.path.join(os.path.dirname(new_dir), WORK_NAME), filesystem) as root:
-        if root_hash is not None:
-            shadow.set_root_hash(root, root_hash)
+        shadow.set_root_hash(root, root_hash)
 
 
-def read_root_hash(images_dir: str, top_name: str, filesystem: str, work_dir: str) -> t.Optional[str]:
-    """The root hash in /etc/shadow of the top image, read through a read-only mount."""
-    with qemu.mounted_image(os.path.join(images_dir, top_name), work_dir, filesystem, read_only=True) as root:
+def read_root_hash(images_dir: str, top_name: str, filesystem: str, work_dir: str,
+                   method: str = HOST_MOUNT) -> t.Optional[str]:
+    """The root hash in /etc/shadow of the top image, read through a read-only mount (or appliance)."""
+    top = os.path.join(images_dir, top_name)
+    if method == APPLIANCE:
+        return qcow2_appliance.read_root_hash(top, work_dir)
+    with qemu.mounted_image(top, work_dir, filesystem, read_only=True) as root:
         return shadow.read_root_hash(root)
 
 

@@ -150,3 +150,91 @@ def _snapshot(fish: Session, disk: str, images_dir: str, names: t.Sequence[str],
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(part)
+
+
+# -- the root entry of a guest overlay already written -------------------------------------------------------------
+
+
+def read_root_hash(image_path: str, work_dir: str) -> t.Optional[str]:
+    """The root hash in /etc/shadow of qcow2 `image_path` (and its chain), read through a read-only appliance;
+    None when it cannot be read safely. `work_dir` must not exist (its parent is private)."""
+    with _appliance(image_path, work_dir, read_only=True) as fish:
+        try:
+            content, _info = _shadow_of(fish, work_dir)
+        except shadow.ShadowError:
+            return None
+    return shadow.root_hash(content)
+
+
+def set_root_hash(image_path: str, work_dir: str, new_hash: str) -> None:
+    """Give root `new_hash` in /etc/shadow of qcow2 `image_path`, as shadow.set_root_hash does in a tree: a new
+    file with the old one's owner, mode and times, and /etc's times kept. Never through a symlink."""
+    with _appliance(image_path, work_dir, read_only=False) as fish:
+        content, info = _shadow_of(fish, work_dir)
+        etc_info = _lstat(fish, '/etc')
+        new_path = os.path.join(work_dir, 'shadow.new')
+        with open(new_path, 'wb') as stream:
+            stream.write(shadow.with_root_hash(content, new_hash))
+        temporary = '/etc/.virt-bootstrap-shadow'
+        fish.send('rm-rf', temporary)  # never written through a link the image put there
+        fish.send('upload', new_path, temporary)
+        fish.send('lchown', str(info['st_uid']), str(info['st_gid']), temporary)
+        fish.send('chmod', '0%o' % (info['st_mode'] & 0o7777), temporary)
+        fish.send('utimens', temporary, *[str(info[key]) for key in _TIMES])
+        fish.send('mv', temporary, '/etc/shadow')
+        fish.send('utimens', '/etc', *[str(etc_info[key]) for key in _TIMES])
+        fish.send('umount-all')
+        fish.wait('setting the root password in %s' % os.path.basename(image_path))
+
+
+_TIMES = ('st_atime_sec', 'st_atime_nsec', 'st_mtime_sec', 'st_mtime_nsec')
+
+
+@contextlib.contextmanager
+def _appliance(image_path: str, work_dir: str, read_only: bool) -> t.Iterator[Session]:
+    """One appliance with the filesystem of `image_path` mounted at /."""
+    program = qemu.tool('guestfish')
+    os.mkdir(work_dir, 0o700)
+    try:
+        with Session(program, work_dir) as fish:
+            fish.send('add', image_path, options=['format:qcow2'] + (['readonly:true'] if read_only else []))
+            fish.send('run')
+            fish.send('mount-ro' if read_only else 'mount', DEVICE, '/')
+            fish.wait('launching the libguestfs appliance for %s' % os.path.basename(image_path))
+            yield fish
+    finally:
+        remove_tree(work_dir)
+
+
+def _shadow_of(fish: Session, work_dir: str) -> t.Tuple[bytes, t.Dict[str, int]]:
+    """(content, lstat) of /etc/shadow, which must be a regular file in a real /etc (the appliance would
+    follow a link in its own root, not the image's)."""
+    fish.send('is-symlink', '/etc')
+    fish.send('is-dir', '/etc')
+    fish.send('is-file', '/etc/shadow')
+    etc_is_link, etc_is_dir, is_file = fish.wait('looking at /etc/shadow')
+    if etc_is_link == 'true':
+        raise shadow.ShadowError('/etc of the image is a symlink, which the libguestfs appliance cannot follow inside the '
+                          'image; use qcow2_method: host-mount')
+    if etc_is_dir != 'true' or is_file != 'true':
+        raise shadow.ShadowError('the rootfs has no /etc/shadow (a regular file) to set the root password in')
+    info = _lstat(fish, '/etc/shadow')
+    if info['st_size'] > shadow.MAX_SHADOW_SIZE:
+        raise shadow.ShadowError('/etc/shadow of the rootfs is %d bytes, more than any real one' % info['st_size'])
+    copy = os.path.join(work_dir, 'shadow')
+    fish.send('download', '/etc/shadow', copy)
+    fish.wait('reading /etc/shadow')
+    with open(copy, 'rb') as stream:
+        content = stream.read()
+    if shadow.root_hash(content) is None:
+        raise shadow.ShadowError('/etc/shadow of the rootfs has no root entry')
+    return content, info
+
+
+def _lstat(fish: Session, path: str) -> t.Dict[str, int]:
+    fish.send('lstatns', path)
+    info = {}
+    for line in fish.wait('looking at %s' % path):
+        key, _sep, value = line.partition(':')
+        info[key.strip()] = int(value)
+    return info

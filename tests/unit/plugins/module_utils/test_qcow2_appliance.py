@@ -9,11 +9,11 @@ once for the module and looked at by several tests.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
-import subprocess
-import sys
+import tempfile
 import time
 
 import pytest
@@ -187,4 +187,145 @@ def _guestfish_processes(below):
             continue
         if below in argv and ('qemu' in argv or 'guestfish' in argv) and not qemu.wait_gone(int(name), 0):
             found.append(argv)
+    return found
+
+
+# -- through the engine ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def site(tmp_path):
+    from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.test_qcow2_engine import Site
+    site = Site(tmp_path)
+    yield site
+    assert leftovers(str(tmp_path)) == NOTHING_LEFT
+
+
+def test_engine_one_launch_a_build_none_a_rerun_and_the_method_alone_never_rebuilds(site):
+    built = site.run(qcow2_method='appliance')
+    assert built.changed and built.qcow2_method == 'appliance' and built.appliance_launches == 1
+    assert sorted(os.listdir(site.dest)) == image_names(3, 'chain')
+    before = site.checksums()
+    again = site.run(qcow2_method='appliance')
+    assert not again.changed and again.appliance_launches == 0 and again.qcow2_method == 'appliance'
+    other_way = site.run(qcow2_method='host-mount')
+    assert not other_way.changed and other_way.qcow2_method == 'appliance'  # what wrote the images
+    assert site.checksums() == before
+    assert site.meta_listing() == ['lock', 'state.json']
+
+    # A password is an edit of the guest overlay in one more launch; the layers stay the very same files.
+    lower = {name: os.stat(site.image(name)).st_ino for name in image_names(3, 'chain')[:-1]}
+    edited = site.run(qcow2_method='appliance', root_password_hash=HASH)
+    assert edited.changed and edited.appliance_launches == 1
+    assert {name: os.stat(site.image(name)).st_ino for name in lower} == lower
+    assert site.shadow() == SHADOW.replace(b'root:*:', b'root:%s:' % HASH.encode())
+    with looking_at(site.image('layer-3.qcow2'), str(site.tmp / 'look')) as root:
+        info = os.lstat(os.path.join(root, 'etc/shadow'))
+        assert (info.st_mode & 0o7777, info.st_uid, info.st_gid) == (0o640, 0, 42)
+        assert os.lstat(os.path.join(root, 'etc')).st_mtime == 1500000000
+    # Whether the password is set takes a look through a read-only appliance.
+    looked = site.run(qcow2_method='appliance', root_password_hash=HASH)
+    assert not looked.changed and looked.appliance_launches == 1
+    assert site.meta_listing() == ['lock', 'state.json']
+
+
+def test_a_killed_run_ends_guestfish_and_its_appliance_and_leaves_the_old_images(site):
+    site.run(site.other_src)
+    before = site.checksums()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child is killed
+        try:
+            site.run(qcow2_method='appliance')
+        finally:
+            os._exit(3)
+    guestfish = _wait_for(lambda: _children_named(pid, 'guestfish'))[0]
+    _wait_for(lambda: _descendants_named(guestfish, 'qemu'))  # the appliance is booting
+    tools = [guestfish] + _descendants_named(guestfish, '')
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert all(qemu.wait_gone(tool, 30) for tool in tools)
+    assert site.checksums() == before
+    result = site.run(site.other_src)  # settles what the killed run left
+    assert not result.changed
+    assert site.meta_listing() == ['lock', 'state.json']
+    assert site.checksums() == before
+
+
+def test_auto_as_a_real_unprivileged_process_writes_through_the_appliance(tmp_path):
+    from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import as_nobody
+    home = tempfile.mkdtemp(prefix='vb-nobody-')  # below /tmp: pytest's own directories are root's only
+    try:
+        os.chmod(home, 0o755)
+        os.chown(home, 65534, 65534)
+        kernel = os.path.join(home, 'vmlinuz')
+        shutil.copyfile(kernel_path(), kernel)  # Debian's is 0600 on some hosts
+        os.chmod(kernel, 0o644)
+        modules = '/lib/modules/' + os.path.basename(kernel_path()).split('vmlinuz-', 1)[1]
+
+        def build():
+            os.environ.update(SUPERMIN_KERNEL=kernel, SUPERMIN_MODULES=modules, HOME=home, TMPDIR=home,
+                              LIBGUESTFS_CACHEDIR=home)
+            build_dir = os.path.join(home, 'build')
+            os.mkdir(build_dir, 0o700)
+            written = write_qcow2(layered_image(), os.path.join(build_dir, 'rootfs'), Qcow2Settings(), MAX_SIZE)
+            return [written.method, written.appliance_launches, written.images]
+
+        outcome = as_nobody(build)
+        assert outcome.get('value') == [APPLIANCE, 1, image_names(3, 'chain')], outcome
+        rootfs = os.path.join(home, 'build', 'rootfs')
+        tree = tree_in(rootfs, 'layer-3.qcow2', str(tmp_path / 'look'))
+        assert tree['entries']['home/user/notes'][1:3] == (1000, 1000)  # owners kept, though written by nobody
+        assert tree['xattrs']['bin/ping']['security.capability']
+        assert leftovers(home) == NOTHING_LEFT
+    finally:
+        shutil.rmtree(home)
+
+
+def kernel_path():
+    return sorted(glob.glob('/boot/vmlinuz-*'))[-1]
+
+
+def _wait_for(find, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = find()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError('not seen within %d s' % timeout)
+
+
+def _processes():
+    """{pid: (parent pid, command name)} of every live process."""
+    found = {}
+    for name in os.listdir('/proc'):
+        if name.isdigit():
+            try:
+                with open('/proc/%s/stat' % name, 'rb') as stream:
+                    head, rest = stream.read().rsplit(b')', 1)
+            except (OSError, ValueError):
+                continue
+            fields = rest.split()
+            if fields[0] not in (b'Z', b'X'):
+                found[int(name)] = (int(fields[1]), head.split(b'(', 1)[1].decode('utf-8', 'replace'))
+    return found
+
+
+def _children_named(parent, name):
+    return [pid for pid, (ppid, command) in _processes().items() if ppid == parent and command.startswith(name)]
+
+
+def _descendants_named(ancestor, name):
+    processes = _processes()
+    found, parents = [], {ancestor}
+    changed = True
+    while changed:
+        changed = False
+        for pid, (ppid, _command) in processes.items():
+            if ppid in parents and pid not in parents:
+                parents.add(pid)
+                changed = True
+    for pid in parents - {ancestor}:
+        if processes[pid][1].startswith(name):
+            found.append(pid)
     return found

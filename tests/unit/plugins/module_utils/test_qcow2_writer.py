@@ -228,13 +228,14 @@ def test_flat_with_maps_and_password(tmp_path, build):
     assert got == expected and got['entries']['home/user/notes'][1:3] == (101000, 101000)
 
 
-def test_not_root_is_a_clear_error_before_any_work(tmp_path):
+def test_host_mount_not_as_root_is_a_clear_error_before_any_work(tmp_path):
     os.chmod(str(tmp_path), 0o777)
     images = str(tmp_path / 'rootfs')
-    outcome = as_nobody(lambda: write_qcow2(layered_image(), images, Qcow2Settings(), MAX_SIZE))
+    outcome = as_nobody(lambda: write_qcow2(layered_image(), images, Qcow2Settings(method='host-mount'), MAX_SIZE))
     assert outcome.get('error') == 'ToolError', outcome
-    assert outcome['message'] == ('qcow2 images are written through loop devices, which needs root (running as uid '
-                                  '65534); the libguestfs way for other users is not built yet')
+    assert outcome['message'] == ('qcow2 images are mounted on the host through loop devices, which needs root '
+                                  '(running as uid 65534); qcow2_method: appliance writes them through libguestfs '
+                                  'instead')
     assert not os.path.exists(images)
 
 
