@@ -329,3 +329,21 @@ def _descendants_named(ancestor, name):
         if processes[pid][1].startswith(name):
             found.append(pid)
     return found
+
+
+def test_replacements_of_every_kind_give_the_dir_writers_tree(tmp_path):
+    # tar in the appliance replaces a non-directory by another itself; the plan removes the rest first.
+    tars = [
+        TarBuilder().dir('./', mode=0o755).file('f', b'f').dir('d').file('d/x', b'x').symlink('s', 'd')
+        .dir('e').file('e/y', b'y').symlink('t', 'e').file('h', b'h').hardlink('h2', 'h').tar(),
+        TarBuilder().file('s', b'was a link').symlink('f', 'd/x').symlink('d', 'e').dir('t').file('t/z', b'z')
+        .fifo('e/y').file('h', b'new h').tar(),
+    ]
+    build = tmp_path / 'build'
+    build.mkdir(mode=0o700)
+    written = write_qcow2(layered_image(tars), str(build / 'rootfs'), Qcow2Settings(method=APPLIANCE), MAX_SIZE)
+    tree = tree_in(str(build / 'rootfs'), written.images[-1], str(tmp_path / 'look'))
+    write_dir(layered_image(tars), str(tmp_path / 'dir'), MAX_SIZE)
+    assert differences(tree, tree_of(str(tmp_path / 'dir'), filesystem='none')) == {}
+    assert tree['entries']['h2'][5] == b'h'  # the old inode, as a hard link elsewhere must keep it
+    assert leftovers(str(tmp_path)) == NOTHING_LEFT
