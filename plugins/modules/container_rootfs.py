@@ -532,8 +532,8 @@ appliance_launches:
     - How many times a libguestfs appliance was started for a C(virt-builder://) source (each launch is a small
       virtual machine, several seconds). A build takes two (virt-builder's, and one to copy every filesystem out);
       a run with nothing to do takes none.
-    - With RV(qcow2_method=appliance), the writer's launch is counted too: one for a whole chain, one for a root
-      password edit of the guest overlay (and one to look at it), none when nothing is done.
+    - With RV(qcow2_method=appliance), the writer's launch is counted too (one for a whole chain, one for a root
+      password edit of the guest overlay or a look at it, none when nothing is done).
   returned: when the source is C(virt-builder://) or RV(qcow2_method=appliance), and O(state=present)
   type: int
   sample: 2

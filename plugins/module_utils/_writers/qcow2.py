@@ -149,7 +149,7 @@ def write_qcow2(image: Image, images_dir: str, settings: Qcow2Settings, max_size
         size = settings.size or size_for(*measure(image, max_size))
         stats, image_root_field = qcow2_appliance.write_chain(
             image, images_dir, names, os.path.join(build_dir, APPLIANCE_WORK_NAME), size, settings.filesystem,
-            max_size, progress, device_nodes, root_hash)
+            max_size, progress, device_nodes, root_hash, size_given=settings.size is not None)
         return Written(stats, image_root_field, names, method=APPLIANCE, appliance_launches=1)
     if settings.layer_store is not None:
         place: _Placement = _InStore(image, settings, device_nodes)

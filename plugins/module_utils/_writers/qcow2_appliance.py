@@ -20,15 +20,19 @@ import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import _qemu as qemu
 from ansible_collections.virt.bootstrap.plugins.module_utils import _shadow as shadow
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, ToolError
 from ansible_collections.virt.bootstrap.plugins.module_utils._guestfish import Session
 from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image
 from ansible_collections.virt.bootstrap.plugins.module_utils._layers import ApplyStats
 from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress
 from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import Parts, remove_tree
-from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2_plan import LayerPlan, LayerPlanner
+from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2_plan import Acl, LayerPlan, LayerPlanner
 
 DEVICE = '/dev/sda'
-TAR_IN_OPTIONS = ('xattrs:true', 'acls:true')
+# No acls:true: tar would strip the ACLs files inherit from their directory; ACLs are set with acl-set-file.
+TAR_IN_OPTIONS = ('xattrs:true',)
+# How the appliance's tools say the disk is full (GNU tar's short write only says how short).
+_FULL_SIGNS = ('No space left on device', 'Wrote only')
 # The files an edit of the finished tree may change (the root password, virt-builder's fstab).
 EDITED_FILES: t.Tuple[Parts, ...] = (('etc', 'shadow'), ('etc', 'fstab'))
 
@@ -42,8 +46,8 @@ class Planned(t.NamedTuple):
 
 
 def write_chain(image: Image, images_dir: str, names: t.Sequence[str], work_dir: str, size: int, filesystem: str,
-                max_size: int, progress: Progress, device_nodes: bool,
-                root_hash: t.Optional[str]) -> t.Tuple[ApplyStats, t.Optional[str]]:
+                max_size: int, progress: Progress, device_nodes: bool, root_hash: t.Optional[str],
+                size_given: bool = False) -> t.Tuple[ApplyStats, t.Optional[str]]:
     """Write `names` (one image per layer, then the guest's overlay) into `images_dir` with one appliance launch.
 
     `work_dir` must not exist (its parent is private); it holds the skeleton, the tars and the working
@@ -62,25 +66,49 @@ def write_chain(image: Image, images_dir: str, names: t.Sequence[str], work_dir:
             planned = _plan(image, work_dir, max_size, progress, device_nodes, root_hash)  # while it boots
             progress.status('Waiting for the libguestfs appliance')
             fish.wait('launching the libguestfs appliance')
-            count = len(planned.layers)
-            for index, plan in enumerate(planned.layers):
-                progress.status('Writing layer %d/%d in the appliance' % (index + 1, count))
-                fish.send('mount', DEVICE, '/')
-                for path in plan.removals:
-                    fish.send('rm-rf', '/' + '/'.join(path))
-                fish.send('tar-in', plan.tar_path, '/', options=TAR_IN_OPTIONS)
-                _snapshot(fish, disk, images_dir, names, index, size, 'layer %d/%d' % (index + 1, count))
-                os.unlink(plan.tar_path)
-            if planned.edits is not None:
-                progress.status('Writing the guest overlay in the appliance')
-                fish.send('mount', DEVICE, '/')
-                fish.send('tar-in', planned.edits, '/', options=TAR_IN_OPTIONS)
-                _snapshot(fish, disk, images_dir, names, count, size, 'the guest overlay')
-            else:
-                qemu.create_image(os.path.join(images_dir, names[-1]), backing=names[-2])
+            with _full_is_clear(size, filesystem, size_given):
+                _write_images(fish, planned, disk, images_dir, names, size, progress)
     finally:
         remove_tree(work_dir)
     return planned.stats, planned.image_root_field
+
+
+def _write_images(fish: Session, planned: Planned, disk: str, images_dir: str, names: t.Sequence[str], size: int,
+                  progress: Progress) -> None:
+    """Every layer into the working disk in turn, each then made into its image; the guest overlay last."""
+    count = len(planned.layers)
+    for index, plan in enumerate(planned.layers):
+        progress.status('Writing layer %d/%d in the appliance' % (index + 1, count))
+        fish.send('mount', DEVICE, '/')
+        for path in plan.removals:
+            fish.send('rm-rf', '/' + '/'.join(path))
+        if plan.directories_tar_path is not None:
+            fish.send('tar-in', plan.directories_tar_path, '/', options=TAR_IN_OPTIONS)
+        _set_acls(fish, plan.directory_acls)
+        fish.send('tar-in', plan.tar_path, '/', options=TAR_IN_OPTIONS)
+        _set_acls(fish, plan.file_acls)
+        _snapshot(fish, disk, images_dir, names, index, size, 'layer %d/%d' % (index + 1, count))
+        os.unlink(plan.tar_path)
+    if planned.edits is not None:
+        progress.status('Writing the guest overlay in the appliance')
+        fish.send('mount', DEVICE, '/')
+        fish.send('tar-in', planned.edits, '/', options=TAR_IN_OPTIONS)
+        _snapshot(fish, disk, images_dir, names, count, size, 'the guest overlay')
+    else:
+        qemu.create_image(os.path.join(images_dir, names[-1]), backing=names[-2])
+
+
+@contextlib.contextmanager
+def _full_is_clear(size: int, filesystem: str, size_given: bool) -> t.Iterator[None]:
+    """A filesystem that fills up in the appliance says which size was too small."""
+    try:
+        yield
+    except ToolError as exc:
+        if not any(sign in str(exc) for sign in _FULL_SIGNS):
+            raise
+        raise BootstrapError('the %s filesystem (%d MiB, %s) is full; give a larger qcow2_size'
+                             % (filesystem, size >> 20, 'qcow2_size' if size_given else 'sized from the image')) \
+            from exc
 
 
 def _plan(image: Image, work_dir: str, max_size: int, progress: Progress, device_nodes: bool,
@@ -111,6 +139,11 @@ def _plan(image: Image, work_dir: str, max_size: int, progress: Progress, device
     finally:
         planner.close()
         remove_tree(skeleton)
+
+
+def _set_acls(fish: Session, acls: t.Sequence[Acl]) -> None:
+    for acl in acls:
+        fish.send('acl-set-file', '/' + '/'.join(acl.path), acl.kind, acl.text)
 
 
 def _make_working_disk(disk: str, size: int, filesystem: str) -> None:
@@ -214,8 +247,8 @@ def _shadow_of(fish: Session, work_dir: str) -> t.Tuple[bytes, t.Dict[str, int]]
     fish.send('is-file', '/etc/shadow')
     etc_is_link, etc_is_dir, is_file = fish.wait('looking at /etc/shadow')
     if etc_is_link == 'true':
-        raise shadow.ShadowError('/etc of the image is a symlink, which the libguestfs appliance cannot follow inside the '
-                          'image; use qcow2_method: host-mount')
+        raise shadow.ShadowError('/etc of the image is a symlink, which the libguestfs appliance cannot follow inside '
+                                 'the image; use qcow2_method: host-mount')
     if etc_is_dir != 'true' or is_file != 'true':
         raise shadow.ShadowError('the rootfs has no /etc/shadow (a regular file) to set the root password in')
     info = _lstat(fish, '/etc/shadow')

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import tarfile
 import time
 import typing as t
@@ -36,7 +37,16 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._layers import (
 )
 from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import DIR_CACHE_LIMIT, Parts, display_path, lstat_at
 
-_COPY_CHUNK = 1 << 20
+_ACL_KINDS = {'system.posix_acl_access': 'access', 'system.posix_acl_default': 'default'}
+# struct posix_acl_xattr_header (le32 version 2), then entries of le16 tag, le16 perm, le32 id.
+_ACL_VERSION = 2
+_ACL_TAGS = {0x01: 'user:', 0x02: 'user:%d', 0x04: 'group:', 0x08: 'group:%d', 0x10: 'mask:', 0x20: 'other:'}
+
+
+class Acl(t.NamedTuple):
+    path: Parts
+    kind: str  # 'access' or 'default', as guestfish's acl-set-file names them
+    text: str
 
 
 @dataclass
@@ -44,6 +54,12 @@ class LayerPlan:
     # Canonical paths to remove (rm -rf) before the tar goes in, in order; none below another.
     removals: t.List[Parts]
     tar_path: str
+    # The layer's directories, to go in first when one has an ACL, and the ACLs to set on them then: the applier
+    # sets a directory's ACLs as it makes it (what it makes inside inherits them), and its mode at the end.
+    directories_tar_path: t.Optional[str] = None
+    directory_acls: t.List[Acl] = field(default_factory=list)
+    # The ACLs of the layer's other entries, to set once the tar is in (the applier sets them after the mode).
+    file_acls: t.List[Acl] = field(default_factory=list)
 
 
 @dataclass
@@ -104,8 +120,17 @@ class LayerPlanner(RootfsBuilder):
         """Apply `layer` to the skeleton; its removals and the sanitised tar to put into the image."""
         self.apply_layer(layer, label=label)
         record = self._layer
-        tar_path = os.path.join(self._tar_dir, 'layer-%d.tar' % index)
-        with _sanitised_tar(tar_path) as tar:
+        layer_plan = LayerPlan(_outermost(record.removals), os.path.join(self._tar_dir, 'layer-%d.tar' % index))
+        for parts, planned in record.emitted.items():
+            acls = layer_plan.directory_acls if planned.member.isdir() else layer_plan.file_acls
+            acls.extend(_acls_of(parts, planned.member))
+        if layer_plan.directory_acls:
+            layer_plan.directories_tar_path = os.path.join(self._tar_dir, 'layer-%d-directories.tar' % index)
+            with _sanitised_tar(layer_plan.directories_tar_path) as tar:
+                for parts, planned in record.emitted.items():
+                    if planned.member.isdir():
+                        self._add(tar, parts, planned)
+        with _sanitised_tar(layer_plan.tar_path) as tar:
             if index == 0 and () not in record.emitted:
                 # mkfs made the root: give it what the dir writer gives a root no entry names.
                 self._add(tar, (), _Planned(_made_dir_member()))
@@ -114,7 +139,7 @@ class LayerPlanner(RootfsBuilder):
                     self._dirs.release()
                 self._add(tar, parts, planned)
             self._add_dirs(tar, record.touched_dirs)
-        return LayerPlan(_outermost(record.removals), tar_path)
+        return layer_plan
 
     def plan_edits(self, edit: t.Callable[[str], None], paths: t.Sequence[Parts], tar_path: str) -> bool:
         """Run `edit` on the skeleton's root (a dir-writer edit such as the root password); write the files of
@@ -213,10 +238,12 @@ class LayerPlanner(RootfsBuilder):
     def _remove_at(self, parent_fd: int, path: Parts, existing: os.stat_result) -> None:
         record = self._layer
         is_dir = stat.S_ISDIR(existing.st_mode)
-        for target, link in _at_or_below(record.link_targets, path, is_dir):
+        conflicts = _at_or_below(record.link_targets, path, is_dir)
+        if conflicts:
+            target, link = conflicts[0]
             raise LayerError('hard link %s: its target %s is then replaced or removed by the same layer, which '
-                                 'the appliance cannot write; use qcow2_method: host-mount'
-                                 % (display_path(link), display_path(target)))
+                             'the appliance cannot write; use qcow2_method: host-mount'
+                             % (display_path(link), display_path(target)))
         record.emitted.pop(path, None)
         self.file_members.pop(path, None)
         if is_dir:
@@ -257,7 +284,8 @@ class LayerPlanner(RootfsBuilder):
         info.mtime = mtime // 1_000_000_000
         info.pax_headers = {'mtime': _pax_time(mtime)}
         for key, value in _xattrs_of(member):
-            if xattr_allowed(key):
+            # ACLs are set apart (LayerPlan): tar --acls would strip those a file inherits from its directory.
+            if key not in _ACL_KINDS and xattr_allowed(key):
                 info.pax_headers['SCHILY.xattr.' + key] = value.decode('utf-8', 'surrogateescape')
         if member.isdir():
             info.type = tarfile.DIRTYPE
@@ -297,6 +325,32 @@ def _at_or_below(links: t.Mapping[Parts, Parts], path: Parts, is_dir: bool) -> t
 
 def _sanitised_tar(path: str) -> tarfile.TarFile:
     return tarfile.open(path, 'w', format=tarfile.PAX_FORMAT, encoding='utf-8', errors='surrogateescape')
+
+
+def _acls_of(parts: Parts, member: tarfile.TarInfo) -> t.List[Acl]:
+    acls = []
+    for key, value in _xattrs_of(member):
+        if key in _ACL_KINDS:
+            text = acl_text(value)
+            if text is None:
+                raise LayerError('entry %s has a %s xattr that is no POSIX ACL' % (display_path(parts), key))
+            acls.append(Acl(parts, _ACL_KINDS[key], text))
+    return acls
+
+
+def acl_text(value: bytes) -> t.Optional[str]:
+    """The ACL in system.posix_acl_* xattr `value` as acl_from_text() reads it, numeric ids; None if it is no ACL."""
+    if len(value) < 4 or (len(value) - 4) % 8 or struct.unpack_from('<I', value)[0] != _ACL_VERSION:
+        return None
+    records = [struct.unpack_from('<HHI', value, offset) for offset in range(4, len(value), 8)]
+    if any(tag not in _ACL_TAGS for tag, _perm, _owner in records):
+        return None
+    entries = []
+    for tag, perm, owner in records:
+        qualifier = _ACL_TAGS[tag] % owner if '%d' in _ACL_TAGS[tag] else _ACL_TAGS[tag]
+        entries.append('%s:%s%s%s' % (qualifier, 'r' if perm & 4 else '-', 'w' if perm & 2 else '-',
+                                      'x' if perm & 1 else '-'))
+    return ','.join(entries)
 
 
 def _made_dir_member() -> tarfile.TarInfo:

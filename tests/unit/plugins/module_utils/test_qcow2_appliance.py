@@ -13,6 +13,7 @@ import glob
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 
@@ -33,7 +34,6 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.qcow2_su
     NOTHING_LEFT,
     SHADOW,
     allocated_bytes,
-    file_sha256,
     image_info,
     layered_image,
     leftovers,
@@ -331,11 +331,23 @@ def _descendants_named(ancestor, name):
     return found
 
 
-def test_replacements_of_every_kind_give_the_dir_writers_tree(tmp_path):
+def acl_pax(tmp_path):
+    """PAX records of a POSIX access and default ACL, as GNU tar stores them (made by setfacl on a probe)."""
+    probe = tmp_path / 'acl-probe'
+    probe.mkdir()
+    subprocess.run(['setfacl', '-m', 'u:1000:rwx', str(probe)], check=True)
+    subprocess.run(['setfacl', '-d', '-m', 'g:1000:rx', str(probe)], check=True)
+    return {'SCHILY.xattr.' + name: os.getxattr(str(probe), name).decode('utf-8', 'surrogateescape')
+            for name in ('system.posix_acl_access', 'system.posix_acl_default')}
+
+
+def test_replacements_of_every_kind_and_acls_give_the_dir_writers_tree(tmp_path):
     # tar in the appliance replaces a non-directory by another itself; the plan removes the rest first.
     tars = [
         TarBuilder().dir('./', mode=0o755).file('f', b'f').dir('d').file('d/x', b'x').symlink('s', 'd')
-        .dir('e').file('e/y', b'y').symlink('t', 'e').file('h', b'h').hardlink('h2', 'h').tar(),
+        .dir('e').file('e/y', b'y').symlink('t', 'e').file('h', b'h').hardlink('h2', 'h')
+        .dir('acl', mode=0o770, pax=acl_pax(tmp_path)).file('acl/f', b'a', pax={'SCHILY.xattr.user.note': 'n'})
+        .tar(),
         TarBuilder().file('s', b'was a link').symlink('f', 'd/x').symlink('d', 'e').dir('t').file('t/z', b'z')
         .fifo('e/y').file('h', b'new h').tar(),
     ]
@@ -346,4 +358,17 @@ def test_replacements_of_every_kind_give_the_dir_writers_tree(tmp_path):
     write_dir(layered_image(tars), str(tmp_path / 'dir'), MAX_SIZE)
     assert differences(tree, tree_of(str(tmp_path / 'dir'), filesystem='none')) == {}
     assert tree['entries']['h2'][5] == b'h'  # the old inode, as a hard link elsewhere must keep it
+    assert set(tree['xattrs']['acl']) == {'system.posix_acl_access', 'system.posix_acl_default'}
+    # Inherited from the directory's default ACL, as when the applier writes a directory.
+    assert set(tree['xattrs']['acl/f']) == {'user.note', 'system.posix_acl_access'}
+    assert leftovers(str(tmp_path)) == NOTHING_LEFT
+
+
+def test_a_full_filesystem_says_which_size_to_raise_and_leaves_nothing(tmp_path):
+    build = tmp_path / 'build'
+    build.mkdir(mode=0o700)
+    with pytest.raises(BootstrapError, match=r'the ext4 filesystem \(16 MiB, qcow2_size\) is full; give a larger'):
+        write_qcow2(layered_image([TarBuilder().file('big', BIG * 5).tar()]), str(build / 'rootfs'),
+                    Qcow2Settings(method=APPLIANCE, size=16 << 20), MAX_SIZE)
+    assert not os.path.exists(str(build / 'appliance'))
     assert leftovers(str(tmp_path)) == NOTHING_LEFT

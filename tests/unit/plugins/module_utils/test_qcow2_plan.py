@@ -162,7 +162,6 @@ def test_the_test_image_plans_whiteouts_as_removals_and_every_name_is_canonical(
     ([TarBuilder().file('f', b'x').tar(), TarBuilder().hardlink('h', 'f').whiteout('f').tar()], LayerError),
     ([TarBuilder().file('f', b'x').hardlink('h', 'f').file('f', b'y').tar()], LayerError),
 ])
-def test_what_the_applier_refuses_and_what_the_appliance_cannot_write_is_refused_while_planning(tmp_path, tars,
-                                                                                              error):
+def test_refusals_of_the_applier_and_what_the_appliance_cannot_write_fail_while_planning(tmp_path, tars, error):
     with pytest.raises(error):
         plan(tmp_path, tars)
