@@ -174,27 +174,55 @@ def mounted_image(image_path: str, work_dir: str, filesystem: str, make_filesyst
     daemon stopped before this returns or raises.
     """
     require_host_mounts(filesystem, make_filesystem)
-    os.mkdir(work_dir, 0o700)
     with _TermGuard() as guard, contextlib.ExitStack() as undo:
-        undo.callback(_remove_work_dir, work_dir)
+        # Each step and the registration of its undo are one: a SIGTERM between them waits for both.
+        with guard.deferred():
+            os.mkdir(work_dir, 0o700)
+            undo.push(_undo(_remove_work_dir, work_dir))
         export = os.path.join(work_dir, EXPORT_NAME)
-        pid = _start_export(os.path.abspath(image_path), export, read_only)
-        undo.callback(_stop_daemon, pid, export)
+        with guard.deferred():
+            pid = _start_export(os.path.abspath(image_path), export, read_only)
+            undo.push(_undo(_stop_daemon, pid, export))
         if make_filesystem:
             # On the exported file, not the loop device: mkfs then discards the whole disk and knows the
             # inode tables read as zeros, so the kernel has none left to zero later (in upper layers).
             _make_filesystem(export, filesystem)
-        device = run_tool(['losetup', '--find', '--show'] + (['--read-only'] if read_only else []) + [export],
-                          'attaching %s to a loop device' % os.path.basename(image_path)).strip()
-        undo.callback(_detach_loop, device)
+        with guard.deferred():
+            device = run_tool(['losetup', '--find', '--show'] + (['--read-only'] if read_only else []) + [export],
+                              'attaching %s to a loop device' % os.path.basename(image_path)).strip()
+            undo.push(_undo(_detach_loop, device))
         point = os.path.join(work_dir, MOUNT_NAME)
         os.mkdir(point, 0o700)
         options = ['nosuid', 'nodev', 'noatime'] + (['ro'] + _read_only_options(filesystem) if read_only else [])
-        run_tool(['mount', '-t', filesystem, '-o', ','.join(options), device, point],
-                 'mounting %s' % os.path.basename(image_path))
-        undo.callback(_unmount, point)
+        with guard.deferred():
+            run_tool(['mount', '-t', filesystem, '-o', ','.join(options), device, point],
+                     'mounting %s' % os.path.basename(image_path))
+            undo.push(_undo(_unmount, point))
         undo.callback(guard.disarm)  # runs first: taking the mount down is not cut short
         yield point
+
+
+def _undo(action: t.Callable[..., None], *arguments: t.Any) -> t.Callable[..., bool]:
+    """An exit callback for ExitStack that runs `action`; when it fails while an error is on its way out, that
+    error stays the one raised, and says what the cleanup could not do."""
+    def undo(_type: t.Any, error: t.Optional[BaseException], _traceback: t.Any) -> bool:
+        try:
+            action(*arguments)
+        except (ToolError, OSError) as failure:
+            if error is None:
+                raise
+            _note_cleanup_failure(error, failure)
+        return False
+    return undo
+
+
+def _note_cleanup_failure(error: BaseException, failure: BaseException) -> None:
+    note = 'and then cleaning up failed: %s' % failure
+    if isinstance(error, BootstrapError) and error.args and isinstance(error.args[0], str):
+        error.args = ('%s (%s)' % (error.args[0], note),) + error.args[1:]
+    else:
+        notes = getattr(error, '__notes__', None)
+        setattr(error, '__notes__', (notes or []) + [note])
 
 
 def _read_only_options(filesystem: str) -> t.List[str]:
@@ -320,6 +348,17 @@ class _TermGuard:
 
     def disarm(self) -> None:
         self._armed = False
+
+    @contextlib.contextmanager
+    def deferred(self) -> t.Iterator[None]:
+        """A SIGTERM that arrives inside waits until the block is done, and is raised then (if still armed)."""
+        armed, self._armed = self._armed, False
+        try:
+            yield
+        finally:
+            self._armed = armed and not self._raised
+        if self._pending and self._armed:
+            self._raise()
 
     def _handle(self, signum: int, frame: t.Any) -> None:
         if self._armed:

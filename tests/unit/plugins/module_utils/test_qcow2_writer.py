@@ -295,6 +295,35 @@ def test_sigterm_while_armed_raises_at_once():
             raise AssertionError('not reached')
 
 
+def test_sigterm_inside_a_step_waits_until_its_undo_is_registered():
+    reached = []
+    with pytest.raises(qemu.Interrupted):
+        with qemu._TermGuard() as guard:
+            with guard.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                reached.append('the step and its undo')
+            reached.append('not reached')
+    assert reached == ['the step and its undo']
+
+
+def test_a_cleanup_that_fails_never_hides_the_error_that_started_it(tmp_path, build):
+    image = str(build / 'one.qcow2')
+    qemu.create_image(image, size=64 << 20)
+    work = str(build / 'mount')
+    busy = []
+    with pytest.raises(BootstrapError) as caught:
+        with qemu.mounted_image(image, work, 'ext4', make_filesystem=True) as root:
+            busy.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY))  # the unmount will find it busy
+            os.chdir(root)
+            raise BootstrapError('the write failed')
+    os.chdir(str(tmp_path))
+    os.close(busy[0])
+    message = str(caught.value)
+    assert message.startswith('the write failed (and then cleaning up failed: unmounting ')
+    assert qemu.release_debris(str(build))  # what the failed cleanup left, the next run takes down
+    assert leftovers(str(tmp_path)) == NOTHING_LEFT
+
+
 def test_flat_too_small_says_which_option_to_raise(build):
     with pytest.raises(ToolError, match='making a 4 MiB ext4 filesystem from the tree .too small. give a larger '
                                         'qcow2_size.: mke2fs failed'):
