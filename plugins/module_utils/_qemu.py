@@ -37,6 +37,8 @@ PACKAGES = {
     'mount': 'mount',
     'umount': 'mount',
     'guestfish': 'libguestfs-tools',
+    'resize2fs': 'e2fsprogs',
+    'xfs_growfs': 'xfsprogs',
 }
 FILESYSTEMS = ('ext4', 'xfs')
 EXPORT_NAME = 'export.raw'
@@ -165,13 +167,14 @@ def host_mounts_work(filesystem: str, probe_dir: str) -> bool:
 
 @contextlib.contextmanager
 def mounted_image(image_path: str, work_dir: str, filesystem: str, make_filesystem: bool = False,
-                  read_only: bool = False) -> t.Iterator[str]:
+                  read_only: bool = False, grow: bool = False) -> t.Iterator[str]:
     """Mount the filesystem in qcow2 `image_path` (and its backing chain) on the host; yields the mount point.
 
     `work_dir` must not exist and its parent must be private: it is made 0700 and holds the export,
     the daemon's pid file and the mount point, and is removed afterwards. Whatever happens, including
     SIGTERM (raised as Interrupted), the filesystem is unmounted, the loop device detached and the
-    daemon stopped before this returns or raises.
+    daemon stopped before this returns or raises. `grow`: the image's disk is bigger than its filesystem,
+    which is grown to fill it first.
     """
     require_host_mounts(filesystem, make_filesystem)
     with _TermGuard() as guard, contextlib.ExitStack() as undo:
@@ -187,6 +190,9 @@ def mounted_image(image_path: str, work_dir: str, filesystem: str, make_filesyst
             # On the exported file, not the loop device: mkfs then discards the whole disk and knows the
             # inode tables read as zeros, so the kernel has none left to zero later (in upper layers).
             _make_filesystem(export, filesystem)
+        if grow and filesystem == 'ext4':
+            # Offline, on the exported file: growing a mounted ext4 needs CAP_SYS_RESOURCE, which containers drop.
+            run_tool(['resize2fs', '-f', export], 'growing the ext4 filesystem to the bigger disk')
         with guard.deferred():
             device = run_tool(['losetup', '--find', '--show'] + (['--read-only'] if read_only else []) + [export],
                               'attaching %s to a loop device' % os.path.basename(image_path)).strip()
@@ -199,6 +205,8 @@ def mounted_image(image_path: str, work_dir: str, filesystem: str, make_filesyst
                      'mounting %s' % os.path.basename(image_path))
             undo.push(_undo(_unmount, point))
         undo.callback(guard.disarm)  # runs first: taking the mount down is not cut short
+        if grow and filesystem == 'xfs':
+            run_tool(['xfs_growfs', point], 'growing the xfs filesystem to the bigger disk')  # online only
         yield point
 
 

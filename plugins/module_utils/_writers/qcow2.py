@@ -232,9 +232,12 @@ class _InStore(_Placement):
         return count, self._store.state(self._keys[count - 1]) if count else None
 
     def size(self, image: Image, settings: Qcow2Settings, max_size: int) -> int:
-        if settings.size is None and self._store.has(self._keys[0]):
-            # The disk size is layer 0's: the upper images must have it too.
-            return t.cast(int, self._store.state(self._keys[0])['size'])
+        count = self._store.complete_prefix(self._keys)
+        if settings.size is None and count:
+            # The disk of the images already in the store, unless the layers to come need more: then the first
+            # new image gets the bigger disk and grows the filesystem (_write_layers).
+            return max(t.cast(int, self._store.state(self._keys[count - 1])['size']),
+                       super().size(image, settings, max_size))
         return super().size(image, settings, max_size)
 
     @contextlib.contextmanager
@@ -260,14 +263,18 @@ def _write_layers(image: Image, place: _Placement, work_dir: str, settings: Qcow
     size = place.size(image, settings, max_size) if start < count else 0
     builder: t.Optional[RootfsBuilder] = None
     image_root_field = state['root_field'] if state else None
+    # The disk of the image below the first one to write: smaller than `size` when a store's images are reused.
+    below_size = state['size'] if state else size
     for index in range(start, count):
         layer = image.layers[index]
+        grow = index == start and below_size < size
         with place.writing(index) as (path, backing):
             if backing is None:
                 qemu.create_image(path, size=size)
             else:
-                qemu.create_image(path, backing=backing)
-            with qemu.mounted_image(path, work_dir, settings.filesystem, make_filesystem=index == 0) as root:
+                qemu.create_image(path, size=size if grow else None, backing=backing)
+            with qemu.mounted_image(path, work_dir, settings.filesystem, make_filesystem=index == 0,
+                                    grow=grow) as root:
                 try:
                     if builder is None:
                         # Owners as the image has them: UID/GID maps go in the guest's overlay.
