@@ -247,17 +247,24 @@ class LayerPlanner(RootfsBuilder):
         record.emitted.pop(path, None)
         self.file_members.pop(path, None)
         if is_dir:
-            for below in [below for below in record.emitted if below[:len(path)] == path]:
-                del record.emitted[below]
-            for below in [below for below in self.dir_members if below[:len(path)] == path]:
-                del self.dir_members[below]
-            for below in [below for below in self.file_members if below[:len(path)] == path]:
-                del self.file_members[below]
+            self.dir_members.pop(path, None)
+            for below in self._paths_below(path):
+                record.emitted.pop(below, None)
+                self.dir_members.pop(below, None)
+                self.file_members.pop(below, None)
         # tar replaces a non-directory by another itself (unlinking it first); anything else is removed before.
         if is_dir or self._replacing_with != 'non-directory':
             record.removals.append(path)
         record.touched_dirs.add(path[:-1])
         super()._remove_at(parent_fd, path, existing)
+
+    def _paths_below(self, path: Parts) -> t.List[Parts]:
+        """Every path below directory `path`, from the skeleton itself: as many steps as there are, not the tree's."""
+        found = []
+        for relative, dirs, files, _fd in os.fwalk('.', dir_fd=self._dirs.real(path)):
+            base = path + tuple(part for part in relative.split('/') if part not in ('', '.'))
+            found.extend(base + (name,) for name in dirs + files)
+        return found
 
     # -- what the skeleton does not keep: the tar carries it ------------------------------------------------
 
