@@ -379,3 +379,12 @@ def test_a_full_filesystem_says_which_size_to_raise_and_leaves_nothing(tmp_path)
                     Qcow2Settings(method=APPLIANCE, size=16 << 20), MAX_SIZE)
     assert not os.path.exists(str(build / 'appliance'))
     assert leftovers(str(tmp_path)) == NOTHING_LEFT
+
+
+def test_the_cli_takes_the_method_to_the_engine(site, capsys):
+    from ansible_collections.virt.bootstrap.plugins.module_utils import _cli as cli
+    # Refused before any launch: the maps need host mounts, which --qcow2-method appliance gives up.
+    assert cli.main([site.src, site.dest, '-f', 'qcow2', '--qcow2-method', 'appliance', '--idmap', '0:100000:65536',
+                     '-q']) == 1
+    assert 'uid_map/gid_map cannot be applied through the libguestfs appliance' in capsys.readouterr().err
+    assert not os.path.exists(site.dest) and site.meta_listing() == ['lock']
