@@ -82,6 +82,8 @@ def _write_images(fish: Session, planned: Planned, disk: str, images_dir: str, n
         fish.send('mount', DEVICE, '/')
         for path in plan.removals:
             fish.send('rm-rf', '/' + '/'.join(path))
+        for path, name in plan.stale_xattrs:
+            fish.send('lremovexattr', name, '/' + '/'.join(path))
         if plan.directories_tar_path is not None:
             fish.send('tar-in', plan.directories_tar_path, '/', options=TAR_IN_OPTIONS)
         _set_acls(fish, plan.directory_acls)

@@ -60,6 +60,9 @@ class LayerPlan:
     directory_acls: t.List[Acl] = field(default_factory=list)
     # The ACLs of the layer's other entries, to set once the tar is in (the applier sets them after the mode).
     file_acls: t.List[Acl] = field(default_factory=list)
+    # (directory, xattr) that a lower layer's entry gave a directory this layer declares again without it: the
+    # applier clears them (the new entry's attributes replace the old), tar would keep them. Removed first.
+    stale_xattrs: t.List[t.Tuple[Parts, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -76,6 +79,7 @@ class _LayerRecord:
     touched_dirs: t.Set[Parts] = field(default_factory=set)
     # Hard-link targets of this layer's links, for refusing what the appliance could not write.
     link_targets: t.Dict[Parts, Parts] = field(default_factory=dict)
+    stale_xattrs: t.List[t.Tuple[Parts, str]] = field(default_factory=list)
 
 
 class _PlanningScope(_LayerScope):
@@ -120,7 +124,9 @@ class LayerPlanner(RootfsBuilder):
         """Apply `layer` to the skeleton; its removals and the sanitised tar to put into the image."""
         self.apply_layer(layer, label=label)
         record = self._layer
-        layer_plan = LayerPlan(_outermost(record.removals), os.path.join(self._tar_dir, 'layer-%d.tar' % index))
+        layer_plan = LayerPlan(_outermost(record.removals), os.path.join(self._tar_dir, 'layer-%d.tar' % index),
+                               stale_xattrs=[(parts, name) for parts, name in record.stale_xattrs
+                                             if parts in self.dir_members])
         for parts, planned in record.emitted.items():
             acls = layer_plan.directory_acls if planned.member.isdir() else layer_plan.file_acls
             acls.extend(_acls_of(parts, planned.member))
@@ -211,6 +217,11 @@ class LayerPlanner(RootfsBuilder):
         record.emitted.pop(parts, None)  # written again: only the last one counts, at its place
         planned = _Planned(member)
         if member.isdir():
+            old = self.dir_members.get(parts)
+            if old is not None:
+                kept = {key for key, _value in _xattrs_of(member)}
+                record.stale_xattrs.extend((parts, key) for key, _value in _xattrs_of(old)
+                                           if xattr_allowed(key) and key not in kept)
             self.dir_members[parts] = member
         else:
             self.file_members[parts] = member

@@ -351,11 +351,12 @@ def test_replacements_of_every_kind_and_acls_give_the_dir_writers_tree(tmp_path,
     # tar in the appliance replaces a non-directory by another itself; the plan removes the rest first.
     tars = [
         TarBuilder().dir('./', mode=0o755).file('f', b'f').dir('d').file('d/x', b'x').symlink('s', 'd')
-        .dir('e').file('e/y', b'y').symlink('t', 'e').file('h', b'h').hardlink('h2', 'h')
+        .dir('e', pax={'SCHILY.xattr.user.old': 'o'}).file('e/y', b'y').symlink('t', 'e').file('h', b'h')
+        .hardlink('h2', 'h')
         .dir('acl', mode=0o770, pax=acl_pax(tmp_path)).file('acl/f', b'a', pax={'SCHILY.xattr.user.note': 'n'})
         .tar(),
         TarBuilder().file('s', b'was a link').symlink('f', 'd/x').symlink('d', 'e').dir('t').file('t/z', b'z')
-        .fifo('e/y').file('h', b'new h').tar(),
+        .fifo('e/y').file('h', b'new h').dir('e').tar(),  # e declared again: its old xattr goes
     ]
     build = tmp_path / 'build'
     build.mkdir(mode=0o700)
@@ -370,6 +371,7 @@ def test_replacements_of_every_kind_and_acls_give_the_dir_writers_tree(tmp_path,
             del xattrs[name]  # xfs shows root its own copy of each ACL
     assert differences(tree, tree_of(str(tmp_path / 'dir'), filesystem='none')) == {}
     assert tree['entries']['h2'][5] == b'h'  # the old inode, as a hard link elsewhere must keep it
+    assert 'e' not in tree['xattrs']
     assert set(tree['xattrs']['acl']) == {'system.posix_acl_access', 'system.posix_acl_default'}
     # Inherited from the directory's default ACL, as when the applier writes a directory.
     assert set(tree['xattrs']['acl/f']) == {'user.note', 'system.posix_acl_access'}

@@ -165,3 +165,16 @@ def test_the_test_image_plans_whiteouts_as_removals_and_every_name_is_canonical(
 def test_refusals_of_the_applier_and_what_the_appliance_cannot_write_fail_while_planning(tmp_path, tars, error):
     with pytest.raises(error):
         plan(tmp_path, tars)
+
+
+def test_a_directory_declared_again_without_a_lower_xattr_has_it_removed(tmp_path):
+    skeleton = tmp_path / 'skeleton'
+    skeleton.mkdir(mode=0o700)
+    image = layered_image([TarBuilder().dir('d', pax={'SCHILY.xattr.user.old': 'o', 'SCHILY.xattr.user.both': 'b'})
+                           .tar(), TarBuilder().dir('d', pax={'SCHILY.xattr.user.both': 'b2'}).tar()])
+    planner = LayerPlanner(str(skeleton), str(tmp_path))
+    try:
+        assert planner.plan(image.layers[0], 'layer 1', 0).stale_xattrs == []
+        assert planner.plan(image.layers[1], 'layer 2', 1).stale_xattrs == [(('d',), 'user.old')]
+    finally:
+        planner.close()
