@@ -125,8 +125,7 @@ class LayerPlanner(RootfsBuilder):
         self.apply_layer(layer, label=label)
         record = self._layer
         layer_plan = LayerPlan(_outermost(record.removals), os.path.join(self._tar_dir, 'layer-%d.tar' % index),
-                               stale_xattrs=[(parts, name) for parts, name in record.stale_xattrs
-                                             if parts in self.dir_members])
+                               stale_xattrs=record.stale_xattrs)
         for parts, planned in record.emitted.items():
             acls = layer_plan.directory_acls if planned.member.isdir() else layer_plan.file_acls
             acls.extend(_acls_of(parts, planned.member))
@@ -207,7 +206,7 @@ class LayerPlanner(RootfsBuilder):
 
     def _apply_root_entry(self, member: tarfile.TarInfo) -> None:
         super()._apply_root_entry(member)
-        self.dir_members[()] = member
+        self._declared_dir((), member)
         self._layer.emitted.pop((), None)
         self._layer.emitted[()] = _Planned(member)
 
@@ -217,12 +216,7 @@ class LayerPlanner(RootfsBuilder):
         record.emitted.pop(parts, None)  # written again: only the last one counts, at its place
         planned = _Planned(member)
         if member.isdir():
-            old = self.dir_members.get(parts)
-            if old is not None:
-                kept = {key for key, _value in _xattrs_of(member)}
-                record.stale_xattrs.extend((parts, key) for key, _value in _xattrs_of(old)
-                                           if xattr_allowed(key) and key not in kept)
-            self.dir_members[parts] = member
+            self._declared_dir(parts, member)
         else:
             self.file_members[parts] = member
             if member.islnk():
@@ -232,6 +226,15 @@ class LayerPlanner(RootfsBuilder):
                 record.link_targets[planned.link_target] = parts
         record.emitted[parts] = planned
         record.touched_dirs.add(parts[:-1])
+
+    def _declared_dir(self, parts: Parts, member: tarfile.TarInfo) -> None:
+        """Directory `parts` has entry `member` now; what an earlier entry gave it and this one lacks goes."""
+        old = self.dir_members.get(parts)
+        if old is not None:
+            kept = {key for key, _value in _xattrs_of(member)}
+            self._layer.stale_xattrs.extend((parts, key) for key, _value in _xattrs_of(old)
+                                            if xattr_allowed(key) and key not in kept)
+        self.dir_members[parts] = member
 
     def _made_parent_dir(self, parent_fd: int, name: str, path: Parts) -> None:
         super()._made_parent_dir(parent_fd, name, path)
@@ -257,6 +260,9 @@ class LayerPlanner(RootfsBuilder):
                              % (display_path(link), display_path(target)))
         record.emitted.pop(path, None)
         self.file_members.pop(path, None)
+        if record.stale_xattrs:
+            # Removed with it: in the appliance, the removal goes first and takes them along.
+            record.stale_xattrs = [(parts, name) for parts, name in record.stale_xattrs if parts[:len(path)] != path]
         if is_dir:
             self.dir_members.pop(path, None)
             for below in self._paths_below(path):

@@ -178,3 +178,17 @@ def test_a_directory_declared_again_without_a_lower_xattr_has_it_removed(tmp_pat
         assert planner.plan(image.layers[1], 'layer 2', 1).stale_xattrs == [(('d',), 'user.old')]
     finally:
         planner.close()
+
+
+def test_a_directory_declared_again_then_replaced_has_no_stale_xattrs_left_to_remove(tmp_path):
+    skeleton = tmp_path / 'skeleton'
+    skeleton.mkdir(mode=0o700)
+    image = layered_image([TarBuilder().dir('d', pax={'SCHILY.xattr.user.old': 'o'}).tar(),
+                           TarBuilder().dir('d').file('d', b'now a file').tar()])
+    planner = LayerPlanner(str(skeleton), str(tmp_path))
+    try:
+        planner.plan(image.layers[0], 'layer 1', 0)
+        layer_plan = planner.plan(image.layers[1], 'layer 2', 1)
+    finally:
+        planner.close()
+    assert layer_plan.stale_xattrs == [] and layer_plan.removals == [('d',)]
