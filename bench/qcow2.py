@@ -1,10 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright: virt.bootstrap contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Benchmark: the Debian image as qcow2 (a chain written through host mounts, and flat) next to the dir
-format and to the old tool's way, one guestfish launch per layer.
+"""Benchmark: the Debian image as qcow2 (a chain written through host mounts, the same chain through one
+libguestfs appliance, and flat) next to the dir format and to the old tool's way, one guestfish launch per layer.
 
-Run as root from anywhere: `python3 bench/qcow2.py [--rounds N] [--old-tool-rounds N] [--json] [--collection DIR]`.
+Run as root from anywhere: `python3 bench/qcow2.py [--rounds N] [--appliance-rounds N] [--old-tool-rounds N]
+[--json] [--collection DIR]`.
 See bench/README.md for what is measured and how to read the figures.
 """
 
@@ -28,6 +29,8 @@ RUNS_DIR = os.path.join(CACHE_DIR, 'qcow2-runs')
 # store-second: the second guest of an image whose layers a first guest already put in a layer store.
 WAYS = ('chain', 'flat', 'dir', 'store-second')
 OLD_TOOL = 'guestfish-per-layer'
+# The chain through one libguestfs appliance (qcow2_method: appliance), in --appliance-rounds rounds only.
+APPLIANCE = 'chain-appliance'
 # KVM does not work on these machines; every libguestfs appliance runs under TCG.
 GUESTFS_ENV = {'LIBGUESTFS_BACKEND_SETTINGS': 'force_tcg', 'LIBGUESTFS_BACKEND': 'direct'}
 OLD_TOOL_SIZE = '5G'  # the old tool's fixed size
@@ -50,10 +53,12 @@ def engine_child(way: str, dest: str) -> None:
     options: t.Dict[str, t.Any] = {'device_nodes': True}
     if way.startswith('store:'):
         options.update(format='qcow2', qcow2_layer_store=way[len('store:'):])
+    elif way == APPLIANCE:
+        options.update(format='qcow2', qcow2_method='appliance')
     elif way != 'dir':
-        options.update(format='qcow2', qcow2_layers=way)
+        options.update(format='qcow2', qcow2_layers=way, qcow2_method='host-mount' if way == 'chain' else 'auto')
     result = bootstrap.run(bootstrap.build_request('oci:%s:%s' % (LAYOUT_DIR, TAG), dest, **options))
-    # The host-mount and flat ways launch no appliance (the libguestfs fallback would).
+    # The host-mount and flat ways launch no appliance; the libguestfs fallback one.
     print(json.dumps({'appliances': getattr(result, 'appliance_launches', None) or 0}))
 
 
@@ -102,10 +107,13 @@ def measure(way: str, round_number: int, blobs: t.Sequence[LayerBlob]) -> Measur
     return Measurement(way, round_number, usage.wall_s, usage.user_s, usage.sys_s, appliances, tree_bytes(dest))
 
 
-def run_rounds(rounds: int, old_tool_rounds: int, blobs: t.Sequence[LayerBlob]) -> t.List[Measurement]:
+def run_rounds(rounds: int, appliance_rounds: int, old_tool_rounds: int,
+               blobs: t.Sequence[LayerBlob]) -> t.List[Measurement]:
     measurements = []
     for round_number in range(rounds + 1):  # round 0 warms the caches and is not reported
         ways = rotated(WAYS, round_number)
+        if 0 < round_number <= appliance_rounds:
+            ways += (APPLIANCE,)
         if 0 < round_number <= old_tool_rounds:
             ways += (OLD_TOOL,)
         for way in ways:
@@ -126,11 +134,12 @@ def summary(measurements: t.Sequence[Measurement]) -> t.Dict[str, t.Any]:
                    'disk_mib': statistics.median(m.disk_bytes for m in runs) / (1 << 20),
                    'runs': len(runs)} for way, runs in by_way.items()}
     ratios = {}
-    for other in ('dir', 'flat', 'store-second', OLD_TOOL):
-        pairs = [(by_round['chain'], by_round[other]) for by_round in _by_round(measurements)
-                 if 'chain' in by_round and other in by_round]
+    for base, other in (('chain', 'dir'), ('chain', 'flat'), ('chain', 'store-second'), ('chain', APPLIANCE),
+                        ('chain', OLD_TOOL), (APPLIANCE, OLD_TOOL)):
+        pairs = [(by_round[base], by_round[other]) for by_round in _by_round(measurements)
+                 if base in by_round and other in by_round]
         if pairs:
-            ratios['%s / chain' % other] = statistics.median(b.wall_s / a.wall_s for a, b in pairs)
+            ratios['%s / %s' % (other, base)] = statistics.median(b.wall_s / a.wall_s for a, b in pairs)
     return {'ways': table, 'median_ratios_of_wall_time': ratios}
 
 
@@ -147,12 +156,15 @@ def print_table(result: t.Dict[str, t.Any]) -> None:
         values = (way, row['wall_s'], row['cpu_s'], row['appliances'], row['disk_mib'], row['runs'])
         print('%-20s %9.2f %8.2f %11d %9.1f %5d' % values)
     for name, ratio in result['median_ratios_of_wall_time'].items():
-        print('%-28s %6.2f' % (name, ratio))
+        print('%-42s %6.2f' % (name, ratio))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--rounds', type=int, default=5, help='timed rounds of chain, flat and dir (default 5)')
+    parser.add_argument('--appliance-rounds', type=int, default=1,
+                        help='rounds that also write the chain through one libguestfs appliance (about 30 s each; '
+                             'default 1, 0 for none)')
     parser.add_argument('--old-tool-rounds', type=int, default=1,
                         help="rounds that also run the old tool's way (about 40 s each; default 1, 0 for none)")
     parser.add_argument('--json', action='store_true', help='print the result as JSON')
@@ -172,7 +184,7 @@ def main() -> int:
         shutil.rmtree(RUNS_DIR, ignore_errors=True)
         subprocess.run(['sync'], check=True)
         time.sleep(2)
-        measurements = run_rounds(args.rounds, args.old_tool_rounds, blobs)
+        measurements = run_rounds(args.rounds, args.appliance_rounds, args.old_tool_rounds, blobs)
         result = summary(measurements)
         result['measurements'] = [asdict(m) for m in measurements]
     except BenchError as exc:

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='qcow2: one image per layer (chain, default) or one rootfs.qcow2 (flat)')
     parser.add_argument('--qcow2-layer-store', metavar='DIR',
                         help='qcow2: keep the layer images in DIR, shared by every guest made with it')
+    parser.add_argument('--qcow2-method', choices=['auto', 'host-mount', 'appliance'], default='auto',
+                        help='qcow2 chain: mount each image on the host (host-mount: root, loop devices), or one '
+                             'libguestfs appliance for all (appliance); auto: host-mount where it works')
     parser.add_argument('--qcow2-filesystem', choices=['ext4', 'xfs'], default='ext4',
                         help='filesystem of the qcow2 images (default: ext4)')
     parser.add_argument('--root-password', metavar='PASSWORD',
@@ -158,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
                            update=args.update, timeout=args.timeout, virt_builder_source=args.virt_builder_source,
                            virt_builder_no_check_signature=args.virt_builder_no_check_signature,
                            qcow2_size=args.qcow2_size, qcow2_layers=args.qcow2_layers,
-                           qcow2_filesystem=args.qcow2_filesystem,
+                           qcow2_filesystem=args.qcow2_filesystem, qcow2_method=args.qcow2_method,
                            qcow2_layer_store=args.qcow2_layer_store and os.path.abspath(args.qcow2_layer_store))
     except KeyboardInterrupt:
         sys.stderr.write('\n%s: interrupted\n' % PROG)

@@ -36,6 +36,9 @@ PACKAGES = {
     'losetup': 'mount',
     'mount': 'mount',
     'umount': 'mount',
+    'guestfish': 'libguestfs-tools',
+    'resize2fs': 'e2fsprogs',
+    'xfs_growfs': 'xfsprogs',
 }
 FILESYSTEMS = ('ext4', 'xfs')
 EXPORT_NAME = 'export.raw'
@@ -134,45 +137,100 @@ def require_host_mounts(filesystem: str, make_filesystem: bool = True) -> None:
     if make_filesystem:
         tool('mkfs.' + filesystem)
     if os.geteuid() != 0:
-        raise ToolError('qcow2 images are written through loop devices, which needs root (running as uid %d); '
-                        'the libguestfs way for other users is not built yet' % os.geteuid())
+        raise ToolError('qcow2 images are mounted on the host through loop devices, which needs root (running as '
+                        'uid %d); qcow2_method: appliance writes them through libguestfs instead' % os.geteuid())
     if not os.path.exists('/dev/loop-control'):
-        raise ToolError('no loop devices here (/dev/loop-control is missing; modprobe loop?); the libguestfs way '
-                        'for hosts without them is not built yet')
+        raise ToolError('no loop devices here (/dev/loop-control is missing; modprobe loop?); qcow2_method: '
+                        'appliance writes the images through libguestfs instead')
+
+
+def host_mounts_work(filesystem: str, probe_dir: str) -> bool:
+    """Whether images can be mounted on the host: the tools, root, and a loop device that really attaches
+    (a container may show /dev/loop-control and still refuse). The probe file lives in `probe_dir`, where
+    release_debris finds a loop device a killed probe left."""
+    try:
+        require_host_mounts(filesystem)
+    except ToolError:
+        return False
+    probe = os.path.join(probe_dir, 'loop-probe')
+    with open(probe, 'xb') as stream:
+        stream.truncate(1 << 20)
+    try:
+        device = run_tool(['losetup', '--find', '--show', '--read-only', probe], 'probing loop devices').strip()
+        _detach_loop(device)
+    except ToolError:
+        return False
+    finally:
+        os.unlink(probe)
+    return True
 
 
 @contextlib.contextmanager
 def mounted_image(image_path: str, work_dir: str, filesystem: str, make_filesystem: bool = False,
-                  read_only: bool = False) -> t.Iterator[str]:
+                  read_only: bool = False, grow: bool = False) -> t.Iterator[str]:
     """Mount the filesystem in qcow2 `image_path` (and its backing chain) on the host; yields the mount point.
 
     `work_dir` must not exist and its parent must be private: it is made 0700 and holds the export,
     the daemon's pid file and the mount point, and is removed afterwards. Whatever happens, including
     SIGTERM (raised as Interrupted), the filesystem is unmounted, the loop device detached and the
-    daemon stopped before this returns or raises.
+    daemon stopped before this returns or raises. `grow`: the image's disk is bigger than its filesystem,
+    which is grown to fill it first.
     """
     require_host_mounts(filesystem, make_filesystem)
-    os.mkdir(work_dir, 0o700)
     with _TermGuard() as guard, contextlib.ExitStack() as undo:
-        undo.callback(_remove_work_dir, work_dir)
+        # Each step and the registration of its undo are one: a SIGTERM between them waits for both.
+        with guard.deferred():
+            os.mkdir(work_dir, 0o700)
+            undo.push(_undo(_remove_work_dir, work_dir))
         export = os.path.join(work_dir, EXPORT_NAME)
-        pid = _start_export(os.path.abspath(image_path), export, read_only)
-        undo.callback(_stop_daemon, pid, export)
+        with guard.deferred():
+            pid = _start_export(os.path.abspath(image_path), export, read_only)
+            undo.push(_undo(_stop_daemon, pid, export))
         if make_filesystem:
             # On the exported file, not the loop device: mkfs then discards the whole disk and knows the
             # inode tables read as zeros, so the kernel has none left to zero later (in upper layers).
             _make_filesystem(export, filesystem)
-        device = run_tool(['losetup', '--find', '--show'] + (['--read-only'] if read_only else []) + [export],
-                          'attaching %s to a loop device' % os.path.basename(image_path)).strip()
-        undo.callback(_detach_loop, device)
+        if grow and filesystem == 'ext4':
+            # Offline, on the exported file: growing a mounted ext4 needs CAP_SYS_RESOURCE, which containers drop.
+            run_tool(['resize2fs', '-f', export], 'growing the ext4 filesystem to the bigger disk')
+        with guard.deferred():
+            device = run_tool(['losetup', '--find', '--show'] + (['--read-only'] if read_only else []) + [export],
+                              'attaching %s to a loop device' % os.path.basename(image_path)).strip()
+            undo.push(_undo(_detach_loop, device))
         point = os.path.join(work_dir, MOUNT_NAME)
         os.mkdir(point, 0o700)
         options = ['nosuid', 'nodev', 'noatime'] + (['ro'] + _read_only_options(filesystem) if read_only else [])
-        run_tool(['mount', '-t', filesystem, '-o', ','.join(options), device, point],
-                 'mounting %s' % os.path.basename(image_path))
-        undo.callback(_unmount, point)
+        with guard.deferred():
+            run_tool(['mount', '-t', filesystem, '-o', ','.join(options), device, point],
+                     'mounting %s' % os.path.basename(image_path))
+            undo.push(_undo(_unmount, point))
         undo.callback(guard.disarm)  # runs first: taking the mount down is not cut short
+        if grow and filesystem == 'xfs':
+            run_tool(['xfs_growfs', point], 'growing the xfs filesystem to the bigger disk')  # online only
         yield point
+
+
+def _undo(action: t.Callable[..., None], *arguments: t.Any) -> t.Callable[..., bool]:
+    """An exit callback for ExitStack that runs `action`; when it fails while an error is on its way out, that
+    error stays the one raised, and says what the cleanup could not do."""
+    def undo(_type: t.Any, error: t.Optional[BaseException], _traceback: t.Any) -> bool:
+        try:
+            action(*arguments)
+        except (ToolError, OSError) as failure:
+            if error is None:
+                raise
+            _note_cleanup_failure(error, failure)
+        return False
+    return undo
+
+
+def _note_cleanup_failure(error: BaseException, failure: BaseException) -> None:
+    note = 'and then cleaning up failed: %s' % failure
+    if isinstance(error, BootstrapError) and error.args and isinstance(error.args[0], str):
+        error.args = ('%s (%s)' % (error.args[0], note),) + error.args[1:]
+    else:
+        notes = getattr(error, '__notes__', None)
+        setattr(error, '__notes__', (notes or []) + [note])
 
 
 def _read_only_options(filesystem: str) -> t.List[str]:
@@ -298,6 +356,17 @@ class _TermGuard:
 
     def disarm(self) -> None:
         self._armed = False
+
+    @contextlib.contextmanager
+    def deferred(self) -> t.Iterator[None]:
+        """A SIGTERM that arrives inside waits until the block is done, and is raised then (if still armed)."""
+        armed, self._armed = self._armed, False
+        try:
+            yield
+        finally:
+            self._armed = armed and not self._raised
+        if self._pending and self._armed:
+            self._raise()
 
     def _handle(self, signum: int, frame: t.Any) -> None:
         if self._armed:

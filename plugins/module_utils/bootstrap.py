@@ -58,10 +58,12 @@ class Request:
     qcow2_layers: str = qcow2.CHAIN
     qcow2_filesystem: str = 'ext4'
     qcow2_layer_store: t.Optional[str] = None
+    # How a chain is written; not a shaping option: either way writes the same tree.
+    qcow2_method: str = qcow2.AUTO
 
     def qcow2_settings(self) -> qcow2.Qcow2Settings:
         return qcow2.Qcow2Settings(size=self.qcow2_size, layers=self.qcow2_layers, filesystem=self.qcow2_filesystem,
-                                   layer_store=self.qcow2_layer_store)
+                                   layer_store=self.qcow2_layer_store, method=self.qcow2_method)
 
     def shaping_options(self, with_password: bool = True) -> t.Dict[str, t.Any]:
         """Options that change the rootfs written, beyond the image itself.
@@ -122,6 +124,8 @@ class Plan:
     before: t.Optional[StateRecord]
     after: t.Optional[StateRecord] = None
     image: t.Optional[Image] = None
+    # Appliances launched while deciding (a look into a qcow2 guest overlay written without host mounts).
+    appliance_launches: int = 0
 
 
 @dataclass
@@ -199,7 +203,7 @@ def run(request: Request, check_mode: bool = False) -> Result:
                 stats = carry_out(request, plan, dest)
         if plan.action in ('none', 'record'):
             Progress(request.progress_cb).done('Nothing to do')
-        result = _result(request, plan, source, dest, stats=stats)
+        result = _result(request, plan, source, dest, stats=stats, carried_out=True)
         _tidy_cache(result, source, dest, plan)
         return result
     finally:
@@ -280,20 +284,23 @@ def _unchanged(request: Request, dest: Destination, before: StateRecord, image: 
     wants_password = _wants_password(request)
     current = before
     if resolved is not None:
+        kept = {key: before.options[key] for key in (qcow2.WRITTEN_BY,) if key in before.options}
         current = dataclasses.replace(resolved, dest_identity=before.dest_identity, root_password=before.root_password,
                                       image_root_field=before.image_root_field,
-                                      options=dict(resolved.options, root_password=before.root_password))
+                                      options=dict(resolved.options, root_password=before.root_password, **kept))
     after = dataclasses.replace(current, root_password=wants_password,
                                 options=dict(current.options, root_password=wants_password))
-    if wants_password and (not before.root_password or not _password_is_set(request, dest, before)):
-        return Plan('password', 'set the root password in %s' % dest.path, before, after, image)
+    looks: t.List[str] = []
+    if wants_password and (not before.root_password or not _password_is_set(request, dest, before, looks)):
+        return Plan('password', 'set the root password in %s' % dest.path, before, after, image,
+                    appliance_launches=looks.count(qcow2.APPLIANCE))
     if not wants_password and before.root_password:
         return Plan('password', "put back the image's own root password entry in %s" % dest.path, before, after,
                     image)
     reason = reason or '%s already holds %s' % (dest.path, before.digest)
     if current != before:
-        return Plan('record', reason, before, current, image)
-    return Plan('none', reason, before, before, image)
+        return Plan('record', reason, before, current, image, appliance_launches=looks.count(qcow2.APPLIANCE))
+    return Plan('none', reason, before, before, image, appliance_launches=looks.count(qcow2.APPLIANCE))
 
 
 def carry_out(request: Request, plan: Plan, dest: Destination) -> t.Optional[ApplyStats]:
@@ -392,12 +399,15 @@ def _write_qcow2(request: Request, image: t.Optional[Image], after: StateRecord,
     settings = request.qcow2_settings()
     if image is None:
         root_hash = _new_root_hash(request) if after.root_password else after.image_root_field
-        qcow2.edit_guest_overlay(dest.tree_path(), new_root, _image_names(after), settings.filesystem, root_hash)
+        qcow2.edit_guest_overlay(dest.tree_path(), new_root, _image_names(after), settings.filesystem, root_hash,
+                                 method=qcow2.choose_method(settings, os.path.dirname(new_root)))
         return None
     written = qcow2.write_qcow2(image, new_root, settings, request.max_size, _id_mapper(request), progress,
                                 device_nodes=request.device_nodes,
                                 root_hash=_new_root_hash(request) if _wants_password(request) else None)
     after.image_root_field = written.image_root_field
+    # How, not what: outside the options hash, for the result and for the next run's edits.
+    after.options[qcow2.WRITTEN_BY] = written.method
     return written.stats
 
 
@@ -423,7 +433,8 @@ def _holds_images(dest: Destination, record: t.Optional[StateRecord]) -> bool:
     return all(os.path.isfile(path) for path in paths)
 
 
-def _password_is_set(request: Request, dest: Destination, record: StateRecord) -> bool:
+def _password_is_set(request: Request, dest: Destination, record: StateRecord, looks: t.List[str]) -> bool:
+    """Whether dest has the requested password; `looks` learns how each look into a qcow2 image was made."""
     if request.format != 'qcow2':
         return request.password_is_set_in(dest.path)
     # A read-only look into the guest overlay, below our bookkeeping: what a killed look leaves, the next lock
@@ -431,9 +442,11 @@ def _password_is_set(request: Request, dest: Destination, record: StateRecord) -
     with dest.looking():
         scratch = tempfile.mkdtemp(prefix='build-look-', dir=dest.meta_dir)
         try:
+            method = qcow2.choose_method(request.qcow2_settings(), scratch)
+            looks.append(method)
             current = qcow2.read_root_hash(dest.tree_path(), _image_names(record)[-1],
                                            record.options.get('qcow2_filesystem', 'ext4'),
-                                           os.path.join(scratch, qcow2.WORK_NAME))
+                                           os.path.join(scratch, qcow2.WORK_NAME), method=method)
         finally:
             os.rmdir(scratch)
     return request.password_is(current)
@@ -479,7 +492,8 @@ def build_request(src: t.Optional[str], dest: str, format: str = 'dir', state: s
                   no_cache: bool = False, cache_max_age: t.Optional[str] = None, timeout: float = 60.0,
                   virt_builder_source: t.Optional[str] = None, virt_builder_no_check_signature: bool = False,
                   qcow2_size: t.Optional[t.Union[int, str]] = None, qcow2_layers: str = qcow2.CHAIN,
-                  qcow2_filesystem: str = 'ext4', qcow2_layer_store: t.Optional[str] = None) -> Request:
+                  qcow2_filesystem: str = 'ext4', qcow2_layer_store: t.Optional[str] = None,
+                  qcow2_method: str = qcow2.AUTO) -> Request:
     """The one place a Request is made from plain options: the module, bootstrap() and the CLI use it."""
     return Request(src=src, dest=dest, format=format, state=state, platform=platform, force=force,
                    max_size=parse_size(max_size, 'max_size'), root_password=root_password,
@@ -487,6 +501,7 @@ def build_request(src: t.Optional[str], dest: str, format: str = 'dir', state: s
                    gid_map=parse_id_map(gid_map, 'gid_map'), progress_cb=progress_cb, device_nodes=device_nodes,
                    update=update, qcow2_size=None if qcow2_size is None else parse_size(qcow2_size, 'qcow2_size'),
                    qcow2_layers=qcow2_layers, qcow2_filesystem=qcow2_filesystem, qcow2_layer_store=qcow2_layer_store,
+                   qcow2_method=qcow2_method,
                    registry=RegistryOptions(username=username, password=password, auth_file=auth_file,
                                             not_secure=not_secure, ca_path=ca_path, cache_dir=cache_dir,
                                             no_cache=no_cache, cache_max_age=cache_max_age, timeout=timeout),
@@ -520,22 +535,25 @@ def bootstrap(uri: str, dest: str, fmt: str = 'dir', username: t.Optional[str] =
     The positional order is the original virt-bootstrap's. Every other option of build_request
     (platform, force, max_size, root_password_hash, device_nodes, update, auth_file, ca_path,
     cache_dir, cache_max_age, timeout, state, virt_builder_source, virt_builder_no_check_signature,
-    qcow2_size, qcow2_layers, qcow2_filesystem, qcow2_layer_store) can be given by name.
+    qcow2_size, qcow2_layers, qcow2_filesystem, qcow2_layer_store, qcow2_method) can be given by name.
     """
     return run(build_request(uri, dest, format=fmt, username=username, password=password,
                              root_password=root_password, uid_map=uid_map, gid_map=gid_map, not_secure=not_secure,
                              no_cache=no_cache, progress_cb=progress_cb, **options))
 
 
-def _describe_images(result: Result, record: StateRecord) -> None:
+def _describe_images(result: Result, record: StateRecord, wrote: bool, looked: int) -> None:
     result.qcow2_images = _store_images(record) + [os.path.join(result.dest, name) for name in _image_names(record)]
     result.qcow2_top = result.qcow2_images[-1]
     flat = record.options.get('qcow2_layers') == qcow2.FLAT
-    result.qcow2_method = 'flat' if flat else 'host-mount'
+    result.qcow2_method = qcow2.FLAT if flat else record.options.get(qcow2.WRITTEN_BY, qcow2.HOST_MOUNT)
+    if result.qcow2_method == qcow2.APPLIANCE:
+        # The appliance way launches one for a build or an edit of the guest overlay, none when nothing is done.
+        result.appliance_launches = (result.appliance_launches or 0) + int(wrote) + looked
 
 
 def _result(request: Request, plan: Plan, source: t.Optional[Source], dest: Destination,
-            stats: t.Optional[ApplyStats]) -> Result:
+            stats: t.Optional[ApplyStats], carried_out: bool = False) -> Result:
     record = plan.after if request.state == 'present' else plan.before
     result = Result(changed=plan.action not in ('none', 'record'), msg=plan.reason, dest=os.path.normpath(request.dest),
                     format=request.format, state=request.state, before=plan.before,
@@ -549,7 +567,8 @@ def _result(request: Request, plan: Plan, source: t.Optional[Source], dest: Dest
         result.layers = record.layers
         result.image_config = record.image_config
         if record.format == 'qcow2':
-            _describe_images(result, record)
+            _describe_images(result, record, wrote=carried_out and plan.action in ('build', 'password'),
+                             looked=plan.appliance_launches)
     if plan.image is not None:
         result.warnings.extend(plan.image.warnings)
     if stats is not None:

@@ -61,7 +61,8 @@ options:
         writes; give that one (RV(qcow2_top)) to the guest. Each image holds only what its layer changed.
       - V(qcow2) is written on the host with the same layer rules as V(dir) (each image mounted through
         qemu-storage-daemon, a loop device and the kernel's filesystem), which needs root, loop devices and the
-        Debian packages qemu-utils, qemu-system-common, fuse3 and e2fsprogs (xfsprogs for V(xfs)).
+        Debian packages qemu-utils, qemu-system-common, fuse3 and e2fsprogs (xfsprogs for V(xfs)). Where those
+        are missing, one libguestfs appliance writes the whole chain instead; see O(qcow2_method).
     type: str
     choices: [dir, qcow2]
     default: dir
@@ -86,6 +87,24 @@ options:
     type: str
     choices: [ext4, xfs]
     default: ext4
+  qcow2_method:
+    description:
+      - How O(qcow2_layers=chain) is written. Either way writes the same tree, so changing only this never rebuilds.
+      - V(host-mount) mounts each image on the host and writes it with the layer applier of V(dir) (root, loop
+        devices; about a second for a small image).
+      - V(appliance) launches one libguestfs appliance (a small virtual machine; Debian packages libguestfs-tools and
+        a kernel in C(/boot)) for the whole chain, for hosts without root or loop devices. Every layer is first
+        applied on the host into a skeleton tree by the same applier, which turns it into paths to remove and a
+        sanitised tar with canonical names, so the appliance never resolves a path of the image; the images are
+        made from the appliance's disk on the host, each holding only its layer's delta. Tens of seconds under
+        emulation. O(uid_map)/O(gid_map) are refused with it (a chown per entry through the appliance is far too
+        slow), and so is O(qcow2_layer_store). A root password edit of a guest overlay needs a real C(/etc) (not a
+        symlink) in the image.
+      - V(auto) takes V(host-mount) when running as root with loop devices that really attach, else V(appliance).
+      - RV(qcow2_method) says which way ran and RV(appliance_launches) how many appliances were launched.
+    type: str
+    choices: [auto, host-mount, appliance]
+    default: auto
   qcow2_layer_store:
     description:
       - A directory (for example V(/var/lib/virt-bootstrap/layers)) that keeps the layer images of
@@ -516,7 +535,9 @@ appliance_launches:
     - How many times a libguestfs appliance was started for a C(virt-builder://) source (each launch is a small
       virtual machine, several seconds). A build takes two (virt-builder's, and one to copy every filesystem out);
       a run with nothing to do takes none.
-  returned: when the source is C(virt-builder://) and O(state=present)
+    - With RV(qcow2_method=appliance), the writer's launch is counted too (one for a whole chain, one for a root
+      password edit of the guest overlay or a look at it, none when nothing is done).
+  returned: when the source is C(virt-builder://) or RV(qcow2_method=appliance), and O(state=present)
   type: int
   sample: 2
 credentials_from:
@@ -570,7 +591,8 @@ qcow2_top:
   sample: /var/lib/libvirt/images/web1/layer-1.qcow2
 qcow2_method:
   description: How the images were written. V(host-mount) (each image mounted on the host and written by the layer
-    applier; no appliance is launched) or V(flat).
+    applier; no appliance is launched), V(appliance) (one libguestfs appliance for the chain; see
+    O(qcow2_method)) or V(flat).
   returned: when O(format=qcow2) and O(state=present)
   type: str
   sample: host-mount
@@ -624,7 +646,7 @@ _ENGINE_OPTIONS = ('src', 'dest', 'format', 'state', 'platform', 'force', 'max_s
                    'root_password_hash', 'uid_map', 'gid_map', 'device_nodes', 'update', 'username', 'password',
                    'auth_file', 'not_secure', 'ca_path', 'cache_dir', 'no_cache', 'cache_max_age', 'timeout',
                    'virt_builder_source', 'virt_builder_no_check_signature', 'qcow2_size', 'qcow2_layers',
-                   'qcow2_filesystem', 'qcow2_layer_store')
+                   'qcow2_filesystem', 'qcow2_layer_store', 'qcow2_method')
 
 
 def main() -> None:
@@ -637,6 +659,7 @@ def main() -> None:
             qcow2_layers=dict(type='str', default='chain', choices=['chain', 'flat']),
             qcow2_filesystem=dict(type='str', default='ext4', choices=['ext4', 'xfs']),
             qcow2_layer_store=dict(type='path'),
+            qcow2_method=dict(type='str', default='auto', choices=['auto', 'host-mount', 'appliance']),
             state=dict(type='str', default='present', choices=['present', 'absent']),
             platform=dict(type='str'),
             force=dict(type='bool', default=False),

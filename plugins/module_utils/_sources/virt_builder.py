@@ -27,6 +27,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, PlatformError, SourceError
+from ansible_collections.virt.bootstrap.plugins.module_utils._guestfish import die_with_parent, stderr_text
 from ansible_collections.virt.bootstrap.plugins.module_utils._image import MEDIA_TAR, Image, Layer, Platform, sha256_digest
 from ansible_collections.virt.bootstrap.plugins.module_utils._platforms import host_platform, normalize
 from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress, ProgressCallback
@@ -34,7 +35,6 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._sources import wit
 from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import (
     lstat_at,
     open_dir_in_root,
-    libc,
     remove_tree,
     replace_file_at,
 )
@@ -59,8 +59,6 @@ TREE_EDITS = ('fstab-commented-out',)
 MAX_INDEX_SIZE = 64 << 20
 MAX_FSTAB_SIZE = 1 << 20
 MAX_SHOWN_TEMPLATES = 12
-MAX_STDERR_SHOWN = 4000
-_PR_SET_PDEATHSIG = 1
 FSTAB_NOTE = (b'# virt-bootstrap: the entries below mount the disks of the virt-builder template this rootfs was\n'
               b'# made from; a container has none of those disks, so they are commented out.\n')
 
@@ -234,16 +232,6 @@ def require_tool(name: str) -> str:
     return path
 
 
-def stderr_text(data: bytes, urls: t.Iterable[t.Optional[str]] = ()) -> str:
-    """A tool's stderr as it may be shown: `urls` without their user:password@, without libguestfs's
-    how-to-report-bugs footer, and not too long."""
-    text = data.decode('utf-8', 'replace').split('\nIf reporting bugs, run', 1)[0].strip()
-    for url in urls:
-        if url:
-            text = text.replace(url, without_userinfo(url))
-    return text if len(text) <= MAX_STDERR_SHOWN else '...' + text[-MAX_STDERR_SHOWN:]
-
-
 class VirtBuilderSource:
     def __init__(self, template: str, options: VirtBuilderOptions) -> None:
         self.template = template
@@ -321,7 +309,7 @@ class VirtBuilderSource:
         argv = [require_tool('virt-builder'), '--list', '--list-format', 'json'] + self._signature_args()
         try:
             completed = subprocess.run(argv, env=self._environment(), stdin=subprocess.DEVNULL, capture_output=True,
-                                       check=False, preexec_fn=_die_with_parent, timeout=LIST_TIMEOUT)
+                                       check=False, preexec_fn=die_with_parent, timeout=LIST_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise SourceError('virt-builder --list did not answer within %d s reading %s'
                               % (LIST_TIMEOUT, self._where()))
@@ -362,7 +350,7 @@ class VirtBuilderSource:
         with tempfile.TemporaryFile(dir=self._work_dir) as stderr:
             self.appliance_launches += 1
             self._process = subprocess.Popen(argv, env=self._environment(), stdin=subprocess.DEVNULL,
-                                             stdout=subprocess.PIPE, stderr=stderr, preexec_fn=_die_with_parent)
+                                             stdout=subprocess.PIPE, stderr=stderr, preexec_fn=die_with_parent)
             for line in t.cast(t.IO[bytes], self._process.stdout):
                 step = _build_step(line)
                 if step:
@@ -386,7 +374,7 @@ class VirtBuilderSource:
         stderr = tempfile.TemporaryFile(dir=self._work_dir)
         self.appliance_launches += 1
         self._process = subprocess.Popen(argv, env=self._environment(), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=stderr, preexec_fn=_die_with_parent)
+                                         stdout=subprocess.PIPE, stderr=stderr, preexec_fn=die_with_parent)
         return _TarOut(self, stderr, disk, warnings)
 
     def _stop(self) -> None:
@@ -525,12 +513,6 @@ def _size_hint(entry: TemplateEntry) -> t.Optional[t.Tuple[int, int]]:
     except ValueError:
         return None
     return (disk_size, disk_size // 4096) if disk_size > 0 else None
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: end with us. A killed run must not leave a build going on beside dest
-    (libguestfs ends its appliance when the tool ends)."""
-    libc().prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 _STEP_RE = re.compile(rb'^\[\s*[0-9.]+\]\s+(.*?)\s*$')

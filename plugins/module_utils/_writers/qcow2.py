@@ -38,6 +38,7 @@ from ansible_collections.virt.bootstrap.plugins.module_utils._layers import (
 from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress
 from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import DIR_FLAGS, remove_tree
 from ansible_collections.virt.bootstrap.plugins.module_utils._tar import TarReader
+from ansible_collections.virt.bootstrap.plugins.module_utils._writers import qcow2_appliance
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.dir import write_dir
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2_store import LayerStore, chain_keys
 
@@ -46,6 +47,15 @@ FLAT = 'flat'
 LAYOUTS = (CHAIN, FLAT)
 FILESYSTEMS = qemu.FILESYSTEMS
 FLAT_NAME = 'rootfs.qcow2'
+# How a chain is written: mounted on the host (root, loop devices), or through one libguestfs appliance.
+AUTO = 'auto'
+HOST_MOUNT = 'host-mount'
+APPLIANCE = 'appliance'
+METHODS = (AUTO, HOST_MOUNT, APPLIANCE)
+# The key of the state record's options that says which way wrote the images (outside the options hash).
+WRITTEN_BY = 'qcow2_written_by'
+# The appliance's working files, beside the images while they are written.
+APPLIANCE_WORK_NAME = 'appliance'
 # Where an image is mounted while it is written: inside the build directory, so the next run finds
 # what a killed one left there (qemu.release_debris).
 WORK_NAME = 'mount'
@@ -63,8 +73,12 @@ class Qcow2Settings:
     filesystem: str = 'ext4'
     # A directory whose layer images guests of the same image share (chain only); None: each dest has its own.
     layer_store: t.Optional[str] = None
+    # How a chain is written (METHODS); never part of what is written: either way gives the same tree.
+    method: str = AUTO
 
     def validate(self) -> None:
+        if self.method not in METHODS:
+            raise BootstrapError('qcow2_method %r is not one of: %s' % (self.method, ', '.join(METHODS)))
         if self.layers not in LAYOUTS:
             raise BootstrapError('qcow2_layers %r is not one of: %s' % (self.layers, ', '.join(LAYOUTS)))
         if self.filesystem not in FILESYSTEMS:
@@ -77,6 +91,8 @@ class Qcow2Settings:
             if self.layers != CHAIN:
                 raise BootstrapError('qcow2_layer_store shares the images of qcow2_layers: chain; flat has none')
             LayerStore(self.layer_store)  # an absolute path
+            if self.method == APPLIANCE:
+                raise BootstrapError('qcow2_layer_store is written with qcow2_method: host-mount only (as root)')
 
 
 @dataclass
@@ -85,6 +101,9 @@ class Written:
     # The root entry of /etc/shadow as the image has it (before our password), for putting it back later.
     image_root_field: t.Optional[str]
     images: t.List[str] = field(default_factory=list)
+    # Which way the images were written (HOST_MOUNT, APPLIANCE or FLAT), and the appliances it launched.
+    method: str = HOST_MOUNT
+    appliance_launches: int = 0
 
 
 def image_names(layer_count: int, layout: str, shared: bool = False) -> t.List[str]:
@@ -114,14 +133,24 @@ def write_qcow2(image: Image, images_dir: str, settings: Qcow2Settings, max_size
     if not image.layers:
         raise BootstrapError('the image has no layers: there is nothing to write')
     settings.validate()
-    if settings.layers == CHAIN:
+    build_dir = os.path.dirname(images_dir)
+    method = choose_method(settings, build_dir) if settings.layers == CHAIN else FLAT
+    if method == HOST_MOUNT:
         qemu.require_host_mounts(settings.filesystem)
+    elif method == APPLIANCE:
+        _refuse_in_appliance(id_mapper)
     os.mkdir(images_dir, 0o700)
-    work_dir = os.path.join(os.path.dirname(images_dir), WORK_NAME)
+    work_dir = os.path.join(build_dir, WORK_NAME)
     names = image_names(len(image.layers), settings.layers, shared=settings.layer_store is not None)
     if settings.layers == FLAT:
         size = settings.size or size_for(*measure(image, max_size))
         return _write_flat(image, images_dir, size, max_size, id_mapper, progress, device_nodes, root_hash)
+    if method == APPLIANCE:
+        size = settings.size or size_for(*measure(image, max_size))
+        stats, image_root_field = qcow2_appliance.write_chain(
+            image, images_dir, names, os.path.join(build_dir, APPLIANCE_WORK_NAME), size, settings.filesystem,
+            max_size, progress, device_nodes, root_hash, size_given=settings.size is not None)
+        return Written(stats, image_root_field, names, method=APPLIANCE, appliance_launches=1)
     if settings.layer_store is not None:
         place: _Placement = _InStore(image, settings, device_nodes)
     else:
@@ -139,6 +168,22 @@ def write_qcow2(image: Image, images_dir: str, settings: Qcow2Settings, max_size
             if root_hash is not None:
                 shadow.set_root_hash(root, root_hash)
     return Written(stats, image_root_field, names)
+
+
+def choose_method(settings: Qcow2Settings, probe_dir: str) -> str:
+    """The way a chain is written: the one asked for, or for `auto` host-mount where it works, else the appliance."""
+    if settings.method != AUTO:
+        return settings.method
+    if settings.layer_store is not None:
+        return HOST_MOUNT  # the store is host-mount's alone: its own errors say what is missing
+    return HOST_MOUNT if qemu.host_mounts_work(settings.filesystem, probe_dir) else APPLIANCE
+
+
+def _refuse_in_appliance(id_mapper: t.Optional[IdMapper]) -> None:
+    if id_mapper is not None:
+        # A chown per entry costs a round trip to the appliance (~26 ms under TCG: minutes for a real image).
+        raise BootstrapError('uid_map/gid_map cannot be applied through the libguestfs appliance (one slow chown '
+                             'per entry); use qcow2_method: host-mount (root with loop devices)')
 
 
 class _Placement:
@@ -187,9 +232,12 @@ class _InStore(_Placement):
         return count, self._store.state(self._keys[count - 1]) if count else None
 
     def size(self, image: Image, settings: Qcow2Settings, max_size: int) -> int:
-        if settings.size is None and self._store.has(self._keys[0]):
-            # The disk size is layer 0's: the upper images must have it too.
-            return t.cast(int, self._store.state(self._keys[0])['size'])
+        count = self._store.complete_prefix(self._keys)
+        if settings.size is None and count:
+            # The disk of the images already in the store, unless the layers to come need more: then the first
+            # new image gets the bigger disk and grows the filesystem (_write_layers).
+            return max(t.cast(int, self._store.state(self._keys[count - 1])['size']),
+                       super().size(image, settings, max_size))
         return super().size(image, settings, max_size)
 
     @contextlib.contextmanager
@@ -215,14 +263,18 @@ def _write_layers(image: Image, place: _Placement, work_dir: str, settings: Qcow
     size = place.size(image, settings, max_size) if start < count else 0
     builder: t.Optional[RootfsBuilder] = None
     image_root_field = state['root_field'] if state else None
+    # The disk of the image below the first one to write: smaller than `size` when a store's images are reused.
+    below_size = state['size'] if state else size
     for index in range(start, count):
         layer = image.layers[index]
+        grow = index == start and below_size < size
         with place.writing(index) as (path, backing):
             if backing is None:
                 qemu.create_image(path, size=size)
             else:
-                qemu.create_image(path, backing=backing)
-            with qemu.mounted_image(path, work_dir, settings.filesystem, make_filesystem=index == 0) as root:
+                qemu.create_image(path, size=size if grow else None, backing=backing)
+            with qemu.mounted_image(path, work_dir, settings.filesystem, make_filesystem=index == 0,
+                                    grow=grow) as root:
                 try:
                     if builder is None:
                         # Owners as the image has them: UID/GID maps go in the guest's overlay.
@@ -262,7 +314,7 @@ def _write_flat(image: Image, images_dir: str, size: int, max_size: int, id_mapp
     remove_tree(tree)
     qemu.flatten_raw(raw, os.path.join(images_dir, FLAT_NAME))
     os.unlink(raw)
-    return Written(stats, image_root_field, [FLAT_NAME])
+    return Written(stats, image_root_field, [FLAT_NAME], method=FLAT)
 
 
 @contextlib.contextmanager
@@ -279,11 +331,11 @@ def _full_is_clear(size: int, settings: Qcow2Settings) -> t.Iterator[None]:
 
 
 def edit_guest_overlay(old_dir: str, new_dir: str, names: t.List[str], filesystem: str,
-                       root_hash: t.Optional[str]) -> None:
+                       root_hash: t.Optional[str], method: str = HOST_MOUNT) -> None:
     """A copy of the images in `old_dir` at `new_dir` whose guest overlay has `root_hash` as root's entry.
 
     The image layers are hard links to the old ones (the very same files); only the top image is
-    copied and changed, so what the guest wrote there is kept.
+    copied and changed, so what the guest wrote there is kept. `method`: how the overlay is opened.
     """
     os.mkdir(new_dir, 0o700)
     for name in names[:-1]:
@@ -291,14 +343,22 @@ def edit_guest_overlay(old_dir: str, new_dir: str, names: t.List[str], filesyste
     top = os.path.join(new_dir, names[-1])
     shutil.copyfile(os.path.join(old_dir, names[-1]), top)
     os.chmod(top, stat.S_IMODE(os.stat(os.path.join(old_dir, names[-1])).st_mode))
+    if root_hash is None:
+        return
+    if method == APPLIANCE:
+        qcow2_appliance.set_root_hash(top, os.path.join(os.path.dirname(new_dir), APPLIANCE_WORK_NAME), root_hash)
+        return
     with qemu.mounted_image(top, os.path.join(os.path.dirname(new_dir), WORK_NAME), filesystem) as root:
-        if root_hash is not None:
-            shadow.set_root_hash(root, root_hash)
+        shadow.set_root_hash(root, root_hash)
 
 
-def read_root_hash(images_dir: str, top_name: str, filesystem: str, work_dir: str) -> t.Optional[str]:
-    """The root hash in /etc/shadow of the top image, read through a read-only mount."""
-    with qemu.mounted_image(os.path.join(images_dir, top_name), work_dir, filesystem, read_only=True) as root:
+def read_root_hash(images_dir: str, top_name: str, filesystem: str, work_dir: str,
+                   method: str = HOST_MOUNT) -> t.Optional[str]:
+    """The root hash in /etc/shadow of the top image, read through a read-only mount (or appliance)."""
+    top = os.path.join(images_dir, top_name)
+    if method == APPLIANCE:
+        return qcow2_appliance.read_root_hash(top, work_dir)
+    with qemu.mounted_image(top, work_dir, filesystem, read_only=True) as root:
         return shadow.read_root_hash(root)
 
 

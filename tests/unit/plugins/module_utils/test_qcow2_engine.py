@@ -286,8 +286,11 @@ def test_missing_program_names_its_debian_package(site, monkeypatch, tmp_path):
     monkeypatch.setenv('PATH', str(empty))
     monkeypatch.setattr(qemu, 'SYSTEM_PATH', '')
     with pytest.raises(ToolError) as caught:
-        site.run()
+        site.run(qcow2_method='host-mount')
     assert str(caught.value) == 'qemu-storage-daemon is not installed: install the Debian package qemu-system-common'
+    with pytest.raises(ToolError) as caught:
+        site.run()  # auto: host mounts cannot work here, so the appliance it is
+    assert str(caught.value) == 'guestfish is not installed: install the Debian package libguestfs-tools'
     assert not os.path.exists(site.dest)
 
 

@@ -105,6 +105,26 @@ def test_an_image_that_adds_a_layer_builds_only_that_one_and_gets_the_same_tree(
     assert top_tree(os.path.join(three, 'layer-3.qcow2'), tmp_path) == dir_tree(tmp_path, tars)
 
 
+def test_an_image_needing_a_bigger_disk_than_the_stores_grows_it_in_its_first_new_image(tmp_path, store):
+    settings = Qcow2Settings(layer_store=store)
+    tars = layer_tars()
+    write_qcow2(layered_image(tars[:2]), build_dir(tmp_path, 'small'), settings, MAX_SIZE)
+    before = store_checksums(store)
+    big = layered_image(tars)
+    for layer, hint in zip(big.layers, [(1 << 20, 100), (1 << 20, 100), (3 << 30, 100)]):
+        layer.size_hint = hint  # the third layer says it needs gigabytes
+    three = build_dir(tmp_path, 'big')
+    write_qcow2(big, three, settings, MAX_SIZE)
+    assert all(store_checksums(store)[name] == digest for name, digest in before.items())
+    top = os.path.join(three, 'layer-3.qcow2')
+    sizes = [entry['virtual-size'] for entry in image_info(top)]
+    assert sizes[0] == sizes[1] > 3 << 30 and sizes[2] == sizes[3] < 1 << 30  # the new ones, the store's
+    with looking_at(top, str(tmp_path / 'look')) as root:
+        fs = os.statvfs(root)
+        assert fs.f_blocks * fs.f_frsize > 3 << 30  # the filesystem fills the bigger disk
+        assert tree_of(root) == dir_tree(tmp_path, tars)
+
+
 def test_guest_maps_and_password_leave_the_store_alone(tmp_path, store):
     settings = Qcow2Settings(layer_store=store)
     write_qcow2(layered_image(), build_dir(tmp_path, 'one'), settings, MAX_SIZE)

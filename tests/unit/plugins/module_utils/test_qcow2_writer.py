@@ -228,13 +228,14 @@ def test_flat_with_maps_and_password(tmp_path, build):
     assert got == expected and got['entries']['home/user/notes'][1:3] == (101000, 101000)
 
 
-def test_not_root_is_a_clear_error_before_any_work(tmp_path):
+def test_host_mount_not_as_root_is_a_clear_error_before_any_work(tmp_path):
     os.chmod(str(tmp_path), 0o777)
     images = str(tmp_path / 'rootfs')
-    outcome = as_nobody(lambda: write_qcow2(layered_image(), images, Qcow2Settings(), MAX_SIZE))
+    outcome = as_nobody(lambda: write_qcow2(layered_image(), images, Qcow2Settings(method='host-mount'), MAX_SIZE))
     assert outcome.get('error') == 'ToolError', outcome
-    assert outcome['message'] == ('qcow2 images are written through loop devices, which needs root (running as uid '
-                                  '65534); the libguestfs way for other users is not built yet')
+    assert outcome['message'] == ('qcow2 images are mounted on the host through loop devices, which needs root '
+                                  '(running as uid 65534); qcow2_method: appliance writes them through libguestfs '
+                                  'instead')
     assert not os.path.exists(images)
 
 
@@ -292,6 +293,35 @@ def test_sigterm_while_armed_raises_at_once():
         with qemu._TermGuard():
             os.kill(os.getpid(), signal.SIGTERM)
             raise AssertionError('not reached')
+
+
+def test_sigterm_inside_a_step_waits_until_its_undo_is_registered():
+    reached = []
+    with pytest.raises(qemu.Interrupted):
+        with qemu._TermGuard() as guard:
+            with guard.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                reached.append('the step and its undo')
+            reached.append('not reached')
+    assert reached == ['the step and its undo']
+
+
+def test_a_cleanup_that_fails_never_hides_the_error_that_started_it(tmp_path, build):
+    image = str(build / 'one.qcow2')
+    qemu.create_image(image, size=64 << 20)
+    work = str(build / 'mount')
+    busy = []
+    with pytest.raises(BootstrapError) as caught:
+        with qemu.mounted_image(image, work, 'ext4', make_filesystem=True) as root:
+            busy.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY))  # the unmount will find it busy
+            os.chdir(root)
+            raise BootstrapError('the write failed')
+    os.chdir(str(tmp_path))
+    os.close(busy[0])
+    message = str(caught.value)
+    assert message.startswith('the write failed (and then cleaning up failed: unmounting ')
+    assert qemu.release_debris(str(build))  # what the failed cleanup left, the next run takes down
+    assert leftovers(str(tmp_path)) == NOTHING_LEFT
 
 
 def test_flat_too_small_says_which_option_to_raise(build):
