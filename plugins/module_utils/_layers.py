@@ -111,6 +111,56 @@ class _DirMeta:
     mtime_ns: t.Optional[int]
 
 
+class _DirMetas:
+    """The final mode and mtime of each directory, by resolved path; a removed directory's subtree goes at once.
+
+    An index of the names below each path (every ancestor of a path with metadata is in it) finds a
+    subtree without looking at the rest of the tree.
+    """
+
+    def __init__(self, items: t.Iterable[t.Tuple[Parts, _DirMeta]] = ()) -> None:
+        self._meta: t.Dict[Parts, _DirMeta] = {}
+        self._names_below: t.Dict[Parts, t.Set[str]] = {}
+        for parts, meta in items:
+            self[parts] = meta
+
+    def __setitem__(self, parts: Parts, meta: _DirMeta) -> None:
+        if parts not in self._meta:
+            for depth in range(len(parts) - 1, -1, -1):
+                names = self._names_below.setdefault(parts[:depth], set())
+                if parts[depth] in names:
+                    break  # and so are the ones above
+                names.add(parts[depth])
+        self._meta[parts] = meta
+
+    def __getitem__(self, parts: Parts) -> _DirMeta:
+        return self._meta[parts]
+
+    def __iter__(self) -> t.Iterator[Parts]:
+        return iter(self._meta)
+
+    def setdefault(self, parts: Parts, meta: _DirMeta) -> None:
+        if parts not in self._meta:
+            self[parts] = meta
+
+    def items(self) -> t.ItemsView[Parts, _DirMeta]:
+        return self._meta.items()
+
+    def clear(self) -> None:
+        self._meta.clear()
+        self._names_below.clear()
+
+    def remove_tree(self, path: Parts) -> None:
+        """Forget `path` and every directory below it."""
+        pending = [path]
+        while pending:
+            parts = pending.pop()
+            self._meta.pop(parts, None)
+            pending.extend(parts + (name,) for name in self._names_below.pop(parts, ()))
+        if path:
+            self._names_below.get(path[:-1], set()).discard(path[-1])
+
+
 class _LayerScope:
     """What the current layer has written (by resolved path), so its own whiteouts never hide it."""
 
@@ -142,7 +192,7 @@ class RootfsBuilder:
         self._device_nodes = device_nodes
         self._dirs = InRootDirs(self._root_fd, on_create=self._made_parent_dir)
         # The root gets 0755 unless a layer has an entry for it.
-        self._dir_meta: t.Dict[Parts, _DirMeta] = {(): _DirMeta(0o755, None)}
+        self._dir_meta = _DirMetas([((), _DirMeta(0o755, None))])
         self._budget = SizeBudget(max_size)
         self._map_ids = id_mapper or (lambda uid, gid: (uid, gid))
         self._keep_owners = os.geteuid() == 0
@@ -157,7 +207,7 @@ class RootfsBuilder:
         self._entries = 0
         self.stats = ApplyStats()
         if directories is not None:
-            self._dir_meta = {tuple(parts): _DirMeta(mode, mtime_ns) for parts, mode, mtime_ns in directories}
+            self._dir_meta = _DirMetas((tuple(parts), _DirMeta(mode, mtime_ns)) for parts, mode, mtime_ns in directories)
             return  # the root already has what the layers below gave it
         # Like a directory no entry names, the root belongs to the (mapped) root user unless an entry says otherwise.
         root_uid, root_gid = self._map_ids(0, 0)
@@ -487,8 +537,7 @@ class RootfsBuilder:
         if stat.S_ISDIR(existing.st_mode):
             self._dirs.forget(path)
             remove_tree_at(parent_fd, name)
-            for key in [key for key in self._dir_meta if key[:len(path)] == path]:
-                del self._dir_meta[key]
+            self._dir_meta.remove_tree(path)
         else:
             if stat.S_ISLNK(existing.st_mode):
                 self._dirs.forget(path)  # paths that went through the link resolve elsewhere now

@@ -931,3 +931,25 @@ def test_more_entries_than_any_rootfs_holds_are_refused(root: str, monkeypatch: 
         layer.file('f%d' % number, b'')
     with pytest.raises(SizeLimitExceeded, match='more than 5 entries'):
         apply_layers(root, layer.tar())
+
+
+def test_dir_metas_forget_a_whole_subtree_and_nothing_beside_it() -> None:
+    from ansible_collections.virt.bootstrap.plugins.module_utils._layers import _DirMeta, _DirMetas
+    metas = _DirMetas([((), _DirMeta(0o755, None)), (('a',), _DirMeta(0o700, 1)), (('a', 'b', 'c'), _DirMeta(0o711, 2)),
+                       (('a', 'bb'), _DirMeta(0o750, 3)), (('ab',), _DirMeta(0o705, 4))])
+    metas.remove_tree(('a', 'b'))  # no metadata of its own, but a directory below it has
+    assert sorted(metas) == [(), ('a',), ('a', 'bb'), ('ab',)]
+    metas.remove_tree(('a',))
+    assert sorted(metas) == [(), ('ab',)]
+    metas[('a', 'b')] = _DirMeta(0o700, 5)  # made again: known again, and found again by a removal above
+    metas.remove_tree(('a',))
+    assert sorted(metas) == [(), ('ab',)]
+
+
+def test_a_directory_made_again_after_its_tree_was_replaced_gets_the_new_metadata(root: str) -> None:
+    lower = TarBuilder().dir('a', mode=0o701).dir('a/b', mode=0o702).dir('a/b/c', mode=0o703).tar()
+    replace = TarBuilder().file('a/b', b'now a file').tar()
+    again = TarBuilder().whiteout('a/b').file('a/b/c/f', b'f').tar()  # a/b and a/b/c made on the way: 0755
+    apply_layers(root, lower, replace, again)
+    assert [stat.S_IMODE(os.lstat(os.path.join(root, path)).st_mode) for path in ('a', 'a/b', 'a/b/c')] == \
+        [0o701, 0o755, 0o755]
