@@ -204,6 +204,7 @@ class RootfsBuilder:
         self._fresh_tree = directories is None and _plain_directory(self._root_fd)
         self.progress = progress
         self._scope = _LayerScope()
+        self._directory_names: t.Dict[str, str] = {}
         self._entries = 0
         self.stats = ApplyStats()
         if directories is not None:
@@ -313,7 +314,7 @@ class RootfsBuilder:
         # Fds handed out while one entry is applied stay open until the next entry.
         if len(self._dirs) >= DIR_CACHE_LIMIT:
             self._dirs.release()
-        parts = split_entry_name(member.name)
+        parts = self._shared_directory_names(split_entry_name(member.name))
         if any(part.startswith(AUFS_META_PREFIX) for part in parts[:-1]):
             return  # inside aufs metadata (.wh..wh.plnk/...): never part of the rootfs
         if parts and parts[-1].startswith(WHITEOUT_PREFIX):
@@ -357,6 +358,12 @@ class RootfsBuilder:
         self._set_metadata_at(parent_fd, name, member, set_mode=mode is None and kind != _tar.SYMTYPE)
         self._scope.record(path)
         self.stats.written += 1
+
+    def _shared_directory_names(self, parts: Parts) -> Parts:
+        """`parts` with its directory names shared with earlier entries': the paths the layer's scope keeps hold
+        them, and one string per name instead of one per entry took a quarter of the peak memory."""
+        names = self._directory_names
+        return tuple([names.setdefault(part, part) for part in parts[:-1]]) + parts[-1:]
 
     def _apply_root_entry(self, member: TarEntry) -> None:
         if member.type != _tar.DIRTYPE:
