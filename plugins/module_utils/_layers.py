@@ -202,6 +202,8 @@ class RootfsBuilder:
         # default ACL), a new inode gets exactly the creating process's owner and the mode it was made with
         # less the umask: chown and chmod can be left out when they would change nothing.
         self._fresh_tree = directories is None and _plain_directory(self._root_fd)
+        # Under the grpid (bsdgroups) mount option a new inode takes its directory's group, whatever the creator's.
+        self._creator_group_given = self._fresh_tree and self._keep_owners and _creator_group_given(self._root_fd)
         self.progress = progress
         self._scope = _LayerScope()
         self._directory_names: t.Dict[str, str] = {}
@@ -581,7 +583,7 @@ class RootfsBuilder:
             if (uid, gid) != self._creator:
                 self.stats.owners_not_kept += 1
             return
-        if created and self._fresh_tree and (uid, gid) == self._creator:
+        if created and self._fresh_tree and self._creator_group_given and (uid, gid) == self._creator:
             return
         try:
             change()
@@ -681,6 +683,31 @@ def _process_umask() -> t.Optional[int]:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _creator_group_given(root_fd: int) -> bool:
+    """Whether a new inode gets the creating process's group in a directory of another group, as it does unless
+    the filesystem is mounted with grpid or bsdgroups (also set as a default in an ext4 superblock, where
+    /proc/self/mountinfo does not show it): found by trying, in a directory made and removed for it."""
+    probe = '.virt-bootstrap-group-probe-%d' % os.getpid()
+    creator_gid = os.getegid()
+    try:
+        os.mkdir(probe, 0o700, dir_fd=root_fd)
+    except OSError:
+        return False
+    try:
+        os.chown(probe, -1, creator_gid + 1 if creator_gid < 65534 else 1, dir_fd=root_fd, follow_symlinks=False)
+        probe_fd = os.open(probe, DIR_FLAGS, dir_fd=root_fd)
+        try:
+            os.mkdir('made', 0o700, dir_fd=probe_fd)
+            made_gid = os.stat('made', dir_fd=probe_fd, follow_symlinks=False).st_gid
+        finally:
+            os.close(probe_fd)
+    except OSError:
+        return False  # no other group to try (a user namespace): give every inode its group
+    finally:
+        remove_tree_at(root_fd, probe)
+    return made_gid == creator_gid
 
 
 def _plain_directory(fd: int) -> bool:

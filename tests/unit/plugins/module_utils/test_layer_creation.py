@@ -157,3 +157,56 @@ def test_new_files_cost_no_lookup_chown_or_chmod(tmp_path: pathlib.Path) -> None
     assert len(calls) == 200 and all('openat(' in call and 'O_EXCL' in call for call in calls), calls[:5]
     owners_and_modes = [line for line in traced.stderr.splitlines() if re.match(r'(\[pid +\d+\] )?(fchown|fchmod)\(', line)]
     assert len(owners_and_modes) == 1 and 'fchown(' in owners_and_modes[0]  # the root's, given to root when it starts
+
+
+def _groups_layer() -> bytes:
+    return TarBuilder().dir('g', mode=0o755, gid=60).file('g/f', b'f', gid=0).dir('g/d', gid=0) \
+        .symlink('g/l', 'f', gid=0).fifo('g/p', gid=0).tar()
+
+
+def _groups(root: str) -> t.Dict[str, int]:
+    return {name: os.lstat(os.path.join(root, name)).st_gid for name in ('g', 'g/f', 'g/d', 'g/l', 'g/p')}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='mounting a filesystem needs root')
+def test_groups_are_the_entries_on_a_filesystem_mounted_with_grpid(tmp_path: pathlib.Path) -> None:
+    # Under grpid a new inode takes its directory's group, not the creator's: chown cannot be left out.
+    image = tmp_path / 'grpid.ext4'
+    with open(image, 'wb') as stream:
+        stream.truncate(64 << 20)
+    subprocess.run(['mkfs.ext4', '-q', '-F', str(image)], check=True)
+    mount_point = tmp_path / 'mnt'
+    mount_point.mkdir()
+    subprocess.run(['mount', '-o', 'loop,grpid', str(image), str(mount_point)], check=True)
+    try:
+        root = mount_point / 'rootfs'
+        root.mkdir(mode=0o700)
+        apply_layers(str(root), _groups_layer())
+        assert _groups(str(root)) == {'g': 60, 'g/f': 0, 'g/d': 0, 'g/l': 0, 'g/p': 0}
+        assert sorted(os.listdir(root)) == ['g']  # the probe that found grpid left nothing behind
+    finally:
+        subprocess.run(['umount', str(mount_point)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='groups other than our own need root')
+def test_a_builder_going_on_over_lower_layers_gives_every_inode_its_group(root: str) -> None:
+    # The qcow2 chain: a setgid directory of a lower layer has its final mode when the next layer is written.
+    from ansible_collections.virt.bootstrap.plugins.module_utils._layers import RootfsBuilder
+    from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import blob_layer
+    lower = TarBuilder().dir('sg', mode=0o2775, gid=50).tar()
+    upper = TarBuilder().file('sg/new', b'n', gid=0).dir('sg/d', gid=0).tar()
+    with RootfsBuilder(root) as builder:
+        builder.apply_layer(blob_layer(lower))
+        builder.finish(final=False)
+        directories = builder.directories()
+    with RootfsBuilder(root, directories=directories) as builder:
+        builder.apply_layer(blob_layer(upper))
+        builder.finish()
+    assert [os.lstat(os.path.join(root, name)).st_gid for name in ('sg', 'sg/new', 'sg/d')] == [50, 0, 0]
+    with RootfsBuilder(root) as builder:  # the same, going on with move_root
+        builder.apply_layer(blob_layer(TarBuilder().dir('sg2', mode=0o2775, gid=50).tar()))
+        builder.finish(final=False)
+        builder.move_root(root)
+        builder.apply_layer(blob_layer(TarBuilder().file('sg2/new', b'n', gid=0).tar()))
+        builder.finish()
+    assert os.lstat(os.path.join(root, 'sg2', 'new')).st_gid == 0
