@@ -57,6 +57,10 @@ _OLD_SPARSE_IN_HEADER = 4
 _OLD_SPARSE_IN_EXTENSION = 21
 # Global PAX records that would give every later entry the same name, link or size: no writer does that.
 _GLOBAL_REFUSED = ('path', 'linkpath', 'size', 'GNU.sparse.')
+# What a global record can change in the tree; the rest (comment, atime, uname...) is dropped, so that a
+# hostile archive cannot grow what every later entry copies. No writer sets more than a few.
+_GLOBAL_KEPT = ('uid', 'gid', 'mtime', 'hdrcharset', 'SCHILY.xattr.', 'LIBARCHIVE.xattr.')
+MAX_GLOBAL_RECORDS = 64
 _PAX_TIME = re.compile(r'(-?)([0-9]+)(?:\.([0-9]*))?', re.ASCII)
 _ZEROS = memoryview(bytes(READ_SIZE))
 _TRUNCATED = 'corrupt or truncated data (tar): unexpected end of data'
@@ -240,7 +244,11 @@ class TarReader:
             if key.startswith(_GLOBAL_REFUSED):
                 raise HostileLayer('the global PAX header at byte %d sets %s for every entry after it'
                                    % (offset, _shown(key)))
-            self._globals[key] = value
+            if key.startswith(_GLOBAL_KEPT):
+                self._globals[key] = value
+        if len(self._globals) > MAX_GLOBAL_RECORDS:
+            raise HostileLayer('the global PAX headers up to byte %d set %d records for every entry after them; '
+                               'no real archive sets more than %d' % (offset, len(self._globals), MAX_GLOBAL_RECORDS))
 
     def _apply_pax(self, entry: TarEntry, records: t.Dict[str, str], own: t.List[t.Tuple[str, str]],
                    has_long_name: bool, has_long_link: bool) -> None:
@@ -340,7 +348,9 @@ class TarReader:
             extension = self._take(BLOCK)
             if len(extension) < BLOCK:
                 raise LayerError(_TRUNCATED)
-            pairs.extend(_old_sparse_pairs(extension, 0, _OLD_SPARSE_IN_EXTENSION, start))
+            # As tarfile reads them: a pair of an extension block counts only when neither number is zero.
+            pairs.extend(pair for pair in _old_sparse_pairs(extension, 0, _OLD_SPARSE_IN_EXTENSION, start)
+                         if pair[0] and pair[1])
             extended = extension[504]
         # Unused slots are zeros; tarfile's map leaves them out too.
         entry.sparse = _checked_map([pair for pair in pairs if pair != (0, 0)], entry)
@@ -566,6 +576,8 @@ def _unwritable(entry: TarEntry, why: str) -> LayerError:
 
 
 def _pax_int(value: str, key: str, entry: TarEntry) -> int:
+    if len(value) > _MAX_DIGITS:
+        raise _unwritable(entry, 'PAX %s %s is out of range' % (key, _shown(value)))
     try:
         return int(value)
     except ValueError:
@@ -579,8 +591,12 @@ def _pax_size(value: str, key: str, entry: TarEntry) -> int:
     return size
 
 
+# No size, offset or time a tar holds needs more digits (2**64 has 20); int() refuses over 4,300 with ValueError.
+_MAX_DIGITS = 24
+
+
 def _sparse_number(text: str, entry: TarEntry) -> int:
-    if not text.isdigit() or not text.isascii():
+    if not text.isdigit() or not text.isascii() or len(text) > _MAX_DIGITS:
         raise HostileLayer('the sparse map of entry %s holds %s, which is no size' % (_shown(entry.name), _shown(text)))
     return int(text)
 
@@ -591,6 +607,8 @@ def _pax_time(value: str, entry: TarEntry) -> int:
     if match is None:
         raise _unwritable(entry, 'PAX mtime %s is not a time' % _shown(value))
     sign, seconds, fraction = match.groups()
+    if len(seconds) > _MAX_DIGITS:
+        raise _unwritable(entry, 'PAX mtime %s is out of range' % _shown(value))
     ns = int(seconds) * 1_000_000_000 + int((fraction or '')[:9].ljust(9, '0'))
     return -ns if sign else ns
 

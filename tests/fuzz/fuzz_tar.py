@@ -33,9 +33,25 @@ _PAX_TIME = re.compile(r'(-?)([0-9]+)(?:\.([0-9]*))?', re.ASCII)
 Seen = t.Tuple[t.Any, ...]
 
 
+class _ShortReads(io.BytesIO):
+    """Reads of every size from 1 byte up, in a cycle the input picks: the reader must join its buffer
+    refills at any boundary (inputs are far smaller than its 1 MiB reads)."""
+
+    _SIZES = (1, 7, 511, 512, 513, 4096, 100000)
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._turn = data[-1] if data else 0
+
+    def read(self, size: t.Optional[int] = -1) -> bytes:
+        self._turn += 1
+        short = self._SIZES[self._turn % len(self._SIZES)]
+        return super().read(short if size is None or size < 0 else min(size, short))
+
+
 def ours(data: bytes) -> t.Tuple[t.List[Seen], t.Optional[BootstrapError]]:
     """What our reader returns, entry by entry, until the end or its typed error."""
-    reader = TarReader(io.BytesIO(data))
+    reader = TarReader(_ShortReads(data))
     entries: t.List[Seen] = []
     try:
         for entry in reader:

@@ -313,10 +313,18 @@ _USTAR_FILE = _ustar_file()
      'cannot be written: extended attribute'),
     (_pax_header(_record(b'GNU.sparse.size', b'100') + _record(b'GNU.sparse.map', b'50,10,40,10')) +
      _ustar_file(20), HostileLayer, 'out of order or overlapping'),
+    # Python's int() refuses more than 4,300 digits with a bare ValueError (found in review).
+    (_pax_header(_record(b'mtime', b'1' * 5000)) + _USTAR_FILE, LayerError, "entry 'plain' cannot be written: PAX mtime"),
+    (_pax_header(_record(b'uid', b'1' * 5000)) + _USTAR_FILE, LayerError, "entry 'plain' cannot be written: PAX uid"),
+    (_pax_header(_record(b'GNU.sparse.size', b'10') + _record(b'GNU.sparse.map', b'0,' + b'1' * 5000)) +
+     _ustar_file(20), HostileLayer, 'which is no size'),
+    (_pax_header(b''.join(_record(b'SCHILY.xattr.user.k%d' % number, b'v') for number in range(65)), kind=b'g') +
+     _USTAR_FILE, HostileLayer, 'set 65 records for every entry after them'),
 ], ids=['empty', 'short', 'not-a-tar', 'bad-checksum', 'truncated-data', 'garbage-after-entries', 'garbage-after-end',
         'garbage-in-end-padding', 'two-pax-headers', 'global-path', 'pax-record-length-wrong',
         'pax-record-in-padding', 'pax-header-at-end', 'pax-header-before-end', 'mtime-not-a-time', 'uid-not-a-number', 'negative-size',
-        'xattr-not-base64', 'sparse-map-overlapping'])
+        'xattr-not-base64', 'sparse-map-overlapping', 'mtime-of-5000-digits', 'uid-of-5000-digits',
+        'sparse-number-of-5000-digits', 'global-records-without-end'])
 def test_damaged_or_contradictory_archives_are_refused(archive: bytes, error: t.Type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         _read_all(archive)
@@ -367,3 +375,38 @@ def test_data_of_an_entry_cannot_be_read_after_the_next_one() -> None:
     next(reader)
     with pytest.raises(ValueError):
         list(reader.data(first))
+
+
+def test_global_records_that_change_nothing_in_the_tree_are_not_kept() -> None:
+    # A comment (git archive writes one) or an atime applies to nothing the applier writes: many of them are
+    # dropped, not copied into every later entry.
+    records = b''.join(_record(b'comment%d' % number, b'x' * 100) for number in range(1000))
+    archive = _pax_header(records + _record(b'uid', b'7'), kind=b'g') + _USTAR_FILE + bytes(1024)
+    reader = TarReader(io.BytesIO(archive))
+    entries = list(reader)
+    assert [(entry.name, entry.uid) for entry in entries] == [('plain', 7)]
+    assert list(reader._globals) == ['uid']  # pylint: disable=protected-access
+
+
+def _old_gnu_sparse(extension_pairs: t.Sequence[t.Tuple[int, int]], data: bytes, real_size: int) -> bytes:
+    """An old GNU 'S' entry with its 4 header slots empty and one extension block holding `extension_pairs`."""
+    def octal(number: int, width: int) -> bytes:
+        return b'%0*o\0' % (width - 1, number)
+    header = bytearray(512)
+    header[0:2] = b'sp'
+    header[100:108], header[108:116], header[116:124] = octal(0o644, 8), octal(0, 8), octal(0, 8)
+    header[124:136], header[136:148] = octal(len(data), 12), octal(0, 12)
+    header[156:157], header[257:265] = b'S', b'ustar  \0'
+    header[482:483], header[483:495] = b'\x01', octal(real_size, 12)
+    header[148:156] = b' ' * 8
+    header[148:156] = b'%06o\0 ' % sum(header)
+    extension = bytearray(512)
+    for index, (offset, length) in enumerate(extension_pairs):
+        extension[24 * index:24 * index + 24] = octal(offset, 12) + octal(length, 12)
+    return bytes(header) + bytes(extension) + data + bytes(-len(data) % 512) + bytes(1024)
+
+
+def test_old_gnu_extension_pairs_with_a_zero_count_as_tarfile_counts_them() -> None:
+    # tarfile leaves out an extension block's pair when either number is zero; (0, 5) is such a pair.
+    archive = _old_gnu_sparse([(0, 5), (10, 5)], b'HELLOworld', 20)
+    assert ours(archive) == tarfiles(archive)
