@@ -13,9 +13,11 @@ between them: `wait()` returns once every command sent so far has run.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import tempfile
+import time
 import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import ToolError
@@ -51,6 +53,36 @@ def quote(argument: t.Union[str, bytes]) -> str:
     return '"%s"' % ''.join(chr(byte) if byte in _PLAIN else '\\x%02x' % byte for byte in data)
 
 
+class ApplianceError(ToolError):
+    """A command failed inside the appliance (not on the host)."""
+
+
+def _end_group(group: int, kill: bool) -> None:
+    """Wait until nothing of guestfish's process group is left (its qemu outlives it by seconds): a failed run
+    must not return while the appliance still holds its disk. `kill`: end them at once instead."""
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    while _group_alive(group):
+        if kill or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of `group` is running (zombies do not count: this PID 1 reaps orphans late)."""
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % entry, 'rb') as stream:
+                fields = stream.read().rsplit(b')', 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[0] != b'Z' and int(fields[2]) == group:
+            return True
+    return False
+
+
 class Session:
     """One guestfish process; commands go to its stdin, and guestfish stops at the first that fails."""
 
@@ -59,7 +91,7 @@ class Session:
         self._marks = 0
         self._process: t.Optional[subprocess.Popen] = subprocess.Popen(
             [program], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, close_fds=True,
-            preexec_fn=die_with_parent)
+            preexec_fn=die_with_parent, start_new_session=True)  # a group of its own: its qemu ends with it
 
     def __enter__(self) -> 'Session':
         return self
@@ -113,6 +145,7 @@ class Session:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            _end_group(process.pid, kill=not done)
             t.cast(t.IO[bytes], process.stdout).close()
         if not self._stderr.closed:
             self._stderr.close()
@@ -127,4 +160,4 @@ class Session:
         returncode = process.wait()
         self._stderr.seek(0)
         message = stderr_text(self._stderr.read())
-        raise ToolError('%s: guestfish failed (exit %d)%s' % (what, returncode, ': ' + message if message else ''))
+        raise ApplianceError('%s: guestfish failed (exit %d)%s' % (what, returncode, ': ' + message if message else ''))

@@ -139,6 +139,9 @@ def require_host_mounts(filesystem: str, make_filesystem: bool = True) -> None:
     if os.geteuid() != 0:
         raise ToolError('qcow2 images are mounted on the host through loop devices, which needs root (running as '
                         'uid %d); qcow2_method: appliance writes them through libguestfs instead' % os.geteuid())
+    if not os.path.exists('/dev/fuse'):
+        raise ToolError('no /dev/fuse here (modprobe fuse?): qemu-storage-daemon exports each image through FUSE; '
+                        'qcow2_method: appliance writes them through libguestfs instead')
     if not os.path.exists('/dev/loop-control'):
         raise ToolError('no loop devices here (/dev/loop-control is missing; modprobe loop?); qcow2_method: '
                         'appliance writes the images through libguestfs instead')

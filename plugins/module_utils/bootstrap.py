@@ -399,8 +399,10 @@ def _write_qcow2(request: Request, image: t.Optional[Image], after: StateRecord,
     settings = request.qcow2_settings()
     if image is None:
         root_hash = _new_root_hash(request) if after.root_password else after.image_root_field
+        method = qcow2.choose_method(settings, os.path.dirname(new_root))
         qcow2.edit_guest_overlay(dest.tree_path(), new_root, _image_names(after), settings.filesystem, root_hash,
-                                 method=qcow2.choose_method(settings, os.path.dirname(new_root)))
+                                 method=method)
+        after.options[qcow2.WRITTEN_BY] = method  # the guest's overlay is this way's now
         return None
     written = qcow2.write_qcow2(image, new_root, settings, request.max_size, _id_mapper(request), progress,
                                 device_nodes=request.device_nodes,
@@ -542,14 +544,19 @@ def bootstrap(uri: str, dest: str, fmt: str = 'dir', username: t.Optional[str] =
                              no_cache=no_cache, progress_cb=progress_cb, **options))
 
 
-def _describe_images(result: Result, record: StateRecord, wrote: bool, looked: int) -> None:
+def _describe_images(result: Result, request: Request, record: StateRecord, wrote: bool, looked: int) -> None:
     result.qcow2_images = _store_images(record) + [os.path.join(result.dest, name) for name in _image_names(record)]
     result.qcow2_top = result.qcow2_images[-1]
-    flat = record.options.get('qcow2_layers') == qcow2.FLAT
-    result.qcow2_method = qcow2.FLAT if flat else record.options.get(qcow2.WRITTEN_BY, qcow2.HOST_MOUNT)
-    if result.qcow2_method == qcow2.APPLIANCE:
-        # The appliance way launches one for a build or an edit of the guest overlay, none when nothing is done.
-        result.appliance_launches = (result.appliance_launches or 0) + int(wrote) + looked
+    if record.options.get('qcow2_layers') == qcow2.FLAT:
+        result.qcow2_method = qcow2.FLAT
+    elif qcow2.WRITTEN_BY in record.options:
+        result.qcow2_method = record.options[qcow2.WRITTEN_BY]
+    else:  # check mode, before anything is written: the way a run would take (auto: no loop device tried)
+        result.qcow2_method = qcow2.predicted_method(request.qcow2_settings())
+    # The appliance way launches one for a build or an edit of the guest overlay, and one for each look.
+    launches = looked + int(wrote and result.qcow2_method == qcow2.APPLIANCE)
+    if launches or result.qcow2_method == qcow2.APPLIANCE:
+        result.appliance_launches = (result.appliance_launches or 0) + launches
 
 
 def _result(request: Request, plan: Plan, source: t.Optional[Source], dest: Destination,
@@ -567,7 +574,7 @@ def _result(request: Request, plan: Plan, source: t.Optional[Source], dest: Dest
         result.layers = record.layers
         result.image_config = record.image_config
         if record.format == 'qcow2':
-            _describe_images(result, record, wrote=carried_out and plan.action in ('build', 'password'),
+            _describe_images(result, request, record, wrote=carried_out and plan.action in ('build', 'password'),
                              looked=plan.appliance_launches)
     if plan.image is not None:
         result.warnings.extend(plan.image.warnings)

@@ -100,8 +100,11 @@ options:
         emulation. O(uid_map)/O(gid_map) are refused with it (a chown per entry through the appliance is far too
         slow), and so is O(qcow2_layer_store). A root password edit of a guest overlay needs a real C(/etc) (not a
         symlink) in the image.
-      - V(auto) takes V(host-mount) when running as root with loop devices that really attach, else V(appliance).
-      - RV(qcow2_method) says which way ran and RV(appliance_launches) how many appliances were launched.
+      - V(auto) takes V(host-mount) when running as root with C(/dev/fuse) and loop devices that really attach, else
+        V(appliance).
+      - RV(qcow2_method) says which way ran (in check mode, which way a run would take) and RV(appliance_launches)
+        how many appliances were launched.
+      - Known differences of V(appliance) from V(dir), all rare in images, are listed in the collection's README.
     type: str
     choices: [auto, host-mount, appliance]
     default: auto

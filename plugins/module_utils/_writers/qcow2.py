@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from ansible_collections.virt.bootstrap.plugins.module_utils import _qemu as qemu
 from ansible_collections.virt.bootstrap.plugins.module_utils import _shadow as shadow
 from ansible_collections.virt.bootstrap.plugins.module_utils._compression import LayerData, LimitedReader, SizeBudget
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, ToolError
 from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image
 from ansible_collections.virt.bootstrap.plugins.module_utils._layers import (
     CAPABILITY_XATTR,
@@ -177,6 +177,17 @@ def choose_method(settings: Qcow2Settings, probe_dir: str) -> str:
     if settings.layer_store is not None:
         return HOST_MOUNT  # the store is host-mount's alone: its own errors say what is missing
     return HOST_MOUNT if qemu.host_mounts_work(settings.filesystem, probe_dir) else APPLIANCE
+
+
+def predicted_method(settings: Qcow2Settings) -> str:
+    """choose_method's answer without attaching a loop device (check mode writes nothing, not even a probe)."""
+    if settings.method != AUTO or settings.layer_store is not None:
+        return choose_method(settings, '')
+    try:
+        qemu.require_host_mounts(settings.filesystem)
+    except ToolError:
+        return APPLIANCE
+    return HOST_MOUNT
 
 
 def _refuse_in_appliance(id_mapper: t.Optional[IdMapper]) -> None:

@@ -20,8 +20,8 @@ import typing as t
 
 from ansible_collections.virt.bootstrap.plugins.module_utils import _qemu as qemu
 from ansible_collections.virt.bootstrap.plugins.module_utils import _shadow as shadow
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, ToolError
-from ansible_collections.virt.bootstrap.plugins.module_utils._guestfish import Session
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
+from ansible_collections.virt.bootstrap.plugins.module_utils._guestfish import ApplianceError, Session
 from ansible_collections.virt.bootstrap.plugins.module_utils._image import Image
 from ansible_collections.virt.bootstrap.plugins.module_utils._layers import ApplyStats
 from ansible_collections.virt.bootstrap.plugins.module_utils._progress import Progress
@@ -105,7 +105,7 @@ def _full_is_clear(size: int, filesystem: str, size_given: bool) -> t.Iterator[N
     """A filesystem that fills up in the appliance says which size was too small."""
     try:
         yield
-    except ToolError as exc:
+    except ApplianceError as exc:  # not the host's own tools: a full host disk is the engine's to report
         if not any(sign in str(exc) for sign in _FULL_SIGNS):
             raise
         raise BootstrapError('the %s filesystem (%d MiB, %s) is full; give a larger qcow2_size'

@@ -351,9 +351,13 @@ def _sanitised_tar(path: str) -> tarfile.TarFile:
 
 
 def _acls_of(parts: Parts, member: TarEntry) -> t.List[Acl]:
+    """The ACLs the applier would set on `member`: none on a symlink (the kernel refuses them; acl-set-file would
+    follow it) or a hard link (it sets no xattrs there), a default ACL on directories only."""
+    if member.type in (_tar.SYMTYPE, _tar.LNKTYPE):
+        return []
     acls = []
     for key, value in member.xattrs:
-        if key in _ACL_KINDS:
+        if key in _ACL_KINDS and (member.type == _tar.DIRTYPE or _ACL_KINDS[key] == 'access'):
             text = acl_text(value)
             if text is None:
                 raise LayerError('entry %s has a %s xattr that is no POSIX ACL' % (display_path(parts), key))

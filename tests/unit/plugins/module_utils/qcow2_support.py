@@ -155,3 +155,13 @@ def leftovers(directory: str) -> t.Dict[str, t.List[str]]:
 
 
 NOTHING_LEFT = {'mounts': [], 'loops': [], 'daemons': []}
+
+
+def acl_pax(tmp_path):
+    """PAX records of a POSIX access and default ACL, as GNU tar stores them (made by setfacl on a probe)."""
+    probe = tmp_path / 'acl-probe'
+    probe.mkdir()
+    subprocess.run(['setfacl', '-m', 'u:1000:rwx', str(probe)], check=True)
+    subprocess.run(['setfacl', '-d', '-m', 'g:1000:rx', str(probe)], check=True)
+    return {'SCHILY.xattr.' + name: os.getxattr(str(probe), name).decode('utf-8', 'surrogateescape')
+            for name in ('system.posix_acl_access', 'system.posix_acl_default')}

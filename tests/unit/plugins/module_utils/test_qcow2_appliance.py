@@ -9,6 +9,7 @@ once for the module and looked at by several tests.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -33,6 +34,7 @@ from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.qcow2_su
     BIG,
     NOTHING_LEFT,
     SHADOW,
+    acl_pax,
     allocated_bytes,
     file_sha256,
     image_info,
@@ -336,16 +338,6 @@ def _descendants_named(ancestor, name):
     return found
 
 
-def acl_pax(tmp_path):
-    """PAX records of a POSIX access and default ACL, as GNU tar stores them (made by setfacl on a probe)."""
-    probe = tmp_path / 'acl-probe'
-    probe.mkdir()
-    subprocess.run(['setfacl', '-m', 'u:1000:rwx', str(probe)], check=True)
-    subprocess.run(['setfacl', '-d', '-m', 'g:1000:rx', str(probe)], check=True)
-    return {'SCHILY.xattr.' + name: os.getxattr(str(probe), name).decode('utf-8', 'surrogateescape')
-            for name in ('system.posix_acl_access', 'system.posix_acl_default')}
-
-
 @pytest.mark.parametrize('filesystem', ['ext4', 'xfs'])
 def test_replacements_of_every_kind_and_acls_give_the_dir_writers_tree(tmp_path, filesystem):
     # tar in the appliance replaces a non-directory by another itself; the plan removes the rest first.
@@ -395,3 +387,35 @@ def test_the_cli_takes_the_method_to_the_engine(site, capsys):
                      '-q']) == 1
     assert 'uid_map/gid_map cannot be applied through the libguestfs appliance' in capsys.readouterr().err
     assert not os.path.exists(site.dest) and site.meta_listing() == ['lock']
+
+
+def test_a_full_host_disk_is_not_reported_as_a_full_guest_filesystem() -> None:
+    # Only what failed inside the appliance is the guest filesystem's; qemu-img on the host is the host's.
+    from ansible_collections.virt.bootstrap.plugins.module_utils._guestfish import ApplianceError
+    from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2_appliance import _full_is_clear
+    from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, ToolError
+    host = ToolError('making layer 2/3 an image: qemu-img: error while writing: No space left on device')
+    with pytest.raises(ToolError) as caught:
+        with _full_is_clear(256 << 20, 'ext4', size_given=False):
+            raise host
+    assert caught.value is host
+    with pytest.raises(BootstrapError, match=r'the ext4 filesystem \(256 MiB, sized from the image\) is full'):
+        with _full_is_clear(256 << 20, 'ext4', size_given=False):
+            raise ApplianceError('writing layer 1/3: guestfish failed (exit 1): tar: Wrote only 512 of 10240 bytes')
+
+
+def test_ending_a_session_waits_for_every_process_of_its_group() -> None:
+    # guestfish's qemu outlives it by seconds: a failed run must not return while the appliance holds its disk.
+    from ansible_collections.virt.bootstrap.plugins.module_utils import _guestfish
+    child = subprocess.Popen(['sh', '-c', 'sleep 60 & sleep 60 & wait'], start_new_session=True)
+    try:
+        time.sleep(0.2)
+        assert _guestfish._group_alive(child.pid)  # pylint: disable=protected-access
+        child.kill()
+        child.wait()
+        assert _guestfish._group_alive(child.pid)  # its sleeps go on without it  # pylint: disable=protected-access
+        _guestfish._end_group(child.pid, kill=True)  # pylint: disable=protected-access
+        assert not _guestfish._group_alive(child.pid)  # pylint: disable=protected-access
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)

@@ -343,3 +343,12 @@ def test_switching_between_dir_and_qcow2_rebuilds_in_place(site):
     back = site.run(format='dir')
     assert back.changed and back.qcow2_images == [] and os.path.isfile(os.path.join(site.dest, 'etc/hostname'))
     assert site.meta_listing() == ['lock', 'state.json']
+
+
+def test_check_mode_says_which_way_a_build_would_take(site, monkeypatch):
+    assert site.run(check_mode=True, qcow2_method='appliance').qcow2_method == 'appliance'
+    assert site.run(check_mode=True).qcow2_method == 'host-mount'
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, 'exists', lambda path: path != '/dev/fuse' and real_exists(path))
+    assert site.run(check_mode=True).qcow2_method == 'appliance'  # no FUSE: host-mount cannot export an image
+    assert not os.path.exists(site.dest)

@@ -17,7 +17,7 @@ import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import HostileLayer, LayerError
 from ansible_collections.virt.bootstrap.plugins.module_utils._writers.qcow2_plan import LayerPlanner
-from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.qcow2_support import layer_tars, layered_image
+from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.qcow2_support import acl_pax, layer_tars, layered_image
 from ansible_collections.virt.bootstrap.tests.unit.plugins.module_utils.tarbuilder import CAPABILITY_V2, TarBuilder
 
 
@@ -192,3 +192,20 @@ def test_a_directory_declared_again_then_replaced_has_no_stale_xattrs_left_to_re
     finally:
         planner.close()
     assert layer_plan.stale_xattrs == [] and layer_plan.removals == [('d',)]
+
+
+def test_acls_are_planned_only_where_the_applier_sets_them(tmp_path):
+    # acl-set-file in the appliance follows a symlink; the applier sets no ACL on a symlink or a hard link,
+    # and a default ACL only on a directory (found in review: the victim's ACL and mode changed).
+    acls = acl_pax(tmp_path)
+    layer = TarBuilder().file('victim', b'v').symlink('l', 'victim', pax=acls).hardlink('h', 'victim', pax=acls) \
+        .file('f', b'f', pax=acls).dir('d', pax=acls).tar()
+    skeleton = tmp_path / 'skeleton'
+    skeleton.mkdir(mode=0o700)
+    planner = LayerPlanner(str(skeleton), str(tmp_path))
+    try:
+        layer_plan = planner.plan(layered_image([layer]).layers[0], 'layer 1', 0)
+    finally:
+        planner.close()
+    assert sorted((acl.path, acl.kind) for acl in layer_plan.file_acls + layer_plan.directory_acls) == [
+        (('d',), 'access'), (('d',), 'default'), (('f',), 'access')]
