@@ -262,9 +262,8 @@ class _ZstdProgram(_Decoder):
         # is killed, the program sees the end of its input and exits.
         self._process = subprocess.Popen([program, '-d', '-c', '-q'], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, start_new_session=True)
-        assert self._process.stdin is not None and self._process.stdout is not None
-        self._stdin = self._process.stdin.fileno()
-        self._stdout = self._process.stdout.fileno()
+        self._stdin = t.cast(t.IO[bytes], self._process.stdin).fileno()
+        self._stdout = t.cast(t.IO[bytes], self._process.stdout).fileno()
         os.set_blocking(self._stdin, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._stdout, selectors.EVENT_READ)

@@ -77,6 +77,18 @@ def read_all(blob: bytes, threaded: bool, piece: int = -1) -> t.Tuple[bytes, str
     return b''.join(pieces), blob_hasher.hexdigest(), data_hasher.hexdigest(), sizes
 
 
+def total_and_largest_read(blob: bytes, threaded: bool) -> t.Tuple[int, int]:
+    """How many bytes LayerData gives for `blob` when asked for all it has at each read, and the largest read."""
+    total = largest = 0
+    with LayerData(io.BytesIO(blob), threaded=threaded) as data:
+        while True:
+            chunk = data.read(-1)
+            if not chunk:
+                return total, largest
+            total += len(chunk)
+            largest = max(largest, len(chunk))
+
+
 def decode_error(blob: bytes, threaded: bool) -> str:
     with pytest.raises(LayerError) as caught:
         read_all(blob, threaded)
@@ -116,15 +128,7 @@ def test_gzip_damage_is_named_the_same_by_zlib_and_isal(inflater: t.Any, threade
 def test_a_gzip_bomb_comes_out_in_bounded_pieces(inflater: t.Any, threaded: bool) -> None:
     blob = gzip.compress(bytes(64 << 20), compresslevel=9, mtime=0)  # 64 MiB of zeros in ~64 KiB
     assert len(blob) < 1 << 20
-    total = 0
-    largest = 0
-    with LayerData(io.BytesIO(blob), threaded=threaded) as data:
-        while True:
-            chunk = data.read(-1)
-            if not chunk:
-                break
-            total += len(chunk)
-            largest = max(largest, len(chunk))
+    total, largest = total_and_largest_read(blob, threaded)
     assert total == 64 << 20
     assert largest <= OUTPUT_CHUNK
 
@@ -161,14 +165,7 @@ def test_a_zstd_bomb_comes_out_in_bounded_pieces(zstd_decoder: str, threaded: bo
     zstandard = pytest.importorskip('zstandard')
     blob = zstandard.ZstdCompressor(level=19).compress(bytes(256 << 20))  # 256 MiB of zeros in ~8 KiB
     assert len(blob) < 1 << 16
-    total = largest = 0
-    with LayerData(io.BytesIO(blob), threaded=threaded) as data:
-        while True:
-            chunk = data.read(-1)
-            if not chunk:
-                break
-            total += len(chunk)
-            largest = max(largest, len(chunk))
+    total, largest = total_and_largest_read(blob, threaded)
     assert (total, largest <= OUTPUT_CHUNK) == (256 << 20, True)
 
 
