@@ -20,6 +20,7 @@ import tempfile
 import time
 import typing as t
 
+from ansible_collections.virt.bootstrap.plugins.module_utils import _occupancy as occupancy
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import ToolError
 from ansible_collections.virt.bootstrap.plugins.module_utils._rootpath import libc
 from ansible_collections.virt.bootstrap.plugins.module_utils._sources import without_userinfo
@@ -61,26 +62,11 @@ def _end_group(group: int, kill: bool) -> None:
     """Wait until nothing of guestfish's process group is left (its qemu outlives it by seconds): a failed run
     must not return while the appliance still holds its disk. `kill`: end them at once instead."""
     deadline = time.monotonic() + _STOP_TIMEOUT
-    while _group_alive(group):
+    while occupancy.group_running(group):
         if kill or time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
         time.sleep(0.05)
-
-
-def _group_alive(group: int) -> bool:
-    """Whether a process of `group` is running (zombies do not count: this PID 1 reaps orphans late)."""
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open('/proc/%s/stat' % entry, 'rb') as stream:
-                fields = stream.read().rsplit(b')', 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[0] != b'Z' and int(fields[2]) == group:
-            return True
-    return False
 
 
 class Session:

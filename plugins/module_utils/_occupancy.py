@@ -129,6 +129,30 @@ def _pids() -> t.List[str]:
         return []
 
 
+def running(pid: int) -> bool:
+    """Whether process `pid` runs: a zombie does not (this PID 1 reaps orphans late, so `kill -0` is no test)."""
+    fields = _stat_fields(str(pid))
+    return bool(fields) and fields[0] not in (b'Z', b'X')
+
+
+def group_running(group: int) -> bool:
+    """Whether a process of process group `group` runs (zombies do not count)."""
+    for pid in _pids():
+        fields = _stat_fields(pid)
+        if len(fields) > 2 and fields[0] not in (b'Z', b'X') and fields[2] == b'%d' % group:
+            return True
+    return False
+
+
+def _stat_fields(pid: str) -> t.List[bytes]:
+    """/proc/PID/stat after the command name (state, ppid, pgrp, ...); empty when there is no such process."""
+    try:
+        with open(os.path.join(_PROC, pid, 'stat'), 'rb') as stream:
+            return stream.read().rsplit(b')', 1)[-1].split()
+    except OSError:
+        return []
+
+
 def _points_at(link: str, wanted: os.stat_result, prefix: str) -> bool:
     try:
         info = os.stat(link)

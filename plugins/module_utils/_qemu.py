@@ -303,20 +303,11 @@ def wait_gone(pid: int, timeout: float) -> bool:
     Not kill(pid, 0): where PID 1 reaps orphans late, a zombie answers it for a while.
     """
     deadline = time.monotonic() + timeout
-    while _process_alive(pid):
+    while occupancy.running(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
     return True
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        with open('/proc/%d/stat' % pid, 'rb') as stream:
-            fields = stream.read().rsplit(b')', 1)[-1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return bool(fields) and fields[0] not in (b'Z', b'X')
 
 
 def _remove_work_dir(work_dir: str) -> None:
@@ -459,6 +450,6 @@ def _daemon_of(pidfile: str) -> t.Optional[int]:
             argv = stream.read().split(b'\0')
     except (OSError, ValueError):
         return None
-    if os.fsencode(pidfile) not in argv or not _process_alive(pid):
+    if os.fsencode(pidfile) not in argv or not occupancy.running(pid):
         return None
     return pid

@@ -315,7 +315,8 @@ notes:
     entry (what the guest wrote there is kept) and swaps it in; the image layers are not touched. Knowing whether the
     password is already set takes a read-only look into that overlay. Images that a process holds open (a running
     guest's nbd server) are never replaced.
-  - zstd-compressed layers need the Python package C(zstandard) on the managed host.
+  - zstd-compressed layers need the C(zstd) program (used when it is on PATH) or the Python package C(zstandard) on
+    the managed host.
   - Layers are decompressed and hashed in a second thread while the first writes the tree. When the Python package
     C(isal) (python-isal) is installed on the managed host, gzip layers are inflated with it, about twice as fast as
     with zlib; it is optional and gives the same result.

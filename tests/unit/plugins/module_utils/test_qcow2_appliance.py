@@ -407,15 +407,16 @@ def test_a_full_host_disk_is_not_reported_as_a_full_guest_filesystem() -> None:
 def test_ending_a_session_waits_for_every_process_of_its_group() -> None:
     # guestfish's qemu outlives it by seconds: a failed run must not return while the appliance holds its disk.
     from ansible_collections.virt.bootstrap.plugins.module_utils import _guestfish
+    from ansible_collections.virt.bootstrap.plugins.module_utils._occupancy import group_running
     child = subprocess.Popen(['sh', '-c', 'sleep 60 & sleep 60 & wait'], start_new_session=True)
     try:
         time.sleep(0.2)
-        assert _guestfish._group_alive(child.pid)  # pylint: disable=protected-access
+        assert group_running(child.pid)
         child.kill()
         child.wait()
-        assert _guestfish._group_alive(child.pid)  # its sleeps go on without it  # pylint: disable=protected-access
+        assert group_running(child.pid)  # its sleeps go on without it
         _guestfish._end_group(child.pid, kill=True)  # pylint: disable=protected-access
-        assert not _guestfish._group_alive(child.pid)  # pylint: disable=protected-access
+        assert not group_running(child.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
