@@ -127,10 +127,11 @@ class _Deadline:
         self._active = active
         self._stopping = stopping
         self.expired = False
-        self._left = seconds
-        self._since = 0.0
+        self._left = seconds  # while the clock is stopped
+        self._due: t.Optional[float] = None  # the monotonic time it is up, while the clock runs
         self._sockets: t.List[socket.socket] = []
         self._lock = threading.Lock()
+        self._clock = threading.Lock()  # _due, _left and _timer
         self._timer: t.Optional[threading.Timer] = None
         self._outer: t.Optional[_Deadline] = None
 
@@ -145,31 +146,63 @@ class _Deadline:
         return self
 
     def __exit__(self, *exc_info: t.Any) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        with self._clock:
+            self._due = None
+            self._disarm()
         if self._active is not None:
             self._active.discard(self)
         _watching.deadline = self._outer
 
     def extend(self) -> None:
-        """All the time again (a download that makes progress)."""
-        self._left = self.seconds
-        self.resume()
+        """All the time again (a download that makes progress).
+
+        Called for every bit of progress: it only moves the due time. The timer armed already fires at
+        the old one and arms itself again for what is left (one thread per timeout, not per call).
+        """
+        with self._clock:
+            self._left = self.seconds
+            if self._due is not None:
+                self._due = time.monotonic() + self.seconds
+            else:
+                self._start()
 
     def pause(self) -> None:
         """Stop the clock (while waiting to retry: the registry's Retry-After is not its slowness)."""
+        with self._clock:
+            if self._due is not None:
+                self._left = self._due - time.monotonic()
+                self._due = None
+                self._disarm()
+
+    def resume(self) -> None:
+        with self._clock:
+            self._disarm()
+            self._start()
+
+    def _start(self) -> None:
+        self._due = time.monotonic() + self._left
+        self._arm(self._left)
+
+    def _arm(self, seconds: float) -> None:
+        self._timer = threading.Timer(max(seconds, 0.0), self._ring)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-            self._left -= time.monotonic() - self._since
 
-    def resume(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._since = time.monotonic()
-        self._timer = threading.Timer(max(self._left, 0.0), self.expire)
-        self._timer.daemon = True
-        self._timer.start()
+    def _ring(self) -> None:
+        with self._clock:
+            if self._due is None or threading.current_thread() is not self._timer:
+                return  # stopped, or armed again, since this timer was set
+            left = self._due - time.monotonic()
+            if left > 0:
+                self._arm(left)
+                return
+            self._timer = None
+        self.expire()
 
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
