@@ -161,6 +161,9 @@ class Layer:
     # its index): the qcow2 writer sizes its disk from this instead of a pass over the blob, which for such
     # a source would mean building it twice.
     size_hint: t.Optional[t.Tuple[int, int]] = None
+    # The blob's reader checks `digest` and `size` itself, failing its read at the end on a mismatch (the
+    # registry's, which must check before a blob enters its cache): the applier does not hash it again.
+    reader_checks_digest: bool = False
 
     def describe(self) -> t.Dict[str, t.Any]:
         return {'digest': self.digest or self.diff_id, 'size': self.size, 'media_type': self.media_type}

@@ -241,7 +241,7 @@ class RootfsBuilder:
         self._scope = _LayerScope()
         with layer.open_blob() as blob:
             try:
-                with LayerData(blob, new_hasher(layer.digest) if layer.digest else None,
+                with LayerData(blob, new_hasher(layer.digest) if layer.digest and not layer.reader_checks_digest else None,
                                new_hasher(layer.diff_id) if layer.diff_id else None, threaded=True) as data:
                     self._apply_tar(LimitedReader(data, self._budget), data)
                     data.drain()

@@ -40,7 +40,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DigestMismatch
 from ansible_collections.virt.bootstrap.plugins.module_utils._image import (
-    digest_of,
     is_digest,
     new_hasher,
     parse_digest,
@@ -401,16 +400,19 @@ class _FollowingReader:
 
 
 class _CachedReader:
-    """Reads a cache entry; one that turns out not to hash to its digest is dropped from the cache.
+    """Reads a cache entry, checking its digest: a mismatch fails the read at the end, and drops the entry.
 
-    The reader of the blob verifies the digest and fails the run; dropping the entry lets the next
-    run download it again instead of failing the same way until someone clears the cache.
+    Dropping it lets the next run download it again instead of failing the same way until someone
+    clears the cache.
     """
 
-    def __init__(self, cache: BlobCache, digest: str) -> None:
+    def __init__(self, cache: BlobCache, digest: str, size: t.Optional[int]) -> None:
         self._cache = cache
         self._digest = digest
+        self._size = size
         self._hasher = new_hasher(digest)
+        self._length = 0
+        self._mismatch: t.Optional[DigestMismatch] = None
         self._checked = False
         self._stream = open(cache.path(digest), 'rb')
         try:
@@ -422,8 +424,11 @@ class _CachedReader:
         data = self._stream.read(size)
         if data:
             self._hasher.update(data)
+            self._length += len(data)
         elif size != 0:
             self._check()
+            if self._mismatch is not None:
+                raise self._mismatch
         return data
 
     def close(self) -> None:
@@ -432,15 +437,23 @@ class _CachedReader:
             if not self._checked:
                 for chunk in iter(lambda: self._stream.read(1 << 20), b''):
                     self._hasher.update(chunk)
+                    self._length += len(chunk)
                 self._check()
         finally:
             self._stream.close()
 
     def _check(self) -> None:
-        if not self._checked:
-            self._checked = True
-            if digest_of(self._hasher) != self._digest:
-                self._cache.forget(self._digest)
+        if self._checked:
+            return
+        self._checked = True
+        try:
+            if self._size is not None and self._length != self._size:
+                raise DigestMismatch('cached blob %s: %d bytes, not the %d bytes the manifest gives it'
+                                     % (self._digest, self._length, self._size))
+            verify_digest(self._hasher, self._digest, 'cached blob')
+        except DigestMismatch as exc:
+            self._mismatch = DigestMismatch('%s (dropped from the cache: the next run downloads it again)' % exc)
+            self._cache.forget(self._digest)
 
     def __enter__(self) -> '_CachedReader':
         return self
@@ -474,10 +487,10 @@ class BlobFetcher:
 
     def open(self, digest: str, size: t.Optional[int]) -> t.Any:
         if digest not in self._transfers and self._cache.has(digest, size):
-            return _CachedReader(self._cache, digest)
+            return _CachedReader(self._cache, digest, size)
         self.prefetch([(digest, size)])
         if digest not in self._transfers:
-            return _CachedReader(self._cache, digest)
+            return _CachedReader(self._cache, digest, size)
         return _FollowingReader(self._transfers[digest][0])
 
     def _fetch(self, digest: str, size: t.Optional[int], transfer: _Transfer) -> None:

@@ -233,7 +233,7 @@ class RegistrySource:
                                                                       listed.media_type, hint))
         digest, size = listed.digest, listed.size
         return Layer(open_blob=lambda: self._open_blob(digest, size), digest=digest, size=size,
-                     media_type=listed.media_type)
+                     media_type=listed.media_type, reader_checks_digest=True)
 
     def _check_download_size(self, layers: t.List[Layer], what: str) -> None:
         limit = self._options.max_download_size

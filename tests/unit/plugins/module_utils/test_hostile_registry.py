@@ -16,7 +16,7 @@ import time
 import pytest
 
 from ansible_collections.virt.bootstrap.plugins.module_utils.bootstrap import Request, Result, run
-from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError
+from ansible_collections.virt.bootstrap.plugins.module_utils.errors import BootstrapError, DigestMismatch
 from ansible_collections.virt.bootstrap.plugins.module_utils._image import MAX_METADATA_SIZE
 from ansible_collections.virt.bootstrap.plugins.module_utils._registry.auth import AuthError
 from ansible_collections.virt.bootstrap.plugins.module_utils._sources.registry import RegistryOptions
@@ -44,7 +44,8 @@ WITHIN = 5.0
 def layout(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp('hostile-layout'))
     builder = OciLayoutBuilder(directory)
-    builder.write_index([(builder.image([make_tar(GOOD)]), 'good'), (builder.image([make_tar(NEW)]), 'new')])
+    builder.write_index([(builder.image([make_tar(GOOD)]), 'good'), (builder.image([make_tar(NEW)]), 'new'),
+                         (builder.image([make_tar(NEW)], compression='none'), 'plain')])
     return directory
 
 
@@ -54,8 +55,8 @@ def registry(layout):
         yield server
 
 
-def new_layer_digest(registry) -> str:
-    manifest = json.loads(registry.manifest('new')[0])
+def new_layer_digest(registry, tag: str = 'new') -> str:
+    manifest = json.loads(registry.manifest(tag)[0])
     return manifest['layers'][0]['digest']
 
 
@@ -151,6 +152,18 @@ def test_a_layer_whose_body_stops_is_resumed_and_finishes(site, sleeps):
     assert result.changed and result.digest.startswith('sha256:')
     assert site.registry.count('GET', new_layer_digest(site.registry)) == 2
     assert unverified_cache_files(site.cache) == []
+
+
+def test_a_layer_whose_bytes_are_not_those_of_its_digest_fails_and_never_enters_the_cache(site):
+    """An uncompressed layer with one byte of a file changed: a valid tar of the right size, which only
+    the digest tells apart (the download's own check, the one the applier relies on)."""
+    digest = new_layer_digest(site.registry, 'plain')
+    blob = bytearray(site.registry.blob(digest))
+    blob[blob.index(b'ID=new') + 3] ^= 0x01
+    site.registry.on(digest, hostile.json_body(bytes(blob), 'application/octet-stream'))
+    message = site.fails(DigestMismatch, tag='plain')
+    assert message.startswith('layer 1/1 %s: downloaded blob: content hashes to sha256:' % digest)
+    assert not os.path.exists(os.path.join(site.cache, 'blobs', 'sha256', digest.split(':')[1]))
 
 
 @pytest.mark.parametrize('part', ['/manifests/new', '/blobs/'], ids=['manifest', 'blobs'])
