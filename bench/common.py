@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -213,6 +214,65 @@ def tree_bytes(root: str) -> int:
         for name in dirnames + filenames:
             total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
     return total
+
+
+# ext4 without a journal (this machine's root filesystem) does not hand out an inode freed less than 60 s
+# ago, or 360 s while its inode table block is dirty (which creating files nearby keeps it), and it looks at
+# every such inode of the group before each new one (fs/ext4/ialloc.c: find_inode_bit, recently_deleted).
+# After a bench removed its trees, perf puts 80 % of a file creation's system time in that scan: 200-600 us
+# a file against 20 us six minutes later, for every tool alike. Timed runs wait until the freed inodes are
+# old again.
+RECENTLY_FREED_SECONDS = 361
+REMOVAL_MARK = os.path.join(CACHE_DIR, 'last-removal')
+
+
+def remove_tree(path: str) -> None:
+    """Remove a bench tree, noting when (see settle_removals)."""
+    if not os.path.lexists(path):
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    with open(REMOVAL_MARK, 'w', encoding='utf-8'):
+        pass  # its mtime is the time of the removal
+
+
+def settle_removals(directory: str, who: str) -> None:
+    """On ext4 without a journal, wait until the inodes the last removal freed may be reused at no cost."""
+    try:
+        removed = os.stat(REMOVAL_MARK).st_mtime
+    except FileNotFoundError:
+        return
+    if not _ext4_without_journal(directory):
+        return
+    os.sync()
+    left = removed + RECENTLY_FREED_SECONDS - time.time()
+    if left > 0:
+        print('%s: waiting %.0f s for the inodes freed %.0f s ago to age (ext4 without a journal, see README)'
+              % (who, left, time.time() - removed), file=sys.stderr)
+        time.sleep(left)
+
+
+def _ext4_without_journal(directory: str) -> bool:
+    """Whether `directory` is on an ext4 filesystem that has no journal (its journal_task says <none>)."""
+    path = os.path.realpath(directory)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    best: t.Tuple[int, str, str] = (-1, '', '')
+    with open('/proc/self/mountinfo', encoding='utf-8') as stream:
+        for line in stream:
+            fields = line.split()
+            mount_point, after = fields[4], fields[fields.index('-') + 1:]
+            if (path == mount_point or path.startswith(mount_point.rstrip('/') + '/')) and len(mount_point) > best[0]:
+                best = (len(mount_point), after[0], after[1])
+    _length, fstype, source = best
+    if fstype != 'ext4':
+        return False
+    try:
+        with open('/sys/fs/ext4/%s/journal_task' % os.path.basename(os.path.realpath(source)),
+                  encoding='utf-8') as stream:
+            return stream.read().strip() == '<none>'
+    except OSError:
+        return False
 
 
 def check_space(directory: str, needed: int, runs: int) -> None:

@@ -22,8 +22,8 @@ import typing as t
 from dataclasses import asdict, dataclass, field
 
 from common import (CACHE_DIR, LAYOUT_DIR, MIB, REPO_ROOT, ROOTFS_DIR, TAG, BenchError, Command, LayerBlob, build_image,
-                    check_space, count_entries, import_engine, layer_blobs, link_collection, rotated, run_timed,
-                    time_write_dir, tree_bytes)
+                    check_space, count_entries, import_engine, layer_blobs, link_collection, remove_tree, rotated,
+                    run_timed, settle_removals, time_write_dir, tree_bytes)
 from large_image import LARGE_TAG, VARIANTS, build_large_image
 
 RUNS_DIR = os.path.join(CACHE_DIR, 'runs')
@@ -271,12 +271,13 @@ def main(argv: t.Sequence[str]) -> int:
     manifest_digest, blobs = layer_blobs(IMAGE.layout, IMAGE.tag)
     if os.path.exists(RUNS_DIR):
         print('extract.py: removing %s, left by an earlier run' % RUNS_DIR, file=sys.stderr)
-        shutil.rmtree(RUNS_DIR)
+        remove_tree(RUNS_DIR)
     # Every run keeps its tree until the end (deleting between runs would slow the next ones down).
     unpacked = tree_bytes(ROOTFS_DIR) if args.image == 'debian' else \
         sum(blob.size * (1 if blob.media_type.endswith('.tar') else 3) for blob in blobs)
     check_space(RUNS_DIR, int(unpacked * 1.5) * len(TOOLS) * (args.rounds + 1), args.rounds + 1)
     measurements: t.List[Measurement] = []
+    settle_removals(RUNS_DIR, 'extract.py')
     try:
         # Round 0 warms the page cache and Python's bytecode cache; it is not reported.
         for number in range(args.rounds + 1):
@@ -292,7 +293,7 @@ def main(argv: t.Sequence[str]) -> int:
         profile = run_profile() if args.profile else ''
     finally:
         if not args.keep:
-            shutil.rmtree(RUNS_DIR, ignore_errors=True)
+            remove_tree(RUNS_DIR)
     image = {'manifest_digest': manifest_digest, 'rounds': args.rounds,
              'layers': [{'digest': blob.digest, 'media_type': blob.media_type, 'size': blob.size} for blob in blobs]}
     summary = summarise(measurements)

@@ -22,7 +22,8 @@ import sys
 import typing as t
 from dataclasses import asdict, dataclass
 
-from common import CACHE_DIR, REPO_ROOT, BenchError, Command, link_collection, rotated, run_timed
+from common import (CACHE_DIR, REPO_ROOT, BenchError, Command, link_collection, remove_tree, rotated, run_timed,
+                    settle_removals)
 
 RUNS_DIR = os.path.join(CACHE_DIR, 'guest-runs')
 IMAGES_DIR = os.path.join(CACHE_DIR, 'images')
@@ -256,7 +257,7 @@ def main(argv: t.Sequence[str]) -> int:
     os.environ['ANSIBLE_LOCALHOST_WARNING'] = 'false'
     if os.path.exists(RUNS_DIR):
         print('guest.py: removing %s, left by an earlier run' % RUNS_DIR, file=sys.stderr)
-        shutil.rmtree(RUNS_DIR)
+        remove_tree(RUNS_DIR)
     os.makedirs(RUNS_DIR)
     layout = os.path.join(CACHE_DIR, 'guest-image')
     make_images(layout)
@@ -264,6 +265,7 @@ def main(argv: t.Sequence[str]) -> int:
     try:
         with running_libvirtd(os.path.join(RUNS_DIR, 'libvirtd')), \
                 local_registry(os.path.join(RUNS_DIR, 'registry'), layout) as image_ref:
+            settle_removals(RUNS_DIR, 'guest.py')
             # Round 0 warms the page cache and Python's bytecode cache; it is not reported.
             for number in range(args.rounds + 1):
                 for scenario in SCENARIOS:
@@ -274,7 +276,7 @@ def main(argv: t.Sequence[str]) -> int:
                         if number:
                             measurements.append(item)
     finally:
-        shutil.rmtree(RUNS_DIR, ignore_errors=True)
+        remove_tree(RUNS_DIR)
     summary = summarise(measurements)
     if args.json:
         json.dump({'summary': summary, 'runs': [asdict(item) for item in measurements]}, sys.stdout, indent=2)

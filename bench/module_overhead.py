@@ -31,7 +31,7 @@ import time
 import typing as t
 
 from common import (CACHE_DIR, COLLECTIONS_DIR, LAYOUT_DIR, REPO_ROOT, TAG, BenchError, Command, build_image,
-                    link_collection, rotated, run_child)
+                    link_collection, remove_tree, rotated, run_child)
 
 RUNS_DIR = os.path.join(CACHE_DIR, 'overhead-runs')
 STEPS = ('empty play', 'one task', 'module process', 'module import', 'engine')
@@ -118,7 +118,7 @@ def main(argv: t.Sequence[str]) -> int:
     args = parser.parse_args(argv)
     build_image()
     link_collection(args.collection)
-    shutil.rmtree(RUNS_DIR, ignore_errors=True)
+    remove_tree(RUNS_DIR)
     os.makedirs(RUNS_DIR)
     try:
         dest = os.path.join(tempfile.mkdtemp(dir=RUNS_DIR), 'rootfs')
@@ -147,7 +147,7 @@ def main(argv: t.Sequence[str]) -> int:
                     if step == 'engine':
                         engine_s.append(json.loads(output.strip().splitlines()[-1])['engine_s'])
     finally:
-        shutil.rmtree(RUNS_DIR, ignore_errors=True)
+        remove_tree(RUNS_DIR)
     medians = {step: statistics.median(values) for step, values in walls.items()}
     medians['engine (in process)'] = statistics.median(engine_s)
     task = medians['one task'] - medians['empty play']

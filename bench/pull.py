@@ -25,8 +25,8 @@ import typing as t
 from dataclasses import asdict, dataclass, field
 
 from common import (CACHE_DIR, LAYOUT_DIR, MIB, REPO_ROOT, ROOTFS_DIR, TAG, BenchError, Command, build_image,
-                    check_space, count_entries, import_engine, layer_blobs, link_collection, rotated, run_timed,
-                    time_write_dir, tree_bytes)
+                    check_space, count_entries, import_engine, layer_blobs, link_collection, remove_tree, rotated,
+                    run_timed, settle_removals, time_write_dir, tree_bytes)
 from large_image import LARGE_TAG, build_large_image
 
 RUNS_DIR = os.path.join(CACHE_DIR, 'pull-runs')
@@ -370,7 +370,7 @@ def main(argv: t.Sequence[str]) -> int:
     _manifest_digest, blobs = layer_blobs(IMAGE.layout, IMAGE.tag)
     if os.path.exists(RUNS_DIR):
         print('pull.py: removing %s, left by an earlier run' % RUNS_DIR, file=sys.stderr)
-        shutil.rmtree(RUNS_DIR)
+        remove_tree(RUNS_DIR)
     rounds = args.rounds + 1
     # Nothing is deleted until the end: per round 5 trees (2 ours, 3 umoci bundles), our cache and a layout.
     compressed = sum(blob.size for blob in blobs)
@@ -381,6 +381,7 @@ def main(argv: t.Sequence[str]) -> int:
         with local_registry(os.path.join(RUNS_DIR, 'registry')) as running:
             access_log = AccessLog(running.log_path)
             layer_digests = frozenset(blob.digest for blob in blobs)
+            settle_removals(RUNS_DIR, 'pull.py')
             # Round 0 warms the page cache and Python's bytecode cache; it is not reported.
             for number in range(rounds):
                 for scenario in SCENARIOS:
@@ -394,7 +395,7 @@ def main(argv: t.Sequence[str]) -> int:
         checks = run_checks(measurements, running.digest)
     finally:
         if not args.keep:
-            shutil.rmtree(RUNS_DIR, ignore_errors=True)
+            remove_tree(RUNS_DIR)
     image = {'ref': running.image_ref, 'digest': running.digest, 'rounds': args.rounds,
              'layers': [{'digest': blob.digest, 'media_type': blob.media_type, 'size': blob.size} for blob in blobs]}
     summary = summarise(measurements)

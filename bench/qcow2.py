@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 import typing as t
 from dataclasses import asdict, dataclass
 
 from common import (CACHE_DIR, LAYOUT_DIR, REPO_ROOT, TAG, BenchError, Command, LayerBlob, build_image, import_engine,
-                    layer_blobs, link_collection, rotated, run_timed, tree_bytes)
+                    layer_blobs, link_collection, remove_tree, rotated, run_timed, settle_removals, tree_bytes)
 
 RUNS_DIR = os.path.join(CACHE_DIR, 'qcow2-runs')
 # store-second: the second guest of an image whose layers a first guest already put in a layer store.
@@ -181,9 +178,8 @@ def main() -> int:
         build_image()
         blobs = layer_blobs(LAYOUT_DIR, TAG)[1]
         # Old outputs go well before this run: the allocator is slow right after mass deletes (see README).
-        shutil.rmtree(RUNS_DIR, ignore_errors=True)
-        subprocess.run(['sync'], check=True)
-        time.sleep(2)
+        remove_tree(RUNS_DIR)
+        settle_removals(RUNS_DIR, 'qcow2.py')
         measurements = run_rounds(args.rounds, args.appliance_rounds, args.old_tool_rounds, blobs)
         result = summary(measurements)
         result['measurements'] = [asdict(m) for m in measurements]
@@ -202,7 +198,7 @@ def main() -> int:
 
 def _remove_runs() -> None:
     """The engine's dests hold a state record beside them; plain removal is enough for bench output."""
-    shutil.rmtree(RUNS_DIR, ignore_errors=True)
+    remove_tree(RUNS_DIR)
 
 
 if __name__ == '__main__':
