@@ -226,11 +226,11 @@ RECENTLY_FREED_SECONDS = 361
 REMOVAL_MARK = os.path.join(CACHE_DIR, 'last-removal')
 
 
-def remove_tree(path: str) -> None:
-    """Remove a bench tree, noting when (see settle_removals)."""
+def remove_tree(path: str, ignore_errors: bool = True) -> None:
+    """Remove a bench tree, noting when (see settle_removals); one left by an earlier run must go."""
     if not os.path.lexists(path):
         return
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=ignore_errors)
     os.makedirs(CACHE_DIR, exist_ok=True)
     with open(REMOVAL_MARK, 'w', encoding='utf-8'):
         pass  # its mtime is the time of the removal
@@ -267,11 +267,13 @@ def _ext4_without_journal(directory: str) -> bool:
     _length, fstype, source = best
     if fstype != 'ext4':
         return False
+    journal_task = '/sys/fs/ext4/%s/journal_task' % os.path.basename(os.path.realpath(source))
     try:
-        with open('/sys/fs/ext4/%s/journal_task' % os.path.basename(os.path.realpath(source)),
-                  encoding='utf-8') as stream:
+        with open(journal_task, encoding='utf-8') as stream:
             return stream.read().strip() == '<none>'
-    except OSError:
+    except OSError as exc:
+        print('bench: %s is on ext4, but whether it has a journal is unknown (%s): not waiting for freed inodes'
+              % (directory, exc), file=sys.stderr)
         return False
 
 

@@ -271,7 +271,7 @@ def main(argv: t.Sequence[str]) -> int:
     manifest_digest, blobs = layer_blobs(IMAGE.layout, IMAGE.tag)
     if os.path.exists(RUNS_DIR):
         print('extract.py: removing %s, left by an earlier run' % RUNS_DIR, file=sys.stderr)
-        remove_tree(RUNS_DIR)
+        remove_tree(RUNS_DIR, ignore_errors=False)
     # Every run keeps its tree until the end (deleting between runs would slow the next ones down).
     unpacked = tree_bytes(ROOTFS_DIR) if args.image == 'debian' else \
         sum(blob.size * (1 if blob.media_type.endswith('.tar') else 3) for blob in blobs)

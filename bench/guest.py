@@ -257,7 +257,7 @@ def main(argv: t.Sequence[str]) -> int:
     os.environ['ANSIBLE_LOCALHOST_WARNING'] = 'false'
     if os.path.exists(RUNS_DIR):
         print('guest.py: removing %s, left by an earlier run' % RUNS_DIR, file=sys.stderr)
-        remove_tree(RUNS_DIR)
+        remove_tree(RUNS_DIR, ignore_errors=False)
     os.makedirs(RUNS_DIR)
     layout = os.path.join(CACHE_DIR, 'guest-image')
     make_images(layout)

@@ -370,7 +370,7 @@ def main(argv: t.Sequence[str]) -> int:
     _manifest_digest, blobs = layer_blobs(IMAGE.layout, IMAGE.tag)
     if os.path.exists(RUNS_DIR):
         print('pull.py: removing %s, left by an earlier run' % RUNS_DIR, file=sys.stderr)
-        remove_tree(RUNS_DIR)
+        remove_tree(RUNS_DIR, ignore_errors=False)
     rounds = args.rounds + 1
     # Nothing is deleted until the end: per round 5 trees (2 ours, 3 umoci bundles), our cache and a layout.
     compressed = sum(blob.size for blob in blobs)

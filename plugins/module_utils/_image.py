@@ -162,7 +162,8 @@ class Layer:
     # a source would mean building it twice.
     size_hint: t.Optional[t.Tuple[int, int]] = None
     # The blob's reader checks `digest` and `size` itself, failing its read at the end on a mismatch (the
-    # registry's, which must check before a blob enters its cache): the applier does not hash it again.
+    # registry's, which must check before a blob enters its cache): the applier does not hash it again. A
+    # download is checked as it arrives, not as the applier reads it back from the run's own partial file.
     reader_checks_digest: bool = False
 
     def describe(self) -> t.Dict[str, t.Any]:

@@ -448,8 +448,8 @@ class _CachedReader:
         self._checked = True
         try:
             if self._size is not None and self._length != self._size:
-                raise DigestMismatch('cached blob %s: %d bytes, not the %d bytes the manifest gives it'
-                                     % (self._digest, self._length, self._size))
+                raise DigestMismatch('cached blob: %d bytes, not the %d bytes the manifest gives it'
+                                     % (self._length, self._size))
             verify_digest(self._hasher, self._digest, 'cached blob')
         except DigestMismatch as exc:
             self._mismatch = DigestMismatch('%s (dropped from the cache: the next run downloads it again)' % exc)

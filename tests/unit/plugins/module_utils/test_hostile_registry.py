@@ -166,6 +166,36 @@ def test_a_layer_whose_bytes_are_not_those_of_its_digest_fails_and_never_enters_
     assert not os.path.exists(os.path.join(site.cache, 'blobs', 'sha256', digest.split(':')[1]))
 
 
+def entries_below(root: str):
+    """snapshot_tree without the root itself (two dests' roots differ)."""
+    return {name: value for name, value in snapshot_tree(root).items() if name not in ('.', '.inode')}
+
+
+def test_a_cached_layer_whose_bytes_changed_fails_the_run_and_the_next_run_downloads_it(site, tmp_path):
+    """The same change made to that layer's cache entry: the cache reader's own check catches it."""
+    digest = new_layer_digest(site.registry, 'plain')
+    assert site.pull('plain').changed
+    entry = os.path.join(site.cache, 'blobs', 'sha256', digest.split(':')[1])
+    with open(entry, 'rb') as stream:
+        blob = bytearray(stream.read())
+    blob[blob.index(b'ID=new') + 3] ^= 0x01
+    with open(entry, 'wb') as stream:
+        stream.write(bytes(blob))
+    other = str(tmp_path / 'other')
+    request = Request(src=site.registry.ref('app:plain'), dest=other,
+                      registry=RegistryOptions(cache_dir=site.cache, not_secure=True, timeout=TIMEOUT))
+    downloads = site.registry.count('GET', digest)
+    with pytest.raises(DigestMismatch) as caught:
+        run(request)
+    assert str(caught.value).startswith('layer 1/1 %s: cached blob: content hashes to sha256:' % digest)
+    assert 'dropped from the cache' in str(caught.value)
+    assert not os.path.exists(entry) and not os.path.exists(other)
+    assert site.registry.count('GET', digest) == downloads  # the cache was read, not the registry
+    assert run(request).changed
+    assert site.registry.count('GET', digest) == downloads + 1
+    assert entries_below(other) == entries_below(site.dest)
+
+
 @pytest.mark.parametrize('part', ['/manifests/new', '/blobs/'], ids=['manifest', 'blobs'])
 def test_waiting_as_retry_after_asks_does_not_count_against_the_timeout(site, part):
     """A 503 asking to wait longer than the timeout is waited for (real sleeps), then the pull goes on."""
