@@ -62,6 +62,10 @@ _GLOBAL_REFUSED = ('path', 'linkpath', 'size', 'GNU.sparse.')
 _GLOBAL_KEPT = ('uid', 'gid', 'mtime', 'hdrcharset', 'SCHILY.xattr.', 'LIBARCHIVE.xattr.')
 MAX_GLOBAL_RECORDS = 64
 _PAX_TIME = re.compile(r'(-?)([0-9]+)(?:\.([0-9]*))?', re.ASCII)
+# tarfile before Python 3.12 reads a format 0.0 sparse map with these over the raw PAX header, where '.'
+# matches any character and a match may lie inside another record's value.
+_LOOSE_SPARSE_OFFSET = re.compile(br'\d+ GNU.sparse.offset=(\d+)\n')
+_LOOSE_SPARSE_NUMBYTES = re.compile(br'\d+ GNU.sparse.numbytes=(\d+)\n')
 _ZEROS = memoryview(bytes(READ_SIZE))
 _TRUNCATED = 'corrupt or truncated data (tar): unexpected end of data'
 
@@ -151,6 +155,7 @@ class TarReader:
         long_name: t.Optional[str] = None
         long_link: t.Optional[str] = None
         pax: t.Optional[t.List[t.Tuple[str, str]]] = None
+        pax_body = b''
         while True:
             header_offset = self.offset
             fields = self._header(header_offset, extended=header_offset != start)
@@ -170,7 +175,8 @@ class TarReader:
             elif kind in _PAX_TYPES:
                 if pax is not None:
                     raise HostileLayer('the entry at byte %d has two PAX headers' % entry_start)
-                pax = _pax_records(self._extension_data(fields, header_offset), header_offset)
+                pax_body = self._extension_data(fields, header_offset)
+                pax = _pax_records(pax_body, header_offset)
             elif kind == _PAX_GLOBAL:
                 if long_name is not None or long_link is not None or pax is not None:
                     raise HostileLayer('a global PAX header at byte %d comes between an entry and its own '
@@ -179,7 +185,7 @@ class TarReader:
                                   header_offset)
                 entry_start = self.offset
             else:
-                entry = self._entry(fields, entry_start, long_name, long_link, pax)
+                entry = self._entry(fields, entry_start, long_name, long_link, pax, pax_body)
                 self._current = entry
                 return entry
 
@@ -199,7 +205,7 @@ class TarReader:
         yield from _zeros(entry.size - position)
 
     def _entry(self, fields: _Header, start: int, long_name: t.Optional[str],
-               long_link: t.Optional[str], pax: t.Optional[t.List[t.Tuple[str, str]]]) -> TarEntry:
+               long_link: t.Optional[str], pax: t.Optional[t.List[t.Tuple[str, str]]], pax_body: bytes) -> TarEntry:
         entry = TarEntry()
         raw_name, entry.mode, entry.uid, entry.gid, size, mtime, kind, linkname, entry.devmajor, entry.devminor, \
             prefix, block, real_size = fields
@@ -233,7 +239,7 @@ class TarReader:
         if pax is not None or self._globals:
             records = dict(self._globals)
             records.update(pax or ())
-            self._apply_pax(entry, records, pax or [], long_name is not None, long_link is not None)
+            self._apply_pax(entry, records, pax or [], pax_body, long_name is not None, long_link is not None)
         self._pending = _blocks(entry.stored)
         return entry
 
@@ -250,7 +256,7 @@ class TarReader:
             raise HostileLayer('the global PAX headers up to byte %d set %d records for every entry after them; '
                                'no real archive sets more than %d' % (offset, len(self._globals), MAX_GLOBAL_RECORDS))
 
-    def _apply_pax(self, entry: TarEntry, records: t.Dict[str, str], own: t.List[t.Tuple[str, str]],
+    def _apply_pax(self, entry: TarEntry, records: t.Dict[str, str], own: t.List[t.Tuple[str, str]], own_body: bytes,
                    has_long_name: bool, has_long_link: bool) -> None:
         """Fields from PAX records, in tarfile's order (a later record for the same field wins)."""
         if has_long_name and ('path' in records or 'GNU.sparse.name' in records):
@@ -288,16 +294,23 @@ class TarReader:
             if sparse_size is None:
                 raise HostileLayer('entry %s has a PAX sparse map but no real size' % _shown(entry.name))
             entry.stored = header_size
-            self._pax_sparse(entry, records, own)
+            self._pax_sparse(entry, records, own, own_body)
         elif sparse_size is not None or (entry.type == GNU_SPARSE and 'size' in records):
             raise HostileLayer('entry %s has a PAX sparse size but no PAX sparse map' % _shown(entry.name))
 
-    def _pax_sparse(self, entry: TarEntry, records: t.Dict[str, str], own: t.List[t.Tuple[str, str]]) -> None:
+    def _pax_sparse(self, entry: TarEntry, records: t.Dict[str, str], own: t.List[t.Tuple[str, str]],
+                    own_body: bytes) -> None:
         if 'GNU.sparse.map' in records:  # format 0.1
             numbers = [_sparse_number(text, entry) for text in records['GNU.sparse.map'].split(',')]
         elif 'GNU.sparse.size' in records:  # format 0.0: one record for each number, in order
-            offsets = [_sparse_number(value, entry) for key, value in own if key == 'GNU.sparse.offset']
-            lengths = [_sparse_number(value, entry) for key, value in own if key == 'GNU.sparse.numbytes']
+            offset_texts = [value for key, value in own if key == 'GNU.sparse.offset']
+            length_texts = [value for key, value in own if key == 'GNU.sparse.numbytes']
+            if [found.decode('ascii') for found in _LOOSE_SPARSE_OFFSET.findall(own_body)] != offset_texts or \
+                    [found.decode('ascii') for found in _LOOSE_SPARSE_NUMBYTES.findall(own_body)] != length_texts:
+                raise HostileLayer('the sparse records of entry %s read differently when looked for in the raw '
+                                   'header, as tarfile before Python 3.12 does' % _shown(entry.name))
+            offsets = [_sparse_number(value, entry) for value in offset_texts]
+            lengths = [_sparse_number(value, entry) for value in length_texts]
             if len(offsets) != len(lengths):
                 raise HostileLayer('entry %s has %d sparse offsets for %d lengths'
                                    % (_shown(entry.name), len(offsets), len(lengths)))

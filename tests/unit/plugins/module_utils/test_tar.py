@@ -320,11 +320,19 @@ _USTAR_FILE = _ustar_file()
      _ustar_file(20), HostileLayer, 'which is no size'),
     (_pax_header(b''.join(_record(b'SCHILY.xattr.user.k%d' % number, b'v') for number in range(65)), kind=b'g') +
      _USTAR_FILE, HostileLayer, 'set 65 records for every entry after them'),
+    # tarfile before 3.12 finds a 0.0 map with a regex over the raw header, '.' matching any character (fuzz_tar).
+    (_pax_header(_record(b'GNU.sparse.size', b'20') + _record(b'GNU.sparse.offset', b'0') +
+                 _record(b'GNU.sparse>offset', b'10') + _record(b'GNU.sparse.numbytes', b'5')) + _ustar_file(5),
+     HostileLayer, "sparse records of entry 'plain' read differently when looked for in the raw header"),
+    (_pax_header(_record(b'GNU.sparse.size', b'20') + _record(b'comment', b'x 9 GNU.sparse.offset=7') +
+                 _record(b'GNU.sparse.offset', b'0') + _record(b'GNU.sparse.numbytes', b'5')) + _ustar_file(5),
+     HostileLayer, 'read differently when looked for in the raw header'),
 ], ids=['empty', 'short', 'not-a-tar', 'bad-checksum', 'truncated-data', 'garbage-after-entries', 'garbage-after-end',
         'garbage-in-end-padding', 'two-pax-headers', 'global-path', 'pax-record-length-wrong',
         'pax-record-in-padding', 'pax-header-at-end', 'pax-header-before-end', 'mtime-not-a-time', 'uid-not-a-number', 'negative-size',
         'xattr-not-base64', 'sparse-map-overlapping', 'mtime-of-5000-digits', 'uid-of-5000-digits',
-        'sparse-number-of-5000-digits', 'global-records-without-end'])
+        'sparse-number-of-5000-digits', 'global-records-without-end', 'sparse-0.0-loose-key',
+        'sparse-0.0-record-inside-a-value'])
 def test_damaged_or_contradictory_archives_are_refused(archive: bytes, error: t.Type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         _read_all(archive)
